@@ -1,0 +1,35 @@
+"""C2LIP (concept-centric contrastive learning) as a plugin for open_clip.
+
+Importing this package installs the hooks that register the C2 model names in open_clip and add
+the C2LIP flags to open_clip_train (immediately if those are already imported, else on import).
+Kept stdlib-only: the ``.pth`` activation imports it in every Python process of the environment.
+Heavy names (``C2LIPLoss``, ``extract_concepts`` ...) are loaded on first attribute access.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "C2LIPLoss": "open_clip_c2lip.loss",
+    "extract_concepts": "open_clip_c2lip.concepts",
+    "TextPacker": "open_clip_c2lip.packing",
+    "enable_c2lip": "open_clip_c2lip.model",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'open_clip_c2lip' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _install():
+    try:
+        from . import _bootstrap
+    except ImportError:  # bootstrap not written yet / stripped build
+        return
+    _bootstrap.install()
+
+
+_install()

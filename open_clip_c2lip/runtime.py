@@ -1,0 +1,43 @@
+"""Process-wide C2LIP training state, set from the parsed open_clip_train arguments.
+
+The hooks read it to decide whether to swap the model class, pack the training texts and build
+``C2LIPLoss``. It is empty (``active() is False``) unless ``--c2lip-loss`` was parsed, so every
+other process behaves exactly like upstream.
+"""
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+CONCEPT_MODES = ("text", "span")
+
+
+@dataclass
+class C2LIPConfig:
+    npc_weight: float = 1.0
+    xac_weight: float = 0.01
+    xac_temperature: float = 1.0
+    concept_mode: str = "text"
+    max_concepts: int = 8
+    concepts_key: str = "concepts"
+    spacy_model: str = "en_core_web_sm"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+_config: Optional[C2LIPConfig] = None
+
+
+def configure(config: Optional[C2LIPConfig]) -> None:
+    """Set (or clear, with ``None``) the active C2LIP training config of this process."""
+    global _config
+    if config is not None and config.concept_mode not in CONCEPT_MODES:
+        raise ValueError(f"concept_mode must be one of {CONCEPT_MODES}, got {config.concept_mode!r}")
+    _config = config
+
+
+def config() -> Optional[C2LIPConfig]:
+    return _config
+
+
+def active() -> bool:
+    return _config is not None
