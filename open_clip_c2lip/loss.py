@@ -1,0 +1,386 @@
+"""C2LIP training loss: SigLIP image-caption loss plus the two concept losses (METHOD.md §5).
+
+For a global batch of ``M`` images with ``N`` valid concepts (concept ``n`` is owned by the image whose
+caption it came from), with ``l(z, y) = -log sigmoid(y z)``, scale ``alpha`` and bias ``beta``:
+
+- contrastive: ``z_ij = alpha <v_i, t_j> + beta`` over all ``M x M`` pairs, ``y = +1`` iff ``i == j``,
+  summed and divided by ``M``;
+- npc: ``z_in = alpha <v_i, c_n> + beta`` over all ``M x N`` pairs, ``y = +1`` iff ``owner(n) == i``,
+  divided by ``N``;
+- xac: ``z_in = alpha <v^_i(c_n), c_n> + beta``, same labels, divided by ``N``, where ``v^_i(c)`` is
+  image ``i``'s tokens attention-pooled with the concept as query (``xac_similarity``).
+
+Distributed: every rank scores its local image rows against the all-gathered (with gradient) texts and
+concepts of the whole batch; image tokens never leave their rank. Rank ``r`` returns ``W`` times its
+rows' share of the union loss, so the mean over ranks is the union loss and DDP's gradient averaging
+reproduces single-process training exactly.
+"""
+import math
+import warnings
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+# Lower clamp of the pooled vector's norm, as F.normalize(eps=1e-8) in the reference pooling.
+NORM_EPS = 1e-8
+
+# Default memory budget of the chunked xac computation, see ``xac_memory_plan``.
+XAC_MEMORY_BUDGET_MB = 1024.0
+
+# Number of ``[R, T, chunk]`` working tensors alive at once in ``_XACSimilarity`` (scores, attention,
+# Gram product and one transient elementwise product).
+_XAC_LIVE_BLOCKS = 4
+
+
+class XACPlan(NamedTuple):
+    chunk_size: int  # concepts per chunk
+    keep_scores: bool  # keep the forward's scores S for the backward instead of recomputing them
+
+
+def sigmoid_pair_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Sum over all pairs of ``-log sigmoid(y * z)``, ``y = +1`` where ``positive`` else ``-1``.
+
+    ``logits`` and ``positive`` (bool) share a shape, e.g. ``[R, N]``; returns a scalar.
+    """
+    signs = positive.to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(signs * logits).sum()
+
+
+def concept_attention(image_tokens: torch.Tensor, concepts: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """XAC attention of each concept over one image's tokens.
+
+    ``image_tokens [T, D]`` and ``concepts [N, D]`` (both L2-normalized) -> weights ``[N, T]``,
+    ``softmax_t(temperature * <c_n, v_t>)`` (raw cosine scores, no ``1/sqrt(D)``). Rows sum to 1.
+    """
+    if image_tokens.ndim != 2 or concepts.ndim != 2 or image_tokens.shape[-1] != concepts.shape[-1]:
+        raise ValueError(f"concept_attention expects image_tokens [T, D] and concepts [N, D], got "
+                         f"{tuple(image_tokens.shape)} and {tuple(concepts.shape)}")
+    dtype = torch.promote_types(image_tokens.dtype, torch.float32)
+    scores = concepts.to(dtype) @ image_tokens.to(dtype).T
+    return torch.softmax(temperature * scores, dim=-1)
+
+
+def xac_memory_plan(num_rows: int, num_tokens: int, num_concepts: int,
+                    memory_budget_mb: float = XAC_MEMORY_BUDGET_MB, itemsize: int = 4,
+                    chunk_size: Optional[int] = None) -> XACPlan:
+    """How ``xac_similarity`` spends its memory budget on R image rows x N concepts of T tokens.
+
+    With ``block = R * T * itemsize`` bytes per concept column:
+    - the forward's scores ``S [R, T, N]`` are kept for the backward (saving one of its four large
+      matmuls) iff ``N * block <= budget / 2``;
+    - the rest of the budget holds the chunk's working set of ``4`` ``[R, T, n]`` tensors:
+      ``n = floor((budget - kept) / (4 * block))``, at least 1 (``chunk_size`` overrides it).
+    Total xac memory is then about ``budget + 2 * R*T*T*itemsize`` (Gram matrix and its gradient)
+    ``+ R*T*D*itemsize + N*D*itemsize`` (input gradients) ``+ O(R * N)``: linear in N only through
+    the kept scores, which the budget bounds.
+    """
+    if memory_budget_mb <= 0:
+        raise ValueError(f"xac memory budget must be positive, got {memory_budget_mb} MB")
+    budget = int(memory_budget_mb * 2 ** 20)
+    block = max(num_rows, 1) * max(num_tokens, 1) * itemsize
+    keep_scores = num_concepts * block <= budget // 2
+    if chunk_size is None:
+        kept = num_concepts * block if keep_scores else 0
+        chunk_size = max(1, (budget - kept) // (_XAC_LIVE_BLOCKS * block))
+    elif chunk_size < 1:
+        raise ValueError(f"xac chunk_size must be >= 1, got {chunk_size}")
+    return XACPlan(int(chunk_size), keep_scores)
+
+
+def _attention(scores: torch.Tensor, gram: torch.Tensor, temperature: float
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Attention ``A = softmax_T(temperature * S)`` and ``H = G A``, both ``[R, T, n]``."""
+    attention = torch.softmax(scores if temperature == 1.0 else scores * temperature, dim=1)
+    return attention, torch.bmm(gram, attention)
+
+
+class _XACSimilarity(torch.autograd.Function):
+    """``q[r, n] = <u, c_n> / max(|u|, eps)`` with ``u = sum_t softmax_t(lambda <c_n, v_rt>) v_rt``.
+
+    Exact closed form (METHOD.md §11.2): ``<u, c> = sum_t a_t s_t`` and ``|u|^2 = a^T G a`` with
+    the per-image Gram matrix ``G = V V^T [R, T, T]``, so ``u`` is never materialized. Scores are laid
+    out ``[R, T, n]`` so both big products are plain GEMMs on ``V`` viewed as ``[R*T, D]``. Concepts
+    are processed in chunks with an analytic backward (recomputing what was not kept), so autograd
+    saves nothing per chunk and peak memory follows ``xac_memory_plan``.
+    """
+
+    @staticmethod
+    def forward(ctx, image_tokens: torch.Tensor, concepts: torch.Tensor, temperature: float,
+                plan: XACPlan) -> torch.Tensor:
+        num_rows, num_tokens, dim = image_tokens.shape
+        flat_tokens = image_tokens.reshape(num_rows * num_tokens, dim)
+        gram = torch.bmm(image_tokens, image_tokens.transpose(1, 2))
+        num = image_tokens.new_empty(num_rows, concepts.shape[0])
+        sq = torch.empty_like(num)
+        kept_scores = []
+        for start in range(0, concepts.shape[0], plan.chunk_size):
+            stop = start + plan.chunk_size
+            scores = (flat_tokens @ concepts[start:stop].T).view(num_rows, num_tokens, -1)
+            attention, gram_attention = _attention(scores, gram, temperature)
+            num[:, start:stop] = (attention * scores).sum(1)
+            sq[:, start:stop] = (attention * gram_attention).sum(1)
+            if plan.keep_scores:
+                kept_scores.append(scores)
+        sq.clamp_(min=0)  # a^T G a >= 0; rounding can leave it at -1e-17
+        ctx.save_for_backward(image_tokens, concepts, gram, num, sq)
+        ctx.kept_scores = kept_scores  # intermediates, not inputs/outputs: plain ctx attributes
+        ctx.temperature = temperature
+        ctx.chunk_size = plan.chunk_size
+        return num / sq.sqrt().clamp(min=NORM_EPS)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        image_tokens, concepts, gram, num_all, sq_all = ctx.saved_tensors
+        kept_scores, ctx.kept_scores = ctx.kept_scores, None
+        temperature, chunk_size = ctx.temperature, ctx.chunk_size
+        need_tokens, need_concepts = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        num_rows, num_tokens, dim = image_tokens.shape
+        flat_tokens = image_tokens.reshape(num_rows * num_tokens, dim)
+        grad_flat_tokens = torch.zeros_like(flat_tokens) if need_tokens else None
+        grad_gram = torch.zeros_like(gram) if need_tokens else None
+        grad_concepts = torch.empty_like(concepts) if need_concepts else None
+        grad_out = grad_out.to(image_tokens.dtype)
+
+        norm_all = sq_all.sqrt()
+        denom_all = norm_all.clamp(min=NORM_EPS)
+        grad_num_all = grad_out / denom_all
+        # d q / d sq = -num / (2 |u|^3); zero where the eps clamp is active (as in F.normalize).
+        grad_sq_all = torch.where(norm_all > NORM_EPS, -grad_out * num_all / (2 * denom_all ** 3), 0.0)
+        # With dL/dA = g_num S + 2 g_sq H and <A, S> = num, <A, H> = sq, the softmax backward gives
+        # dL/dS = A * (lambda g_num S + 2 lambda g_sq H + g_num - lambda (g_num num + 2 g_sq sq)).
+        coef_scores = temperature * grad_num_all
+        coef_gram = 2 * temperature * grad_sq_all
+        coef_const = grad_num_all - temperature * (grad_num_all * num_all + 2 * grad_sq_all * sq_all)
+
+        for index, start in enumerate(range(0, concepts.shape[0], chunk_size)):
+            stop = start + chunk_size
+            chunk = concepts[start:stop]
+            if kept_scores:
+                scores, kept_scores[index] = kept_scores[index], None
+            else:
+                scores = (flat_tokens @ chunk.T).view(num_rows, num_tokens, -1)
+            attention, work = _attention(scores, gram, temperature)
+            work.mul_(coef_gram[:, None, start:stop]).addcmul_(scores, coef_scores[:, None, start:stop])
+            work.add_(coef_const[:, None, start:stop]).mul_(attention)
+            grad_scores = work.view(num_rows * num_tokens, -1)
+            if need_tokens:
+                # dL/dG = sum_n g_sq A_n A_n^T; the scores buffer is free to hold A * g_sq.
+                weighted = scores.copy_(attention).mul_(grad_sq_all[:, None, start:stop])
+                grad_gram.baddbmm_(weighted, attention.transpose(1, 2))
+                grad_flat_tokens.addmm_(grad_scores, chunk)
+            if need_concepts:
+                torch.mm(grad_scores.T, flat_tokens, out=grad_concepts[start:stop])
+
+        grad_tokens = None
+        if need_tokens:
+            # G = V V^T and dL/dG is symmetric, so dL/dV = 2 dL/dG V.
+            grad_tokens = grad_flat_tokens.view(num_rows, num_tokens, dim)
+            grad_tokens.baddbmm_(grad_gram, image_tokens, alpha=2.0)
+        return grad_tokens, grad_concepts, None, None
+
+
+def xac_similarity(image_tokens: torch.Tensor, concepts: torch.Tensor, temperature: float = 1.0,
+                   chunk_size: Optional[int] = None,
+                   memory_budget_mb: float = XAC_MEMORY_BUDGET_MB) -> torch.Tensor:
+    """Cosine of every concept with every image's concept-pooled embedding.
+
+    ``image_tokens [R, T, D]`` and ``concepts [N, D]`` (L2-normalized) -> ``[R, N]`` with
+    ``out[r, n] = <v^_r(c_n), c_n>``, ``v^_r(c) = u / max(|u|, 1e-8)``,
+    ``u = sum_t softmax_t(temperature * <c, v_rt>) v_rt``. Computed in at least fp32 with an exact
+    closed form and an analytic backward, chunked over concepts within ``memory_budget_mb``
+    (``xac_memory_plan``; ``chunk_size`` fixes the concepts per chunk).
+    """
+    if image_tokens.ndim != 3 or concepts.ndim != 2 or image_tokens.shape[-1] != concepts.shape[-1]:
+        raise ValueError(f"xac_similarity expects image_tokens [R, T, D] and concepts [N, D], got "
+                         f"{tuple(image_tokens.shape)} and {tuple(concepts.shape)}")
+    if not math.isfinite(temperature):
+        raise ValueError(f"xac temperature must be finite, got {temperature}")
+    dtype = torch.promote_types(torch.promote_types(image_tokens.dtype, concepts.dtype), torch.float32)
+    plan = xac_memory_plan(image_tokens.shape[0], image_tokens.shape[1], concepts.shape[0],
+                           memory_budget_mb, torch.finfo(dtype).bits // 8, chunk_size)
+    return _XACSimilarity.apply(image_tokens.to(dtype).contiguous(), concepts.to(dtype).contiguous(),
+                                float(temperature), plan)
+
+
+def xac_logits(image_tokens: torch.Tensor, concepts: torch.Tensor, logit_scale: torch.Tensor,
+               logit_bias: Optional[torch.Tensor] = None, temperature: float = 1.0,
+               chunk_size: Optional[int] = None,
+               memory_budget_mb: float = XAC_MEMORY_BUDGET_MB) -> torch.Tensor:
+    """xac logits ``[R, N] = logit_scale * xac_similarity(image_tokens [R,T,D], concepts [N,D]) + bias``."""
+    logits = logit_scale * xac_similarity(image_tokens, concepts, temperature, chunk_size, memory_budget_mb)
+    return logits if logit_bias is None else logits + logit_bias
+
+
+def _upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (bf16/fp16 -> fp32; fp64 stays fp64 for exact checks)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def _all_gather_rows(tensor: torch.Tensor, sizes: List[int]) -> torch.Tensor:
+    """All-gather ``[B_r, ...]`` tensors of all ranks along dim 0, with gradient, -> ``[sum B_r, ...]``.
+
+    Ranks may hold different ``B_r`` (``sizes``): rows are zero-padded to the largest for the
+    collective and the padding is cut out again. The backward sums every rank's gradient for the
+    local slice (torch.distributed.nn semantics).
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    max_rows = max(sizes)
+    if tensor.shape[0] < max_rows:
+        tensor = torch.cat([tensor, tensor.new_zeros(max_rows - tensor.shape[0], *tensor.shape[1:])])
+    with warnings.catch_warnings():
+        # torch >= 2.9 flags the autograd-aware all_gather as deprecated in favour of the
+        # functional collectives; its semantics are the ones we want and it works on every backend.
+        warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*", category=FutureWarning)
+        parts = all_gather(tensor)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+class C2LIPLoss(nn.Module):
+    """SigLIP sigmoid loss + ``npc_weight`` * L_npc + ``xac_weight`` * L_xac (METHOD.md §5).
+
+    Args:
+        npc_weight: weight of the image <-> concept sigmoid loss.
+        xac_weight: weight of the concept-pooled image <-> concept sigmoid loss.
+        xac_temperature: multiplies the raw cosine scores inside the xac softmax (no ``1/sqrt(D)``).
+        rank, world_size: this process' place in the data-parallel group.
+        xac_memory_budget_mb: bound on the xac working memory (see ``xac_memory_plan``).
+        xac_chunk_size: concepts per xac chunk; overrides the budget when given.
+
+    No parameters or buffers: ``logit_scale``/``logit_bias`` are the model's. All terms run in (at least)
+    fp32, also inside autocast. A term whose weight is 0 is skipped but kept connected to the graph (a zero
+    gradient) so DDP without ``find_unused_parameters`` still sees every parameter used.
+    """
+
+    def __init__(self, npc_weight: float = 1.0, xac_weight: float = 0.01, xac_temperature: float = 1.0,
+                 rank: int = 0, world_size: int = 1,
+                 xac_memory_budget_mb: float = XAC_MEMORY_BUDGET_MB,
+                 xac_chunk_size: Optional[int] = None):
+        super().__init__()
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if xac_memory_budget_mb <= 0:
+            raise ValueError(f"xac_memory_budget_mb must be positive, got {xac_memory_budget_mb}")
+        if xac_chunk_size is not None and xac_chunk_size < 1:
+            raise ValueError(f"xac_chunk_size must be >= 1, got {xac_chunk_size}")
+        if not math.isfinite(xac_temperature):
+            raise ValueError(f"xac_temperature must be finite, got {xac_temperature}")
+        self.npc_weight = float(npc_weight)
+        self.xac_weight = float(xac_weight)
+        self.xac_temperature = float(xac_temperature)
+        self.rank = rank
+        self.world_size = world_size
+        self.xac_memory_budget_mb = float(xac_memory_budget_mb)
+        self.xac_chunk_size = xac_chunk_size
+
+    def extra_repr(self) -> str:
+        return (f"npc_weight={self.npc_weight}, xac_weight={self.xac_weight}, "
+                f"xac_temperature={self.xac_temperature}, rank={self.rank}, world_size={self.world_size}")
+
+    def _check_inputs(self, image_features, text_features, image_tokens, concept_features, concept_mask):
+        batch, dim = image_features.shape if image_features.ndim == 2 else (None, None)
+        problems = []
+        if image_features.ndim != 2:
+            problems.append(f"image_features must be [B, D], got {tuple(image_features.shape)}")
+        elif text_features.shape != image_features.shape:
+            problems.append(f"text_features must be [B, D] = {(batch, dim)}, got {tuple(text_features.shape)}")
+        elif image_tokens.ndim != 3 or image_tokens.shape[0] != batch or image_tokens.shape[2] != dim:
+            problems.append(f"image_tokens must be [B, T, D] with B={batch}, D={dim}, "
+                            f"got {tuple(image_tokens.shape)}")
+        elif concept_features.ndim != 3 or concept_features.shape[0] != batch or concept_features.shape[2] != dim:
+            problems.append(f"concept_features must be [B, P, D] with B={batch}, D={dim}, "
+                            f"got {tuple(concept_features.shape)}")
+        elif concept_mask.shape != concept_features.shape[:2]:
+            problems.append(f"concept_mask must be [B, P] = {tuple(concept_features.shape[:2])}, "
+                            f"got {tuple(concept_mask.shape)}")
+        elif concept_mask.dtype != torch.bool:
+            problems.append(f"concept_mask must be bool, got {concept_mask.dtype}")
+        if problems:
+            raise ValueError("C2LIPLoss: " + "; ".join(problems))
+
+    def _global_columns(self, text_features: torch.Tensor, concept_features: torch.Tensor,
+                        concept_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Texts ``[M, D]``, concept slots ``[M, P, D]`` and mask ``[M, P]`` of the global batch, plus
+        the global index of this rank's first row."""
+        if self.world_size == 1:
+            return text_features, concept_features, concept_mask, 0
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(f"C2LIPLoss(world_size={self.world_size}) needs torch.distributed initialized")
+        if dist.get_world_size() != self.world_size or dist.get_rank() != self.rank:
+            raise RuntimeError(f"C2LIPLoss was built for rank {self.rank}/{self.world_size} but the process "
+                               f"group says rank {dist.get_rank()}/{dist.get_world_size()}")
+        batch, slots, dim = concept_features.shape
+        shape = torch.tensor([batch, slots, dim], device=text_features.device)
+        shapes = [torch.empty_like(shape) for _ in range(self.world_size)]
+        dist.all_gather(shapes, shape)
+        shapes = [tuple(s.tolist()) for s in shapes]
+        if any(s[1:] != (slots, dim) for s in shapes):
+            raise ValueError(f"C2LIPLoss: all ranks need the same concept slots P and dim D, "
+                             f"got [B, P, D] per rank = {shapes}")
+        sizes = [s[0] for s in shapes]
+        # One collective for texts, concepts and the mask (exact 0/1 in fp32, no gradient flows to it).
+        packed = torch.cat([text_features, concept_features.reshape(batch, slots * dim),
+                            concept_mask.to(text_features.dtype)], dim=1)
+        gathered = _all_gather_rows(packed, sizes)
+        texts = gathered[:, :dim]
+        concepts = gathered[:, dim:dim + slots * dim].reshape(-1, slots, dim)
+        mask = gathered[:, dim + slots * dim:].detach() > 0.5
+        return texts, concepts, mask, sum(sizes[:self.rank])
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                logit_scale: torch.Tensor, logit_bias: Optional[torch.Tensor] = None, *,
+                image_tokens: torch.Tensor, concept_features: torch.Tensor, concept_mask: torch.Tensor,
+                output_dict: bool = False) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Local rows: ``image_features``/``text_features [B, D]``, ``image_tokens [B, T, D]``,
+        ``concept_features [B, P, D]`` (all L2-normalized), ``concept_mask [B, P]`` (bool); exp'd
+        ``logit_scale`` and ``logit_bias`` scalars. Returns the weighted terms (dict) or their sum."""
+        self._check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask)
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            losses = self._losses(_upcast(image_features), _upcast(text_features), _upcast(logit_scale),
+                                  None if logit_bias is None else _upcast(logit_bias),
+                                  _upcast(image_tokens), _upcast(concept_features), concept_mask)
+        return losses if output_dict else sum(losses.values())
+
+    def _losses(self, image_features, text_features, logit_scale, logit_bias, image_tokens,
+                concept_features, concept_mask) -> Dict[str, torch.Tensor]:
+        device = image_features.device
+        scale = logit_scale.reshape(())
+        bias = image_features.new_zeros(()) if logit_bias is None else logit_bias.reshape(())
+        texts, concept_slots, slot_mask, row_offset = self._global_columns(
+            text_features, concept_features, concept_mask)
+        num_texts, num_slots = texts.shape[0], concept_slots.shape[1]
+        rows = torch.arange(image_features.shape[0], device=device) + row_offset
+
+        text_logits = scale * image_features @ texts.T + bias
+        text_positive = rows[:, None] == torch.arange(num_texts, device=device)[None]
+        contrastive = sigmoid_pair_loss(text_logits, text_positive) / num_texts
+
+        # Valid concept columns of the global batch and the global image row owning each.
+        valid = slot_mask.reshape(-1).nonzero().squeeze(1)
+        concepts = concept_slots.reshape(-1, concept_slots.shape[-1]).index_select(0, valid)
+        positive = rows[:, None] == (valid // num_slots)[None]
+        num_concepts = max(valid.numel(), 1)  # N == 0: empty sums, still wired to the graph
+
+        npc_logits = scale * image_features @ concepts.T + bias
+        npc = sigmoid_pair_loss(npc_logits, positive) / num_concepts
+        if self.xac_weight != 0:
+            xac_logits_ = scale * xac_similarity(image_tokens, concepts, self.xac_temperature,
+                                                 self.xac_chunk_size, self.xac_memory_budget_mb) + bias
+            xac = sigmoid_pair_loss(xac_logits_, positive) / num_concepts
+        else:
+            xac = image_tokens.sum() * 0.0
+
+        # W x this rank's share: the mean over ranks is the union loss (see module docstring).
+        world = float(self.world_size)
+        return {
+            "contrastive_loss": world * contrastive,
+            "npc_loss": world * self.npc_weight * npc,
+            "xac_loss": world * self.xac_weight * xac,
+        }

@@ -1,0 +1,332 @@
+"""Write and read webdataset shards (``jpg`` / ``txt`` / ``json`` samples).
+
+Writing::
+
+    from open_clip_c2lip.shards import write_shards
+    paths = write_shards(
+        [{"jpg": pil_image_or_bytes_or_path, "txt": "a red ball", "json": {"concepts": ["a red ball"]}}],
+        output_dir="shards", prefix="train", samples_per_shard=1000)
+    # -> ['shards/train-000000.tar', ...]
+
+A sample is a dict with
+
+- ``jpg``: JPEG bytes (kept byte-for-byte), other image bytes, a ``PIL.Image`` or an image file
+  path. Anything that is not already JPEG is converted to RGB and re-encoded as JPEG (``quality``),
+  so every sample has a ``jpg`` member, which open_clip's pipeline reads. Every image is decoded
+  once to catch corrupt files.
+- ``txt``: the caption (non-blank ``str``), written UTF-8.
+- ``json`` (optional): a dict, written as the sample's ``json`` member.
+- ``key`` (optional): the sample's ``__key__`` (no ``.`` or ``/``). Default: the sample's zero-based
+  position in the input, zero-padded to 9 digits, so keys are deterministic and a skipped sample
+  leaves a gap instead of renumbering the rest.
+- ``source`` (optional): where the sample came from, used in error messages.
+- ``error`` (optional): a reason the source could not give a valid sample (set by the readers below).
+
+Shards are named ``{prefix}-{i:06d}.tar`` (``i`` from 0), hold ``samples_per_shard`` samples (the last
+one fewer), and are written to ``NAME.partial`` then renamed, so a listed shard is always complete.
+Tar headers are fixed (mtime 0, mode 0644, owner 0), so the same samples give identical bytes. A bad
+sample (corrupt image, missing/blank caption) raises ``BadSampleError`` naming it, or with
+``skip_bad=True`` is counted and listed in ``ShardWriteStats`` instead; count in == written + skipped.
+
+Readers: ``samples_from_folder`` (``img.jpg`` + ``img.txt`` side by side), ``samples_from_csv``
+(image path + caption columns, open_clip's ``filepath`` / ``title`` by default), ``read_shard`` and
+``iter_tar_samples`` (raw members, used by the concepts CLI to rewrite shards byte-for-byte).
+"""
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+JPEG_MAGIC = b"\xff\xd8\xff"
+KEY_DIGITS = 9
+MAX_LISTED_SKIPS = 20
+# Same split as webdataset.tariterators.base_plus_ext: key = path up to the first "." of the name.
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+# webdataset skips these (tar_file_iterator's meta files) rather than reading them as samples.
+_META = re.compile(r"^__[^/]*__($|/)")
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be written (corrupt image, missing caption ...)."""
+
+
+@dataclass
+class ShardWriteStats:
+    samples_in: int = 0
+    written: int = 0
+    reencoded: int = 0  # images converted to JPEG
+    skipped: int = 0
+    skipped_examples: List[str] = field(default_factory=list)
+    shards: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"samples in: {self.samples_in}   written: {self.written}   skipped: {self.skipped}   "
+                 f"re-encoded to JPEG: {self.reencoded}   shards: {len(self.shards)}"]
+        lines += [f"  skipped {reason}" for reason in self.skipped_examples]
+        if self.skipped > len(self.skipped_examples):
+            lines.append(f"  ... and {self.skipped - len(self.skipped_examples)} more")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+def encode_image(image: Union[bytes, str, os.PathLike, Any], quality: int = 95,
+                 where: str = "image") -> Tuple[bytes, bool]:
+    """JPEG bytes of ``image`` (bytes, path or ``PIL.Image``) and whether it had to be re-encoded."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with open(image, "rb") as f:
+                image = f.read()
+        except OSError as exc:
+            raise BadSampleError(f"{where}: cannot read image ({exc})") from exc
+    if isinstance(image, (bytes, bytearray)):
+        try:
+            decoded = Image.open(io.BytesIO(image))
+            decoded.load()  # full decode: catches truncated/corrupt data that open() alone misses
+        except Exception as exc:
+            raise BadSampleError(f"{where}: corrupt or unsupported image ({type(exc).__name__}: {exc})") from exc
+        if bytes(image[:3]) == JPEG_MAGIC:
+            return bytes(image), False
+        image = decoded
+    if not isinstance(image, Image.Image):
+        raise BadSampleError(f"{where}: image must be bytes, a path or a PIL.Image, got {type(image).__name__}")
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue(), True
+
+
+def _member(name: str, data: bytes) -> Tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    return info, data
+
+
+def _sample_members(sample: Dict[str, Any], key: str, quality: int, where: str
+                    ) -> Tuple[List[Tuple[tarfile.TarInfo, bytes]], bool]:
+    if sample.get("error"):
+        raise BadSampleError(f"{where}: {sample['error']}")
+    if "." in key or "/" in key or not key:
+        raise BadSampleError(f"{where}: key {key!r} must be non-empty without '.' or '/'")
+    caption = sample.get("txt")
+    if not isinstance(caption, str) or not caption.strip():
+        raise BadSampleError(f"{where}: missing or blank caption (txt={caption!r})")
+    meta = sample.get("json")
+    if meta is not None and not isinstance(meta, dict):
+        raise BadSampleError(f"{where}: json must be a dict, got {type(meta).__name__}")
+    if "jpg" not in sample:
+        raise BadSampleError(f"{where}: no image (jpg)")
+    image, reencoded = encode_image(sample["jpg"], quality, where)
+    members = [_member(f"{key}.jpg", image), _member(f"{key}.txt", caption.encode("utf-8"))]
+    if meta is not None:
+        members.append(_member(f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8")))
+    return members, reencoded
+
+
+class _ShardSink:
+    """Writes members into ``{prefix}-{i:06d}.tar``, rolling over every ``samples_per_shard``."""
+
+    def __init__(self, output_dir: str, prefix: str, samples_per_shard: int):
+        self.output_dir, self.prefix, self.samples_per_shard = output_dir, prefix, samples_per_shard
+        self.paths: List[str] = []
+        self._tar: Optional[tarfile.TarFile] = None
+        self._count = 0
+
+    def add(self, members: List[Tuple[tarfile.TarInfo, bytes]]) -> None:
+        if self._tar is None:
+            path = os.path.join(self.output_dir, f"{self.prefix}-{len(self.paths):06d}.tar")
+            self._tar = tarfile.open(path + ".partial", "w", format=tarfile.PAX_FORMAT)
+            self.paths.append(path)
+        for info, data in members:
+            self._tar.addfile(info, io.BytesIO(data))
+        self._count += 1
+        if self._count == self.samples_per_shard:
+            self.close()
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            os.replace(self.paths[-1] + ".partial", self.paths[-1])
+            self._tar, self._count = None, 0
+
+    def abort(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            os.remove(self.paths.pop() + ".partial")
+            self._tar = None
+
+
+def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str = "shard",
+                 samples_per_shard: int = 1000, *, skip_bad: bool = False, quality: int = 95,
+                 stats: Optional[ShardWriteStats] = None) -> List[str]:
+    """Write samples (see module docstring) into webdataset shards; returns the shard paths."""
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    stats = ShardWriteStats() if stats is None else stats
+    os.makedirs(output_dir, exist_ok=True)
+    sink = _ShardSink(output_dir, prefix, samples_per_shard)
+    try:
+        for index, sample in enumerate(samples):
+            stats.samples_in += 1
+            key = str(sample.get("key", f"{index:0{KEY_DIGITS}d}"))
+            where = f"sample {key!r}" + (f" ({sample['source']})" if sample.get("source") else "")
+            try:
+                members, reencoded = _sample_members(sample, key, quality, where)
+            except BadSampleError as exc:
+                if not skip_bad:
+                    raise
+                stats.skipped += 1
+                if len(stats.skipped_examples) < MAX_LISTED_SKIPS:
+                    stats.skipped_examples.append(str(exc))
+                continue
+            sink.add(members)
+            stats.written += 1
+            stats.reencoded += int(reencoded)
+    except BaseException:
+        sink.abort()  # never leave a half-written shard that looks finished
+        raise
+    sink.close()
+    stats.shards.extend(sink.paths)
+    return list(sink.paths)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+
+def _read_caption(path: str) -> Tuple[Optional[str], Optional[str]]:
+    """(caption, error) of a caption file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8").strip(), None
+    except FileNotFoundError:
+        return None, f"no caption file {os.path.basename(path)}"
+    except UnicodeDecodeError as exc:
+        return None, f"caption file {path} is not valid UTF-8 ({exc})"
+
+
+def samples_from_folder(folder: str) -> Iterator[Dict[str, Any]]:
+    """Samples from images with a same-stem ``.txt`` caption beside them, in sorted path order.
+
+    Recursive; json = ``{"caption", "source"}`` with ``source`` the image path relative to ``folder``.
+    """
+    paths = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        paths += [os.path.join(root, f) for f in files if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+    for path in sorted(paths, key=lambda p: os.path.relpath(p, folder)):
+        source = os.path.relpath(path, folder)
+        caption, error = _read_caption(os.path.splitext(path)[0] + ".txt")
+        yield {"jpg": path, "txt": caption, "json": {"caption": caption, "source": source},
+               "source": source, "error": error}
+
+
+def samples_from_csv(path: str, img_key: str = "filepath", caption_key: str = "title",
+                     sep: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+    """Samples from a CSV/TSV of image paths (relative to the CSV's folder unless absolute) and captions."""
+    import pandas as pd
+
+    sep = sep or ("\t" if path.lower().endswith(".tsv") else ",")
+    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    missing = [k for k in (img_key, caption_key) if k not in table.columns]
+    if missing:
+        raise BadSampleError(f"{path}: missing column(s) {missing} (columns: {list(table.columns)})")
+    base = os.path.dirname(os.path.abspath(path))
+    for row, (image, caption) in enumerate(zip(table[img_key], table[caption_key])):
+        source = f"{path} row {row} ({image})"
+        yield {"jpg": os.path.join(base, image), "txt": caption,
+               "json": {"caption": caption, "source": image}, "source": source}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+@dataclass
+class TarSample:
+    """Consecutive tar members sharing a webdataset key, as raw ``(TarInfo, bytes)`` pairs.
+
+    ``key`` is None for a member that is not part of a sample (directory, ``__meta__`` file, name
+    without extension): such members are carried alone so rewriting keeps them in place.
+    """
+    key: Optional[str]
+    members: List[Tuple[tarfile.TarInfo, bytes]]
+    _json: Any = None
+    _json_parsed: bool = False
+
+    @staticmethod
+    def extension(info: tarfile.TarInfo) -> Optional[str]:
+        match = _KEY_EXT.match(info.name)
+        return match.group(2).lower() if match else None
+
+    @property
+    def extensions(self) -> List[str]:
+        return [self.extension(info) for info, _ in self.members]
+
+    def member(self, extension: str) -> Optional[bytes]:
+        for info, data in self.members:
+            if self.extension(info) == extension.lower():
+                return data
+        return None
+
+    def json_object(self, where: str = "sample"):
+        """The parsed ``json`` member (a dict), None without one, or a ``BadSampleError`` saying why not."""
+        if not self._json_parsed:
+            self._json_parsed = True
+            data = self.member("json")
+            if data is not None:
+                try:
+                    self._json = json.loads(data.decode("utf-8"))
+                    if not isinstance(self._json, dict):
+                        self._json = BadSampleError(
+                            f"{where}: json is not an object (got {type(self._json).__name__})")
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    self._json = BadSampleError(f"{where}: json member is not valid UTF-8 JSON ({exc})")
+        return self._json
+
+
+def iter_tar_samples(path: str) -> Iterator[TarSample]:
+    """Stream a tar as samples (grouped like webdataset's ``group_by_keys``), members in tar order."""
+    with tarfile.open(path, "r|*") as tar:
+        current: Optional[TarSample] = None
+        for info in tar:
+            match = _KEY_EXT.match(info.name) if info.isreg() and not _META.match(info.name) else None
+            data = tar.extractfile(info).read() if info.isreg() else b""
+            if match is None:
+                if current is not None:
+                    yield current
+                    current = None
+                yield TarSample(None, [(info, data)])
+                continue
+            key, extension = match.group(1), match.group(2).lower()
+            if current is not None and current.key == key:
+                if extension in current.extensions:
+                    raise ValueError(f"{path}: sample {key!r} has two .{extension} members")
+                current.members.append((info, data))
+                continue
+            if current is not None:
+                yield current
+            current = TarSample(key, [(info, data)])
+        if current is not None:
+            yield current
+
+
+def read_shard(path: str) -> List[Dict[str, Any]]:
+    """Samples of a shard as dicts ``{"__key__": key, extension: bytes, ...}`` (non-samples left out)."""
+    return [{"__key__": s.key, **{s.extension(i): d for i, d in s.members}}
+            for s in iter_tar_samples(path) if s.key is not None]
+
+
+def json_member_info(template: tarfile.TarInfo, obj: Dict[str, Any], name: Optional[str] = None
+                     ) -> Tuple[tarfile.TarInfo, bytes]:
+    """A json member holding ``obj``, with ``template``'s header fields (name, mode, owner, mtime)."""
+    data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    info = tarfile.TarInfo(name or template.name)
+    for attr in ("mode", "mtime", "uid", "gid", "uname", "gname"):
+        setattr(info, attr, getattr(template, attr))
+    info.size = len(data)
+    return info, data

@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Concept extraction throughput: the concepts CLI end to end vs raw ``nlp.pipe`` vs a naive loop.
+
+Every row is the wall time of a fresh subprocess (interpreter start + spaCy load + work), so all
+rows pay the same fixed costs; the load time is reported separately. Rows:
+
+- ``raw nlp.pipe``: the same model and components as the CLI (noun-chunk components only), the same
+  batch size, iterating ``doc.noun_chunks`` of every caption; ``n_process`` = processes.
+- ``CLI csv``: ``python -m open_clip_c2lip.concepts captions.csv`` (one file: spaCy ``n_process``).
+- ``CLI shards``: the same captions in ``--shards`` webdataset shards (workers over files).
+- ``naive``: ``nlp(text)`` per caption with the full default pipeline (ner, lemmatizer ...),
+  single process, over the first ``--naive-limit`` captions.
+
+The inputs (CSV, shards with 1 KB dummy images) are written before timing. The script also checks
+that the noun chunks of the reduced pipeline equal the full pipeline's on every caption, that the
+CLI's concepts equal the naive loop's, and reports the concepts-per-caption histogram::
+
+    OMP_NUM_THREADS=1 python scripts/bench_concepts.py --output benchmarks/bench_concepts.md
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+DEFAULT_CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_captions_val2017.json"
+
+RAW_PIPE = """
+import json, sys, time
+from open_clip_c2lip.concepts import load_spacy
+captions = json.load(open(sys.argv[1]))
+t = time.perf_counter(); nlp = load_spacy(sys.argv[2]); load = time.perf_counter() - t
+chunks = sum(len(list(doc.noun_chunks))
+             for doc in nlp.pipe(captions, batch_size=int(sys.argv[3]), n_process=int(sys.argv[4])))
+print(json.dumps({"load_s": load, "chunks": chunks}))
+"""
+
+NAIVE_LOOP = """
+import json, sys, time
+import spacy
+from open_clip_c2lip.concepts import spacy_model_candidates
+captions = json.load(open(sys.argv[1]))
+t = time.perf_counter()
+for name in spacy_model_candidates(sys.argv[2]):
+    try:
+        nlp = spacy.load(name)  # the full default pipeline, as a naive user would
+        break
+    except OSError:
+        pass
+load = time.perf_counter() - t
+out = []
+for caption in captions:
+    doc = nlp(caption)
+    concepts = []
+    for chunk in doc.noun_chunks:
+        text = " ".join(chunk.text.lower().split())
+        if chunk.root.pos_ != "PRON" and text not in concepts:
+            concepts.append(text)
+    out.append(concepts or [" ".join(caption.lower().split())])
+print(json.dumps({"load_s": load, "concepts": out}))
+"""
+
+IDENTITY = """
+import json, sys
+from open_clip_c2lip.concepts import load_spacy
+captions = json.load(open(sys.argv[1]))
+fast, full = load_spacy(sys.argv[2]), load_spacy(sys.argv[2], full_pipeline=True)
+key = lambda doc: [(c.start, c.end, c.root.pos_) for c in doc.noun_chunks]
+diff = [i for i, (a, b) in enumerate(zip(fast.pipe(captions, batch_size=256), full.pipe(captions, batch_size=256)))
+        if key(a) != key(b)]
+print(json.dumps({"captions": len(captions), "differ": len(diff), "first": diff[:10],
+                  "fast": fast.pipe_names, "full": full.pipe_names}))
+"""
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--captions", default=str(DEFAULT_CAPTIONS), help="COCO captions JSON")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N captions (default all)")
+    parser.add_argument("--naive-limit", type=int, default=5000, help="captions for the naive row")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the CLI's default")
+    parser.add_argument("--spacy-model", default="en_core_web_sm")
+    parser.add_argument("--skip-identity", action="store_true", help="skip the full-pipeline chunk check")
+    parser.add_argument("--output", default=None, help="write the markdown report here")
+    return parser.parse_args(argv)
+
+
+def run(cmd: List[str], env: Dict[str, str]) -> (float, str):
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return wall, done.stdout
+
+
+def write_inputs(captions: List[str], folder: Path, num_shards: int) -> Dict[str, object]:
+    import pandas as pd
+    from open_clip_c2lip.shards import write_shards
+
+    (folder / "captions.json").write_text(json.dumps(captions))
+    pd.DataFrame({"filepath": [f"{i}.jpg" for i in range(len(captions))], "caption": captions}).to_csv(
+        folder / "captions.csv", index=False)
+    from PIL import Image
+    import io
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    per_shard = -(-len(captions) // num_shards)
+    shards = write_shards(({"jpg": jpeg, "txt": c} for c in captions), str(folder / "shards"), "coco", per_shard)
+    return {"csv": str(folder / "captions.csv"), "json": str(folder / "captions.json"),
+            "shards": str(folder / "shards" / f"coco-{{000000..{len(shards) - 1:06d}}}.tar")}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from open_clip_c2lip.concepts import DEFAULT_BATCH_SIZE
+    from open_clip_c2lip.shards import read_shard
+
+    args = parse_args(argv)
+    batch_size = args.batch_size or DEFAULT_BATCH_SIZE
+    with open(args.captions) as f:
+        annotations = sorted(json.load(f)["annotations"], key=lambda a: a["id"])
+    captions = [a["caption"] for a in annotations][: args.limit]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TQDM_DISABLE": "1"}
+    python = sys.executable
+    rows = []
+    loads = []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs = write_inputs(captions, tmp, args.shards)
+
+        def record(name: str, processes: int, count: int, wall: float, note: str = "") -> None:
+            load = os.getloadavg()[0]
+            rows.append({"row": name, "processes": processes, "captions": count, "wall_s": wall,
+                         "captions_per_s": count / wall, "load1": load, "note": note})
+            print(f"{name:<16} p={processes} {count} captions {wall:7.2f} s {count / wall:8.1f}/s "
+                  f"(loadavg {load:.2f}) {note}", flush=True)
+
+        for processes in args.processes:
+            wall, out = run([python, "-c", RAW_PIPE, inputs["json"], args.spacy_model, str(batch_size),
+                             str(processes)], env)
+            loads.append(json.loads(out)["load_s"])
+            record("raw nlp.pipe", processes, len(captions), wall)
+
+            out_dir = tmp / f"csv-{processes}"
+            wall, out = run([python, "-m", "open_clip_c2lip.concepts", inputs["csv"], "--output-dir", str(out_dir),
+                             "--processes", str(processes), "--batch-size", str(batch_size), "--quiet",
+                             "--spacy-model", args.spacy_model], env)
+            record("CLI csv", processes, len(captions), wall, "spaCy n_process")
+            csv_summary = out
+
+            out_dir = tmp / f"shards-{processes}"
+            wall, out = run([python, "-m", "open_clip_c2lip.concepts", inputs["shards"], "--output-dir",
+                             str(out_dir), "--processes", str(processes), "--batch-size", str(batch_size),
+                             "--quiet", "--spacy-model", args.spacy_model], env)
+            record("CLI shards", processes, len(captions), wall, f"{args.shards} shards, workers over files")
+
+        naive_captions = captions[: args.naive_limit]
+        naive_json = tmp / "naive.json"
+        naive_json.write_text(json.dumps(naive_captions))
+        wall, out = run([python, "-c", NAIVE_LOOP, str(naive_json), args.spacy_model], env)
+        naive = json.loads(out)
+        record("naive nlp(text)", 1, len(naive_captions), wall, "full default pipeline, per caption")
+
+        import pandas as pd
+        cli = [json.loads(c) for c in pd.read_csv(tmp / f"csv-{args.processes[0]}" / "captions.csv")["concepts"]]
+        cli_equals_naive = cli[: len(naive_captions)] == naive["concepts"]
+        shard_concepts = [json.loads(s["json"])["concepts"] for path in sorted((tmp / f"shards-{args.processes[0]}").glob("*.tar"))
+                          for s in read_shard(str(path))]
+        shards_equal_csv = shard_concepts == cli
+        identity = None
+        if not args.skip_identity:
+            _, out = run([python, "-c", IDENTITY, inputs["json"], args.spacy_model], env)
+            identity = json.loads(out)
+
+    report = render(rows, loads, naive["load_s"], csv_summary, cli_equals_naive, shards_equal_csv, identity,
+                    batch_size, len(captions), len(naive_captions))
+    print(report)
+    if args.output:
+        Path(args.output).write_text(report)
+    return 0
+
+
+def render(rows, loads, naive_load, summary, cli_equals_naive, shards_equal_csv, identity, batch_size,
+           num_captions, num_naive) -> str:
+    import platform
+
+    raw = {r["processes"]: r["captions_per_s"] for r in rows if r["row"] == "raw nlp.pipe"}
+    naive = next(r["captions_per_s"] for r in rows if r["row"].startswith("naive"))
+    lines = [
+        "# Concept extraction throughput (`scripts/bench_concepts.py`)",
+        "",
+        f"Machine: 2-core CPU dev box ({platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"visible), shared with other jobs while measuring (1-min load average per row below). "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, spaCy `en_core_web_sm` 3.8, batch size "
+        f"{batch_size}. Data: {num_captions} COCO val2017 captions; naive row on the first {num_naive}.",
+        "",
+        "Every row is one fresh process tree timed end to end (interpreter start, spaCy load "
+        f"≈{sum(loads) / len(loads):.1f} s for the noun-chunk pipeline, ≈{naive_load:.1f} s for the full "
+        "one, reading and writing files for the CLI).",
+        "",
+        "| row | processes | captions | wall s | captions/s | vs raw nlp.pipe | vs naive | load avg | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['processes']} | {r['captions']} | {r['wall_s']:.1f} | "
+                     f"{r['captions_per_s']:.0f} | {r['captions_per_s'] / raw.get(r['processes'], float('nan')):.2f}× | "
+                     f"{r['captions_per_s'] / naive:.1f}× | {r['load1']:.2f} | {r['note']} |")
+    lines += ["", "Checks:",
+              f"- CLI concepts == naive full-pipeline loop on the first {num_naive} captions: {cli_equals_naive}",
+              f"- CLI shard output == CLI csv output (all captions): {shards_equal_csv}"]
+    if identity is not None:
+        lines.append(f"- noun chunks (start, end, root POS) of `{'+'.join(identity['fast'])}` == full pipeline "
+                     f"`{'+'.join(identity['full'])}`: {identity['captions'] - identity['differ']}/"
+                     f"{identity['captions']} captions identical (first differing: {identity['first']})")
+    lines += ["", "Concept counts on COCO (CLI summary):", "", "```", summary.strip(), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

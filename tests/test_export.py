@@ -1,0 +1,191 @@
+"""Tests for open_clip_c2lip.export: plugin-free local-dir bundles, loaded by plain open_clip and
+by the clip_benchmark CLI (subprocesses with the plugin disabled)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import open_clip
+
+from open_clip_c2lip import eval as c2eval
+from open_clip_c2lip import export
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TINY_CONFIG = REPO / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
+SIGLIP = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
+TEXTS = ["a red ball on a blue box", "two dogs playing in the snow"]
+PLAIN_ENV = {**os.environ, "OPEN_CLIP_C2LIP_DISABLE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+             "TRANSFORMERS_OFFLINE": "1"}
+
+# runs in a plain-open_clip subprocess: loads each bundle and dumps what it computes
+PLAIN_LOAD = r"""
+import sys, torch
+torch.set_num_threads(1)
+import open_clip
+from PIL import Image
+image_path, out_path, texts, bundles = sys.argv[1], sys.argv[2], sys.argv[3].split("|"), sys.argv[4:]
+out = {}
+for bundle in bundles:
+    name = "local-dir:" + bundle
+    model, _, preprocess = open_clip.create_model_and_transforms(name)  # strict load
+    tokenizer = open_clip.get_tokenizer(name)
+    model.eval()
+    pixels = preprocess(Image.open(image_path))[None]
+    tokens = tokenizer(texts)
+    with torch.no_grad():
+        out[bundle] = {"pixels": pixels, "tokens": tokens, "image": model.encode_image(pixels, normalize=True),
+                       "text": model.encode_text(tokens, normalize=True),
+                       "preprocess_cfg": dict(model.visual.preprocess_cfg), "tokenizer": type(tokenizer).__name__}
+out["plugin_modules"] = sorted(m for m in sys.modules if m.startswith("open_clip_c2lip"))
+torch.save(out, out_path)
+"""
+
+
+def _training_checkpoint(model: torch.nn.Module, path: Path) -> Path:
+    """Save ``model`` the way open_clip_train's main.py does (DDP ``module.`` keys)."""
+    state_dict = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 3, "name": "c2lip-tiny-test", "state_dict": state_dict}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    open_clip.add_model_config(TINY_CONFIG)
+    torch.manual_seed(0)
+    model = open_clip.create_model("C2LIP-Tiny").eval()
+    path = _training_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "epoch_3.pt")
+    return model, path
+
+
+def _tiny_hf_tokenizer(folder: Path) -> Path:
+    """A tiny HF fast tokenizer built offline with the ``tokenizers`` library."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    words = sorted({w for t in TEXTS + ["a photo of a dog", "two red apples on a wooden table"] for w in t.split()})
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_base_model_name():
+    assert export.base_model_name("ViT-B-16-SigLIP-C2") == "ViT-B-16-SigLIP"
+    assert export.base_model_name("ViT-SO400M-14-SigLIP-384-C2") == "ViT-SO400M-14-SigLIP-384"
+    assert export.base_model_name("C2LIP-Tiny") == "C2LIP-Tiny"
+
+
+def test_bundle_loads_in_plain_open_clip(tiny, tmp_path):
+    model, checkpoint = tiny
+    bundle = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "bundle")
+    config = json.loads((bundle / export.CONFIG_NAME).read_text())
+    assert config["model_cfg"] == json.loads(TINY_CONFIG.read_text())
+    assert config["preprocess_cfg"] == SIGLIP
+    assert json.loads((bundle / export.INFO_NAME).read_text())["epoch"] == 3
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([export.CONFIG_NAME, export.WEIGHTS_NAME, export.INFO_NAME])
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # staging folder gone
+
+    # an HF-tokenizer architecture: the tokenizer files travel with the bundle
+    hf_cfg = json.loads(TINY_CONFIG.read_text())
+    hf_tokenizer = _tiny_hf_tokenizer(tmp_path / "hf_tokenizer")
+    hf_cfg["text_cfg"].update(vocab_size=64, hf_tokenizer_name=str(hf_tokenizer))
+    (tmp_path / "C2LIP-TinyHF.json").write_text(json.dumps(hf_cfg))
+    open_clip.add_model_config(tmp_path / "C2LIP-TinyHF.json")
+    torch.manual_seed(1)
+    hf_model = open_clip.create_model("C2LIP-TinyHF").eval()
+    hf_checkpoint = _training_checkpoint(hf_model, tmp_path / "hf_epoch_1.pt")
+    hf_bundle = export.export_bundle("C2LIP-TinyHF", hf_checkpoint, tmp_path / "hf_bundle",
+                                     preprocess_overrides={"mean": (0.5,) * 3, "std": (0.5,) * 3,
+                                                           "resize_mode": "squash"})
+    assert (hf_bundle / "tokenizer.json").is_file()
+    tokenizers = {bundle: open_clip.get_tokenizer("C2LIP-Tiny"), hf_bundle: open_clip.get_tokenizer("C2LIP-TinyHF")}
+    (tmp_path / "hf_tokenizer").rename(tmp_path / "moved")  # the bundle must not need the source folder
+
+    image_path = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 90, 3), dtype=np.uint8)).save(image_path)  # non-square: squash
+    out_path = tmp_path / "plain.pt"
+    subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(image_path), str(out_path), "|".join(TEXTS),
+                    str(bundle), str(hf_bundle)], check=True, env=PLAIN_ENV, cwd=tmp_path, timeout=300)
+    plain = torch.load(out_path, weights_only=False)
+    assert plain["plugin_modules"] == []
+
+    # the plugin-side reference: the trained model, SigLIP preprocessing done here by hand
+    image = Image.open(image_path).convert("RGB").resize((64, 64), Image.BICUBIC)
+    pixels = (torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None] - 0.5) / 0.5
+    for reference, path in ((model, bundle), (hf_model, hf_bundle)):
+        got, tokenizer = plain[str(path)], tokenizers[path]
+        assert got["preprocess_cfg"]["resize_mode"] == "squash" and tuple(got["preprocess_cfg"]["mean"]) == (0.5,) * 3
+        torch.testing.assert_close(got["pixels"], pixels, atol=2e-2, rtol=0)  # PIL vs torchvision resampling
+        assert torch.equal(got["tokens"], tokenizer(TEXTS))
+        with torch.no_grad():
+            torch.testing.assert_close(got["image"], reference.encode_image(got["pixels"], normalize=True))
+            torch.testing.assert_close(got["text"], reference.encode_text(got["tokens"], normalize=True))
+    assert plain[str(bundle)]["tokenizer"] == "SimpleTokenizer"
+    assert plain[str(hf_bundle)]["tokenizer"] == "HFTokenizer"
+
+
+def test_export_errors_leave_nothing_behind(tiny, tmp_path):
+    model, checkpoint = tiny
+    state_dict = {k: v for k, v in model.state_dict().items() if k != "logit_scale"}
+    state_dict["extra.weight"] = torch.zeros(2)
+    bad = tmp_path / "bad.pt"
+    torch.save({"epoch": 1, "state_dict": state_dict}, bad)
+    with pytest.raises(RuntimeError, match=r"(?s)bad.pt does not match the base architecture.*extra.weight"):
+        export.export_bundle("C2LIP-Tiny", bad, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        export.export_bundle("C2LIP-Tiny", tmp_path / "missing.pt", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "taken")
+
+
+def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path):
+    model, checkpoint = tiny
+    bundle = export.main(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "b")])
+    # our layout (val2017/ + sugarcrepe/<split>.json); clip_benchmark wants <root>/val2017 + <root>/<split>.json
+    root = tmp_path / "data"
+    data = json.loads((SHARED_DATA / "sugar_crepe" / "swap_att.json").read_text())
+    items = dict(list(data.items())[:14])
+    for i, name in enumerate(sorted({d["filename"] for d in items.values()})):
+        rng = np.random.default_rng(i)
+        blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        (root / "val2017").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.kron(blocks, np.ones((10, 10, 1), dtype=np.uint8))).save(root / "val2017" / name)
+    (root / "sugarcrepe").mkdir()
+    (root / "sugarcrepe" / "swap_att.json").write_text(json.dumps(items))
+    loaded, preprocess, tokenizer = c2eval.load_model(f"local-dir:{bundle}")
+    options = {"sugarcrepe": {"splits": ["swap_att"]}}
+    _, rows = c2eval.evaluate(loaded, preprocess, tokenizer, ["sugarcrepe"], root, options=options,
+                              progress=False, return_scores=True)
+    # keep items whose decision is not within float noise of a tie (batch composition differs)
+    kept = {r["id"]: items[r["id"]] for r in rows if abs(r["pos"] - r["neg"]) > 1e-4}
+    assert len(kept) >= 10
+    (root / "sugarcrepe" / "swap_att.json").write_text(json.dumps(kept))
+    ours = c2eval.evaluate(loaded, preprocess, tokenizer, ["sugarcrepe"], root, options=options, progress=False)
+    acc = ours["sugarcrepe"]["swap_att"]["acc"]
+    assert 0 < acc < 1  # both outcomes occur, so agreement is informative
+
+    (root / "sugarcrepe" / "val2017").symlink_to("../val2017")
+    clip_benchmark = Path(sys.executable).with_name("clip_benchmark")
+    subprocess.run([str(clip_benchmark), "eval", "--model", f"local-dir:{bundle}", "--dataset", "sugar_crepe/swap_att",
+                    "--dataset_root", str(root / "sugarcrepe"), "--task", "image_caption_selection",
+                    "--output", str(tmp_path / "cb_{dataset}.json"), "--batch_size", "4", "--num_workers", "0",
+                    "--no_amp"], check=True, env=PLAIN_ENV, cwd=tmp_path, timeout=300,
+                   stdout=subprocess.DEVNULL)
+    result = json.loads((tmp_path / "cb_sugar_crepe_swap_att.json").read_text())
+    assert result["metrics"]["acc"] == pytest.approx(acc, abs=1e-6)

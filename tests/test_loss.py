@@ -1,0 +1,290 @@
+"""C2LIPLoss against an independent per-pair loop written from METHOD.md §4-5, in float64."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from open_clip_c2lip.loss import (
+    C2LIPLoss,
+    concept_attention,
+    xac_logits,
+    xac_memory_plan,
+    xac_similarity,
+)
+
+torch.set_num_threads(1)
+
+INPUT_NAMES = ("image_features", "text_features", "image_tokens", "concept_features")
+
+
+def make_batch(valid=((1, 1, 1), (0, 0, 0), (1, 0, 1), (1, 1, 0), (0, 1, 0)), tokens=6, dim=8, seed=0,
+               dtype=torch.float64):
+    """A batch as the model returns it. ``valid`` is the concept mask (one row per image): image 1
+    has no concept, image 2 has a hole, and padded slots hold random features on purpose."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.tensor(valid, dtype=torch.bool)
+    batch, slots = mask.shape
+
+    def unit(*shape):
+        return F.normalize(torch.randn(*shape, generator=generator, dtype=dtype), dim=-1)
+
+    return {
+        "image_features": unit(batch, dim),
+        "text_features": unit(batch, dim),
+        "image_tokens": unit(batch, tokens, dim),
+        "concept_features": unit(batch, slots, dim),
+        "concept_mask": mask,
+        "logit_scale": torch.tensor(6.5, dtype=dtype),
+        "logit_bias": torch.tensor(-2.0, dtype=dtype),
+    }
+
+
+def leaves(batch, with_bias=True):
+    """Copies of the float inputs as grad-requiring leaves (logit_bias dropped if not with_bias)."""
+    out = {k: (v.clone().requires_grad_() if v.is_floating_point() else v) for k, v in batch.items()}
+    if not with_bias:
+        out["logit_bias"] = None
+    return out
+
+
+def call(loss_fn, inputs, **kwargs):
+    return loss_fn(inputs["image_features"], inputs["text_features"], inputs["logit_scale"],
+                   inputs["logit_bias"], image_tokens=inputs["image_tokens"],
+                   concept_features=inputs["concept_features"], concept_mask=inputs["concept_mask"],
+                   **kwargs)
+
+
+def pair_loss(logit, positive):
+    return -torch.log(torch.sigmoid(logit if positive else -logit))
+
+
+def naive_terms(inputs, temperature):
+    """(contrastive, npc, xac) by explicit loops over pairs: explicit softmax, pooled u and norm."""
+    v, t = inputs["image_features"], inputs["text_features"]
+    tokens, concept_slots, mask = inputs["image_tokens"], inputs["concept_features"], inputs["concept_mask"]
+    scale = inputs["logit_scale"]
+    bias = inputs["logit_bias"] if inputs["logit_bias"] is not None else 0.0
+    num_images, num_tokens = tokens.shape[0], tokens.shape[1]
+
+    contrastive = 0.0
+    for i in range(num_images):
+        for j in range(num_images):
+            contrastive = contrastive + pair_loss(scale * torch.dot(v[i], t[j]) + bias, i == j)
+    contrastive = contrastive / num_images
+
+    owned = [(b, p) for b in range(num_images) for p in range(mask.shape[1]) if mask[b, p]]
+    npc = xac = torch.zeros((), dtype=v.dtype)
+    for i in range(num_images):
+        for owner, slot in owned:
+            c = concept_slots[owner, slot]
+            npc = npc + pair_loss(scale * torch.dot(v[i], c) + bias, owner == i)
+            scores = [temperature * torch.dot(c, tokens[i, k]) for k in range(num_tokens)]
+            top = max(s.item() for s in scores)
+            weights = [torch.exp(s - top) for s in scores]
+            total = sum(weights)
+            pooled = sum((w / total) * tokens[i, k] for k, w in enumerate(weights))
+            norm = torch.sqrt(torch.dot(pooled, pooled))
+            pooled_unit = pooled / torch.clamp(norm, min=1e-8)
+            xac = xac + pair_loss(scale * torch.dot(pooled_unit, c) + bias, owner == i)
+    if owned:
+        npc, xac = npc / len(owned), xac / len(owned)
+    return contrastive, npc, xac
+
+
+def grad_names(inputs):
+    return [k for k in (*INPUT_NAMES, "logit_scale", "logit_bias") if inputs[k] is not None]
+
+
+def gradients(total, inputs):
+    names = grad_names(inputs)
+    return dict(zip(names, torch.autograd.grad(total, [inputs[k] for k in names], allow_unused=True)))
+
+
+@pytest.mark.parametrize("temperature,with_bias,options", [
+    (1.0, True, {}),
+    (2.5, False, {"xac_chunk_size": 3}),  # 3 does not divide N = 8
+    (0.4, True, {"xac_chunk_size": 1}),
+    (-1.5, True, {"xac_memory_budget_mb": 1e-4}),  # tiny budget: chunk 1, scores recomputed
+])
+def test_matches_naive_loop(temperature, with_bias, options):
+    batch = make_batch()
+    npc_weight, xac_weight = 1.3, 0.7
+    loss_fn = C2LIPLoss(npc_weight=npc_weight, xac_weight=xac_weight, xac_temperature=temperature, **options)
+
+    ours_in = leaves(batch, with_bias)
+    losses = call(loss_fn, ours_in, output_dict=True)
+    ours_total = sum(losses.values())
+    ours_grads = gradients(ours_total, ours_in)
+
+    naive_in = leaves(batch, with_bias)
+    contrastive, npc, xac = naive_terms(naive_in, temperature)
+    naive_total = contrastive + npc_weight * npc + xac_weight * xac
+    naive_grads = gradients(naive_total, naive_in)
+
+    assert set(losses) == {"contrastive_loss", "npc_loss", "xac_loss"}
+    torch.testing.assert_close(losses["contrastive_loss"], contrastive, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(losses["npc_loss"], npc_weight * npc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(losses["xac_loss"], xac_weight * xac, rtol=1e-12, atol=1e-12)
+    assert set(ours_grads) == set(naive_grads)
+    for name in naive_grads:
+        torch.testing.assert_close(ours_grads[name], naive_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_padded_slots_are_ignored():
+    batch = make_batch()
+    inputs = leaves(batch)
+    total = call(C2LIPLoss(), inputs)
+    grad = torch.autograd.grad(total, inputs["concept_features"])[0]
+    padded = ~batch["concept_mask"]
+    assert grad[padded].abs().max() == 0
+    assert grad[~padded].abs().min() > 0
+
+    garbage = dict(batch, concept_features=batch["concept_features"].clone())
+    garbage["concept_features"][padded] = 123.0
+    assert torch.equal(call(C2LIPLoss(), garbage), total.detach())
+
+
+def test_no_valid_concepts_gives_zero_but_stays_connected():
+    batch = make_batch(valid=((0, 0), (0, 0), (0, 0)))
+    inputs = leaves(batch)
+    losses = call(C2LIPLoss(), inputs, output_dict=True)
+    assert losses["npc_loss"].item() == 0 and losses["xac_loss"].item() == 0
+    contrastive, _, _ = naive_terms(leaves(batch), 1.0)
+    torch.testing.assert_close(losses["contrastive_loss"], contrastive, rtol=1e-12, atol=0)
+    grads = gradients(sum(losses.values()), inputs)
+    # Every input is in the graph (DDP needs it); the concept paths contribute exactly zero.
+    assert all(g is not None for g in grads.values())
+    assert grads["image_tokens"].abs().max() == 0 and grads["concept_features"].abs().max() == 0
+
+
+def test_zero_xac_weight_skips_xac_but_keeps_tokens_in_graph():
+    batch = make_batch()
+    inputs = leaves(batch)
+    losses = call(C2LIPLoss(xac_weight=0.0), inputs, output_dict=True)
+    reference = call(C2LIPLoss(), make_batch(), output_dict=True)
+    assert losses["xac_loss"].item() == 0
+    assert torch.equal(losses["npc_loss"], reference["npc_loss"])
+    grad = torch.autograd.grad(sum(losses.values()), inputs["image_tokens"])[0]
+    assert grad.abs().max() == 0
+
+
+def test_output_dict_false_returns_the_sum():
+    batch = make_batch()
+    loss_fn = C2LIPLoss(npc_weight=0.5, xac_weight=2.0)
+    losses = call(loss_fn, batch, output_dict=True)
+    assert torch.equal(call(loss_fn, batch), sum(losses.values()))
+
+
+def test_weights_scale_their_terms():
+    batch = make_batch()
+    unit = call(C2LIPLoss(npc_weight=1.0, xac_weight=1.0), batch, output_dict=True)
+    weighted = call(C2LIPLoss(npc_weight=3.0, xac_weight=0.25), batch, output_dict=True)
+    torch.testing.assert_close(weighted["npc_loss"], 3.0 * unit["npc_loss"], rtol=1e-15, atol=0)
+    torch.testing.assert_close(weighted["xac_loss"], 0.25 * unit["xac_loss"], rtol=1e-15, atol=0)
+    assert torch.equal(weighted["contrastive_loss"], unit["contrastive_loss"])
+
+
+def test_xac_similarity_gradcheck():
+    generator = torch.Generator().manual_seed(1)
+    tokens = F.normalize(torch.randn(2, 4, 3, generator=generator, dtype=torch.float64), dim=-1)
+    concepts = F.normalize(torch.randn(5, 3, generator=generator, dtype=torch.float64), dim=-1)
+    tokens.requires_grad_()
+    concepts.requires_grad_()
+    for options in ({"chunk_size": 2}, {"chunk_size": 5}, {"memory_budget_mb": 1e-5}):
+        assert torch.autograd.gradcheck(
+            lambda v, c: xac_similarity(v, c, temperature=1.7, **options), (tokens, concepts))
+    # Only one input requiring grad takes the partial backward paths.
+    assert torch.autograd.gradcheck(lambda v: xac_similarity(v, concepts.detach(), chunk_size=2), (tokens,))
+    assert torch.autograd.gradcheck(lambda c: xac_similarity(tokens.detach(), c, chunk_size=2), (concepts,))
+
+
+def test_concept_attention_pools_to_xac_similarity():
+    batch = make_batch()
+    tokens, concepts = batch["image_tokens"], batch["concept_features"][batch["concept_mask"]]
+    similarity = xac_similarity(tokens, concepts, temperature=3.0)
+    for row in range(tokens.shape[0]):
+        attention = concept_attention(tokens[row], concepts, temperature=3.0)
+        assert attention.shape == (concepts.shape[0], tokens.shape[1])
+        torch.testing.assert_close(attention.sum(-1), torch.ones(concepts.shape[0], dtype=torch.float64))
+        pooled = F.normalize(attention @ tokens[row], dim=-1)
+        torch.testing.assert_close((pooled * concepts).sum(-1), similarity[row], rtol=1e-12, atol=1e-12)
+    logits = xac_logits(tokens, concepts, batch["logit_scale"], batch["logit_bias"], temperature=3.0)
+    torch.testing.assert_close(logits, batch["logit_scale"] * similarity + batch["logit_bias"])
+
+
+def test_xac_memory_plan():
+    block = 96 * 196 * 4
+    plan = xac_memory_plan(96, 196, 2304, memory_budget_mb=1024)
+    assert plan.keep_scores and plan.chunk_size == (1024 * 2 ** 20 - 2304 * block) // (4 * block)
+    plan = xac_memory_plan(96, 196, 2304, memory_budget_mb=256)
+    assert not plan.keep_scores and plan.chunk_size == 256 * 2 ** 20 // (4 * block)
+    assert xac_memory_plan(96, 196, 2304, memory_budget_mb=1e-6).chunk_size == 1
+    assert xac_memory_plan(96, 196, 2304, chunk_size=7).chunk_size == 7
+    with pytest.raises(ValueError, match="budget"):
+        xac_memory_plan(1, 1, 1, memory_budget_mb=0)
+
+
+def test_fp32_inside_bf16_autocast():
+    batch = {k: (v.float() if v.is_floating_point() else v) for k, v in make_batch().items()}
+    plain = call(C2LIPLoss(), batch, output_dict=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = call(C2LIPLoss(), batch, output_dict=True)
+        from_bf16 = call(C2LIPLoss(), {k: (v.bfloat16() if v.is_floating_point() else v)
+                                       for k, v in batch.items()}, output_dict=True)
+    rounded = {k: (v.bfloat16().float() if v.is_floating_point() else v) for k, v in batch.items()}
+    expected_bf16 = call(C2LIPLoss(), rounded, output_dict=True)
+    for key in plain:
+        assert autocast[key].dtype == torch.float32 and from_bf16[key].dtype == torch.float32
+        assert torch.equal(autocast[key], plain[key]), key
+        assert torch.equal(from_bf16[key], expected_bf16[key]), key
+
+
+def test_accumulated_chunks_equal_one_big_batch():
+    """open_clip's accum path: cached micro-batches (no grad) concatenated with a fresh one."""
+    union = leaves(make_batch(valid=((1, 1), (1, 0), (0, 0), (1, 1), (0, 1), (1, 0)), seed=3))
+    loss_fn = C2LIPLoss(xac_temperature=2.0)
+    union_losses = call(loss_fn, union, output_dict=True)
+    union_grads = gradients(sum(union_losses.values()), union)
+
+    fresh = 3  # rows 3: are the micro-batch with grad, rows :3 come from the no-grad cache
+    accum = dict(union)
+    for name in INPUT_NAMES:
+        accum[name] = torch.cat([union[name][:fresh].detach(), union[name][fresh:]])
+    accum_losses = call(loss_fn, accum, output_dict=True)
+    accum_grads = gradients(sum(accum_losses.values()), union)
+    for key in union_losses:
+        torch.testing.assert_close(accum_losses[key], union_losses[key], rtol=0, atol=0)
+    for name in INPUT_NAMES:
+        torch.testing.assert_close(accum_grads[name][fresh:], union_grads[name][fresh:], rtol=1e-12, atol=1e-15)
+        assert accum_grads[name][:fresh].abs().max() == 0
+
+
+def test_has_no_parameters_or_buffers():
+    loss_fn = C2LIPLoss()
+    assert list(loss_fn.parameters()) == [] and list(loss_fn.buffers()) == []
+    assert loss_fn.state_dict() == {}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"text_features": torch.zeros(4, 8)}, "text_features"),
+    ({"image_tokens": torch.zeros(5, 6, 7)}, "image_tokens"),
+    ({"concept_features": torch.zeros(5, 3)}, "concept_features"),
+    ({"concept_mask": torch.ones(5, 2, dtype=torch.bool)}, "concept_mask"),
+    ({"concept_mask": torch.ones(5, 3, dtype=torch.long)}, "bool"),
+])
+def test_bad_input_names_the_problem(change, message):
+    batch = dict(make_batch(dtype=torch.float32), **change)
+    with pytest.raises(ValueError, match=message):
+        call(C2LIPLoss(), batch)
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(ValueError, match="rank"):
+        C2LIPLoss(rank=2, world_size=2)
+    with pytest.raises(ValueError, match="xac_chunk_size"):
+        C2LIPLoss(xac_chunk_size=0)
+    with pytest.raises(RuntimeError, match="torch.distributed"):
+        call(C2LIPLoss(rank=0, world_size=2), make_batch())

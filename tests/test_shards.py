@@ -1,0 +1,210 @@
+"""Shard writer/readers (`open_clip_c2lip.shards`) and `scripts/make_shards.py`."""
+import importlib.util
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from open_clip_c2lip import shards as S
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def make_shards_main():
+    spec = importlib.util.spec_from_file_location("make_shards", REPO / "scripts" / "make_shards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def captions():
+    with open(DATA / "coco_captions_val2017.json") as f:
+        return [a["caption"] for a in sorted(json.load(f)["annotations"], key=lambda a: a["id"])[:50]]
+
+
+def image(i, size=(32, 24), mode="RGB"):
+    """A smooth gradient (JPEG keeps it close), different for each i."""
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    rgb = np.stack([x * 4 + 10 * i, y * 5 + 5 * i, np.full_like(x, 100 + 15 * i)], -1)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).convert(mode)
+
+
+def encoded(img, fmt, **kw):
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def wds_samples(paths):
+    """Read shards back with webdataset itself (what open_clip_train does)."""
+    dataset = wds.DataPipeline(wds.SimpleShardList([str(p) for p in paths]), wds.tarfile_to_samples())
+    return list(dataset)
+
+
+@pytest.mark.parametrize("count, per_shard", [(23, 5), (10, 5), (3, 100), (1, 1)])
+def test_count_in_equals_out_including_last_partial_shard(tmp_path, captions, count, per_shard):
+    samples = [{"jpg": image(i), "txt": captions[i], "json": {"i": i}} for i in range(count)]
+    stats = S.ShardWriteStats()
+    paths = S.write_shards(samples, tmp_path, "train", per_shard, stats=stats)
+    expected_shards = -(-count // per_shard)
+    assert [os.path.basename(p) for p in paths] == [f"train-{i:06d}.tar" for i in range(expected_shards)]
+    sizes = [len(wds_samples([p])) for p in paths]
+    assert sizes == [per_shard] * (count // per_shard) + ([count % per_shard] if count % per_shard else [])
+    got = wds_samples(paths)
+    assert (stats.samples_in, stats.written, stats.skipped) == (count, count, 0)
+    assert [s["__key__"] for s in got] == [f"{i:09d}" for i in range(count)]
+    assert [s["txt"].decode() for s in got] == captions[:count]
+    assert [json.loads(s["json"]) for s in got] == [{"i": i} for i in range(count)]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_images_jpeg_kept_others_reencoded(tmp_path):
+    jpeg = encoded(image(0), "JPEG", quality=80)
+    png = encoded(image(1), "PNG")
+    path = tmp_path / "img.webp"
+    image(2).save(path, format="WEBP", lossless=True)
+    stats = S.ShardWriteStats()
+    samples = [{"jpg": jpeg, "txt": "a"}, {"jpg": png, "txt": "b"}, {"jpg": str(path), "txt": "c"},
+               {"jpg": image(3, mode="RGBA"), "txt": "d"}, {"jpg": tmp_path / "img.webp", "txt": "e"}]
+    paths = S.write_shards(samples, tmp_path / "out", stats=stats)
+    got = wds_samples(paths)
+    assert got[0]["jpg"] == jpeg  # byte-for-byte
+    assert stats.reencoded == 4
+    for sample, original in zip(got[1:4], [image(1), image(2), image(3)]):
+        assert sample["jpg"][:3] == S.JPEG_MAGIC
+        decoded = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), dtype=float)
+        assert decoded.shape == (24, 32, 3)
+        error = np.abs(decoded - np.asarray(original.convert("RGB"), dtype=float)).mean()
+        other = np.abs(decoded - np.asarray(image(7), dtype=float)).mean()
+        assert error < 12 < other  # the same picture, up to JPEG loss
+
+
+def test_deterministic_bytes(tmp_path, captions):
+    samples = [{"jpg": encoded(image(i), "JPEG"), "txt": captions[i]} for i in range(7)]
+    a = S.write_shards(samples, tmp_path / "a", samples_per_shard=3)
+    b = S.write_shards(samples, tmp_path / "b", samples_per_shard=3)
+    assert [Path(p).read_bytes() for p in a] == [Path(p).read_bytes() for p in b]
+
+
+def test_corrupt_image_raises_naming_it_or_is_counted(tmp_path):
+    good = encoded(image(0), "JPEG")
+    truncated = good[: len(good) // 2]
+    samples = [{"jpg": good, "txt": "a", "source": "ok.jpg"},
+               {"jpg": truncated, "txt": "b", "source": "broken.jpg"},
+               {"jpg": b"not an image", "txt": "c", "source": "junk.jpg"},
+               {"jpg": good, "txt": "d"}]
+    with pytest.raises(S.BadSampleError, match="broken.jpg"):
+        S.write_shards(samples, tmp_path / "raise", samples_per_shard=10)
+    assert not list((tmp_path / "raise").iterdir())  # no partial shard left behind
+
+    stats = S.ShardWriteStats()
+    paths = S.write_shards(samples, tmp_path / "skip", samples_per_shard=10, skip_bad=True, stats=stats)
+    assert (stats.samples_in, stats.written, stats.skipped) == (4, 2, 2)
+    assert "broken.jpg" in stats.summary() and "junk.jpg" in stats.summary()
+    assert [s["__key__"] for s in wds_samples(paths)] == ["000000000", "000000003"]  # keys keep positions
+
+
+@pytest.mark.parametrize("sample, message", [
+    ({"jpg": b"", "txt": "   "}, "blank caption"),
+    ({"jpg": b"", "txt": None}, "missing or blank caption"),
+    ({"txt": "a"}, "no image"),
+    ({"jpg": b"", "txt": "a", "key": "a.b"}, "without '.'"),
+    ({"jpg": b"", "txt": "a", "json": [1]}, "json must be a dict"),
+])
+def test_bad_samples(tmp_path, sample, message):
+    with pytest.raises(S.BadSampleError, match=message):
+        S.write_shards([sample], tmp_path)
+
+
+def test_iter_tar_samples_groups_like_webdataset(tmp_path):
+    path = tmp_path / "mixed.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("a.jpg", b"1"), ("a.txt", b"x"), ("dir", None), ("__meta__", b"m"),
+                           ("b.seg.png", b"2"), ("b.txt", b"y"), ("sub/c.jpg", b"3"), ("README", b"r")]:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    ours = [{"__key__": s["__key__"], **{k: v for k, v in s.items() if k != "__key__"}}
+            for s in S.read_shard(str(path))]
+    theirs = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+              for s in wds_samples([path])]
+    assert ours == theirs
+    groups = list(S.iter_tar_samples(str(path)))
+    assert [m.name for g in groups for m, _ in g.members] == [
+        "a.jpg", "a.txt", "dir", "__meta__", "b.seg.png", "b.txt", "sub/c.jpg", "README"]
+    assert [g.key for g in groups] == ["a", None, None, "b", "sub/c", None]
+
+
+# ------------------------------------------------------------------------------------------------
+# scripts/make_shards.py
+
+def test_make_shards_folder(tmp_path, captions, make_shards_main, capsys):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    names = [f"img{i:02d}" for i in range(11)]
+    for i, name in enumerate(names):
+        where = folder / "sub" if i % 4 == 0 else folder
+        image(i).save(where / f"{name}.{'png' if i % 3 == 0 else 'jpg'}")
+        (where / f"{name}.txt").write_text(captions[i] + "\n")
+    assert make_shards_main([str(folder), "--output-dir", str(tmp_path / "out"), "--samples-per-shard", "4"]) == 0
+    assert "samples in: 11   written: 11   skipped: 0" in capsys.readouterr().out
+    got = wds_samples(sorted((tmp_path / "out").glob("shard-*.tar")))
+    assert len(got) == 11
+    sources = [json.loads(s["json"])["source"] for s in got]
+    assert sources == sorted(sources)  # sorted relative paths -> stable keys
+    by_source = {json.loads(s["json"])["source"]: s for s in got}
+    for i, name in enumerate(names):
+        relative = ("sub/" if i % 4 == 0 else "") + f"{name}.{'png' if i % 3 == 0 else 'jpg'}"
+        sample = by_source[relative]
+        assert sample["txt"].decode() == captions[i].strip()
+        assert json.loads(sample["json"])["caption"] == captions[i].strip()
+        if not relative.endswith(".png"):
+            assert sample["jpg"] == (folder / relative).read_bytes()
+
+
+def test_make_shards_folder_missing_caption(tmp_path, make_shards_main, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        image(i).save(folder / f"im{i}.jpg")
+        if i != 1:
+            (folder / f"im{i}.txt").write_text("a photo")
+    with pytest.raises(SystemExit, match="im1.jpg.*no caption file"):
+        make_shards_main([str(folder), "--output-dir", str(tmp_path / "out")])
+    assert make_shards_main([str(folder), "--output-dir", str(tmp_path / "out2"), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "samples in: 3   written: 2   skipped: 1" in out and "im1.jpg" in out
+
+
+def test_make_shards_csv(tmp_path, captions, make_shards_main, capsys):
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(7):
+        image(i).save(tmp_path / "img" / f"{i}.jpg")
+        rows.append(f"img/{i}.jpg\t{captions[i].strip()}")
+    (tmp_path / "img" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    rows.append("img/bad.jpg\tbroken")
+    (tmp_path / "list.tsv").write_text("filepath\ttitle\n" + "\n".join(rows) + "\n")
+    with pytest.raises(SystemExit, match="bad.jpg"):
+        make_shards_main([str(tmp_path / "list.tsv"), "--output-dir", str(tmp_path / "out")])
+    make_shards_main([str(tmp_path / "list.tsv"), "--output-dir", str(tmp_path / "out"), "--skip-bad",
+                      "--samples-per-shard", "3", "--prefix", "cc"])
+    assert "samples in: 8   written: 7   skipped: 1" in capsys.readouterr().out
+    paths = sorted((tmp_path / "out").glob("cc-*.tar"))
+    assert [p.name for p in paths] == ["cc-000000.tar", "cc-000001.tar", "cc-000002.tar"]
+    got = wds_samples(paths)
+    assert [s["txt"].decode() for s in got] == [c.strip() for c in captions[:7]]
+    assert [json.loads(s["json"])["source"] for s in got] == [f"img/{i}.jpg" for i in range(7)]
