@@ -14,6 +14,9 @@ _LAZY = {
     "extract_concepts": "open_clip_c2lip.concepts",
     "TextPacker": "open_clip_c2lip.packing",
     "enable_c2lip": "open_clip_c2lip.model",
+    "disable_c2lip": "open_clip_c2lip.model",
+    "is_c2lip": "open_clip_c2lip.model",
+    "image_token_features": "open_clip_c2lip.model",
 }
 
 

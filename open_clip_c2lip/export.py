@@ -24,7 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
-from .eval import is_plugin_model, resolve_preprocess_cfg
+from .eval import is_plugin_model, plugin_entry, resolve_preprocess_cfg
 
 _logger = logging.getLogger(__name__)
 
@@ -37,17 +37,13 @@ _VERIFY_TEXTS = ("a photo of a dog", "two red apples on a wooden table")
 def base_model_name(model_name: str) -> str:
     """The plain open_clip architecture a (C2) model name is trained as.
 
-    Asks ``open_clip_c2lip.registry`` when the plugin provides it; otherwise strips a trailing
-    ``-C2``. Names without the suffix (``C2LIP-Tiny``, built-ins) are their own base.
+    A ``-C2`` twin's base comes from ``open_clip_c2lip.registry`` (its own architectures, e.g.
+    ``C2LIP-Tiny``, are their own base); unknown ``*-C2`` names lose the suffix; other names are
+    their own base.
     """
-    try:
-        from . import registry
-    except ImportError:
-        registry = None
-    for attr in ("base_model_name", "base_name", "get_base_model_name"):
-        resolve = getattr(registry, attr, None)
-        if callable(resolve):
-            return resolve(model_name)
+    entry = plugin_entry(model_name)
+    if entry is not None:
+        return entry.base or entry.name
     return model_name[:-len("-C2")] if model_name.endswith("-C2") else model_name
 
 
@@ -153,8 +149,9 @@ def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: 
         raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
     base = base_model_name(model_name)
     model_cfg = _model_config(base)
+    # the base's tags (SigLIP for every twin) or, for the plugin's own architectures, the plugin's
     preprocess_cfg = resolve_preprocess_cfg(base, None, preprocess_overrides)
-    if not {"mean", "std"} <= set(preprocess_cfg) and is_plugin_model(model_name):
+    if not {"mean", "std"} <= set(preprocess_cfg):
         preprocess_cfg = resolve_preprocess_cfg(model_name, None, preprocess_overrides)
     tokenizer = _tokenizer(base, model_cfg, tokenizer_source)
 
@@ -204,7 +201,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("open_clip_c2lip").setLevel(logging.INFO)
     overrides = {"mean": args.image_mean and tuple(args.image_mean), "std": args.image_std and tuple(args.image_std),
                  "interpolation": args.image_interpolation, "resize_mode": args.image_resize_mode}
     bundle = export_bundle(args.model, args.checkpoint, args.output, tokenizer_source=args.tokenizer,
@@ -214,4 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        sys.exit(f"error: {e}")

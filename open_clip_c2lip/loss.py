@@ -91,11 +91,34 @@ def xac_memory_plan(num_rows: int, num_tokens: int, num_concepts: int,
     return XACPlan(int(chunk_size), keep_scores)
 
 
-def _attention(scores: torch.Tensor, gram: torch.Tensor, temperature: float
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Attention ``A = softmax_T(temperature * S)`` and ``H = G A``, both ``[R, T, n]``."""
-    attention = torch.softmax(scores if temperature == 1.0 else scores * temperature, dim=1)
-    return attention, torch.bmm(gram, attention)
+class _ChunkWorkspace:
+    """``count`` reusable ``[R, T, n]`` buffers for chunks of up to ``chunk_size`` concepts.
+
+    Reused with ``out=`` because a fresh multi-MB CPU tensor is a new mmap that page-faults on first
+    touch (the CPU allocator does not cache), which costs more than the elementwise work itself.
+    """
+
+    def __init__(self, like: torch.Tensor, num_rows: int, num_tokens: int, chunk_size: int, count: int):
+        self.shape = (num_rows, num_tokens)
+        self.buffers = [like.new_empty(num_rows * num_tokens * chunk_size) for _ in range(count)]
+
+    def views(self, num_concepts: int) -> List[torch.Tensor]:
+        size = self.shape[0] * self.shape[1] * num_concepts
+        return [buffer[:size].view(*self.shape, num_concepts) for buffer in self.buffers]
+
+
+def _scores_into(out: torch.Tensor, flat_tokens: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+    """Scores ``S[r, t, n] = <v_rt, c_n>`` into ``out [R, T, n]``: one GEMM on ``V`` as ``[R*T, D]``."""
+    torch.mm(flat_tokens, concepts.T, out=out.view(-1, concepts.shape[0]))
+    return out
+
+
+def _softmax_into(out: torch.Tensor, scores: torch.Tensor, temperature: float,
+                  scratch: torch.Tensor) -> torch.Tensor:
+    """``A = softmax_T(temperature * S)`` into ``out [R, T, n]`` (``scratch`` holds the scaled scores)."""
+    if temperature != 1.0:
+        scores = torch.mul(scores, temperature, out=scratch)
+    return torch.softmax(scores, 1, out=out)
 
 
 class _XACSimilarity(torch.autograd.Function):
@@ -112,24 +135,30 @@ class _XACSimilarity(torch.autograd.Function):
     def forward(ctx, image_tokens: torch.Tensor, concepts: torch.Tensor, temperature: float,
                 plan: XACPlan) -> torch.Tensor:
         num_rows, num_tokens, dim = image_tokens.shape
+        num_concepts, chunk_size = concepts.shape[0], min(plan.chunk_size, max(concepts.shape[0], 1))
         flat_tokens = image_tokens.reshape(num_rows * num_tokens, dim)
         gram = torch.bmm(image_tokens, image_tokens.transpose(1, 2))
-        num = image_tokens.new_empty(num_rows, concepts.shape[0])
+        num = image_tokens.new_empty(num_rows, num_concepts)
         sq = torch.empty_like(num)
+        workspace = _ChunkWorkspace(image_tokens, num_rows, num_tokens, chunk_size, 3 + (not plan.keep_scores))
         kept_scores = []
-        for start in range(0, concepts.shape[0], plan.chunk_size):
-            stop = start + plan.chunk_size
-            scores = (flat_tokens @ concepts[start:stop].T).view(num_rows, num_tokens, -1)
-            attention, gram_attention = _attention(scores, gram, temperature)
-            num[:, start:stop] = (attention * scores).sum(1)
-            sq[:, start:stop] = (attention * gram_attention).sum(1)
+        for start in range(0, num_concepts, chunk_size):
+            chunk = concepts[start:start + chunk_size]
+            attention, gram_attention, scratch, *scores = workspace.views(chunk.shape[0])
+            scores = image_tokens.new_empty(attention.shape) if plan.keep_scores else scores[0]
+            _scores_into(scores, flat_tokens, chunk)
+            _softmax_into(attention, scores, temperature, scratch)
+            torch.bmm(gram, attention, out=gram_attention)
+            num[:, start:start + chunk_size] = torch.mul(attention, scores, out=scratch).sum(1)
+            sq[:, start:start + chunk_size] = torch.mul(attention, gram_attention, out=scratch).sum(1)
             if plan.keep_scores:
                 kept_scores.append(scores)
+        del workspace
         sq.clamp_(min=0)  # a^T G a >= 0; rounding can leave it at -1e-17
         ctx.save_for_backward(image_tokens, concepts, gram, num, sq)
         ctx.kept_scores = kept_scores  # intermediates, not inputs/outputs: plain ctx attributes
         ctx.temperature = temperature
-        ctx.chunk_size = plan.chunk_size
+        ctx.chunk_size = chunk_size
         return num / sq.sqrt().clamp(min=NORM_EPS)
 
     @staticmethod
@@ -153,28 +182,33 @@ class _XACSimilarity(torch.autograd.Function):
         grad_sq_all = torch.where(norm_all > NORM_EPS, -grad_out * num_all / (2 * denom_all ** 3), 0.0)
         # With dL/dA = g_num S + 2 g_sq H and <A, S> = num, <A, H> = sq, the softmax backward gives
         # dL/dS = A * (lambda g_num S + 2 lambda g_sq H + g_num - lambda (g_num num + 2 g_sq sq)).
-        coef_scores = temperature * grad_num_all
-        coef_gram = 2 * temperature * grad_sq_all
-        coef_const = grad_num_all - temperature * (grad_num_all * num_all + 2 * grad_sq_all * sq_all)
+        coef_scores = (temperature * grad_num_all).unsqueeze(1)
+        coef_gram = (2 * temperature * grad_sq_all).unsqueeze(1)
+        coef_const = (grad_num_all - temperature * (grad_num_all * num_all + 2 * grad_sq_all * sq_all)).unsqueeze(1)
+        grad_sq_all = grad_sq_all.unsqueeze(1)
 
+        workspace = _ChunkWorkspace(image_tokens, num_rows, num_tokens, chunk_size, 3 + (not kept_scores))
         for index, start in enumerate(range(0, concepts.shape[0], chunk_size)):
-            stop = start + chunk_size
-            chunk = concepts[start:stop]
+            columns = slice(start, start + chunk_size)
+            chunk = concepts[columns]
+            attention, work, scratch, *scores = workspace.views(chunk.shape[0])
             if kept_scores:
                 scores, kept_scores[index] = kept_scores[index], None
             else:
-                scores = (flat_tokens @ chunk.T).view(num_rows, num_tokens, -1)
-            attention, work = _attention(scores, gram, temperature)
-            work.mul_(coef_gram[:, None, start:stop]).addcmul_(scores, coef_scores[:, None, start:stop])
-            work.add_(coef_const[:, None, start:stop]).mul_(attention)
+                scores = _scores_into(scores[0], flat_tokens, chunk)
+            _softmax_into(attention, scores, temperature, scratch)
+            torch.bmm(gram, attention, out=work)
+            work.mul_(coef_gram[..., columns]).addcmul_(scores, coef_scores[..., columns])
+            work.add_(coef_const[..., columns]).mul_(attention)
             grad_scores = work.view(num_rows * num_tokens, -1)
             if need_tokens:
-                # dL/dG = sum_n g_sq A_n A_n^T; the scores buffer is free to hold A * g_sq.
-                weighted = scores.copy_(attention).mul_(grad_sq_all[:, None, start:stop])
+                # dL/dG = sum_n g_sq A_n A_n^T.
+                weighted = torch.mul(attention, grad_sq_all[..., columns], out=scratch)
                 grad_gram.baddbmm_(weighted, attention.transpose(1, 2))
                 grad_flat_tokens.addmm_(grad_scores, chunk)
             if need_concepts:
-                torch.mm(grad_scores.T, flat_tokens, out=grad_concepts[start:stop])
+                torch.mm(grad_scores.T, flat_tokens, out=grad_concepts[columns])
+        del workspace
 
         grad_tokens = None
         if need_tokens:

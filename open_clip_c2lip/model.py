@@ -11,6 +11,11 @@ returns the upstream keys plus
 - ``concept_features`` ``[B, P, D]``: L2-normalized concept embeddings, zeros at padding slots;
 - ``concept_mask`` ``[B, P]`` (bool): which slots hold a concept.
 
+Each tower runs once: the trunk's tokens give both the pooled feature and ``image_tokens``; in
+``text`` concept mode the captions and the distinct concept rows share one ``encode_text`` pass
+(identical rows, including a concept equal to its caption, are encoded once), in ``span`` mode the
+caption pass also yields the token states that the spans average.
+
 Everything else (eval mode, 2-D texts, ``encode_image`` / ``encode_text``) is the base class's.
 """
 from typing import Dict, Optional, Tuple, Type
@@ -231,7 +236,8 @@ class C2LIPMixin:
             raise ValueError(f"batch mismatch: {image.shape[0]} images but {text.shape[0]} packed texts")
         if self.training:
             _check_patch_dropout(self)
-        # text first: its host syncs (concept count, torch.unique) then find an idle device queue
+        # text first, so its host syncs (concept count, torch.unique) happen before the image
+        # tower's kernels are queued and never wait for them
         text_out = encode_packed_text(self, text, self.c2lip_concept_mode, dedup=self.c2lip_dedup_concepts)
         image_features, image_tokens = image_token_features(self, image)
         self.c2lip_last_stats = text_out["stats"]

@@ -92,7 +92,8 @@ _ALIGNERS: Dict[type, Callable] = {}
 def register_aligner(tokenizer_cls: Type) -> Callable:
     """Register an aligner factory ``factory(tokenizer) -> aligner`` for a tokenizer class.
 
-    An aligner has ``clean(text) -> str`` and ``tokens(caption, context_length) -> CaptionTokens``.
+    An aligner has ``clean_fn`` (the tokenizer's text cleaning), ``clean(text) -> str`` and
+    ``tokens(caption, context_length) -> CaptionTokens``.
     """
     def _register(factory):
         _ALIGNERS[tokenizer_cls] = factory
@@ -120,9 +121,10 @@ class SimpleTokenizerAligner:
             # reduction masks drop tokens at random, so caption positions are not reproducible
             raise ValueError("concept spans need a SimpleTokenizer without reduction_mask")
         self.tokenizer = tokenizer
+        self.clean_fn = tokenizer.clean_fn
 
     def clean(self, text: str) -> str:
-        return self.tokenizer.clean_fn(text)
+        return self.clean_fn(text)
 
     def tokens(self, caption: str, context_length: int) -> CaptionTokens:
         tok = self.tokenizer
@@ -209,18 +211,42 @@ def _siglip_tokenizer_aligner(tokenizer: SigLipTokenizer) -> FastTokenizerAligne
 # ------------------------------------------------------------------------------------------------
 # Locating concepts
 
-def _find_word(text: str, phrase: str, start: int, accept: Optional[Callable[[Span], bool]]) -> Optional[Span]:
+_WORD_CHAR = re.compile(r"\w")
+
+
+def _is_word_char(char: str) -> bool:
+    return bool(_WORD_CHAR.match(char))
+
+
+def _occurrences(text: str, folded_text: str, phrase: str, start: int):
+    """Start/end of each case-insensitive occurrence of ``phrase`` in ``text[start:]``."""
+    folded = phrase.lower()
+    if len(folded_text) == len(text) and len(folded) == len(phrase):
+        index = folded_text.find(folded, start)
+        while index != -1:
+            yield index, index + len(phrase)
+            index = folded_text.find(folded, index + 1)
+    else:  # lower() changed a length (rare scripts): the regex engine keeps original offsets
+        for match in re.compile(re.escape(phrase), re.IGNORECASE).finditer(text, start):
+            yield match.span()
+
+
+def _find_word(text: str, phrase: str, start: int, accept: Optional[Callable[[Span], bool]],
+               folded_text: Optional[str] = None) -> Optional[Span]:
     """First case-insensitive occurrence of ``phrase`` in ``text[start:]`` not inside a longer word
     (a phrase that starts / ends with a word character may not continue a word there) and, if
     given, ``accept``-ed."""
     if not phrase:
         return None
-    before = r"(?<!\w)" if re.match(r"\w", phrase) else ""
-    after = r"(?!\w)" if re.search(r"\w$", phrase) else ""
-    pattern = re.compile(before + re.escape(phrase) + after, re.IGNORECASE)
-    for match in pattern.finditer(text, start):
-        if accept is None or accept(match.span()):
-            return match.span()
+    folded_text = text.lower() if folded_text is None else folded_text
+    check_before, check_after = _is_word_char(phrase[0]), _is_word_char(phrase[-1])
+    for begin, end in _occurrences(text, folded_text, phrase, start):
+        if check_before and begin > 0 and _is_word_char(text[begin - 1]):
+            continue
+        if check_after and end < len(text) and _is_word_char(text[end]):
+            continue
+        if accept is None or accept((begin, end)):
+            return begin, end
     return None
 
 
@@ -234,15 +260,16 @@ def locate_concepts(cleaned_caption: str, cleaned_concepts: Sequence[str],
     only ranges on token boundaries)."""
     char_spans: List[Optional[Span]] = []
     taken = set()
+    folded = cleaned_caption.lower()
 
     def untaken(span: Span) -> bool:
         return span not in taken and (accept is None or accept(span))
 
     cursor = 0
     for concept in cleaned_concepts:
-        found = _find_word(cleaned_caption, concept, cursor, untaken)
+        found = _find_word(cleaned_caption, concept, cursor, untaken, folded)
         if found is None:
-            found = _find_word(cleaned_caption, concept, 0, untaken)
+            found = _find_word(cleaned_caption, concept, 0, untaken, folded)
         if found is not None:
             cursor = found[1]
             taken.add(found)
@@ -273,11 +300,27 @@ def _check_ids(caption: CaptionTokens, caption_row: torch.Tensor, text: str) -> 
             "the tokenizer wrapper changed upstream and its aligner must follow")
 
 
+_CLEANED_CONCEPTS: Dict[Tuple[Callable, str], str] = {}
+_MAX_CLEANED_CONCEPTS = 100_000
+
+
+def _clean_concept(aligner, concept: str) -> str:
+    # concept strings repeat a lot ("a man", "a table") and cleaning (ftfy) dominates short texts
+    key = (aligner.clean_fn, concept)
+    cleaned = _CLEANED_CONCEPTS.get(key)
+    if cleaned is None:
+        if len(_CLEANED_CONCEPTS) >= _MAX_CLEANED_CONCEPTS:
+            _CLEANED_CONCEPTS.clear()
+        cleaned = _CLEANED_CONCEPTS[key] = aligner.clean(concept)
+    return cleaned
+
+
 def _spans_with_reasons(aligner, caption: str, concepts: Sequence[str], caption_row: torch.Tensor,
                         ) -> Tuple[List[Optional[Span]], List[str], bool]:
     tokens = aligner.tokens(caption, caption_row.shape[-1])
     _check_ids(tokens, caption_row, caption)
-    char_spans = locate_concepts(tokens.cleaned, [aligner.clean(c) for c in concepts], tokens.token_aligned)
+    cleaned_concepts = [_clean_concept(aligner, c) for c in concepts]
+    char_spans = locate_concepts(tokens.cleaned, cleaned_concepts, tokens.token_aligned)
     results = [_token_span(tokens, char_span) for char_span in char_spans]
     return [span for span, _ in results], [reason for _, reason in results], tokens.truncated
 

@@ -10,7 +10,7 @@ C2LIP combinations and sets ``open_clip_c2lip.runtime``. Without ``--c2lip-loss`
 import argparse
 import sys
 import types
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import runtime
 
@@ -30,7 +30,8 @@ _CONFIG_FLAGS = (
 # messages for main's log: logging is configured only after parse_args, so the create_model /
 # create_loss wrappers emit them (pop_messages) once main has called setup_logging
 _pending_messages: List[str] = []
-_training_model: Optional[str] = None
+# (config set by the last --c2lip-loss parse, its --model): see training_model()
+_parsed: Optional[Tuple[runtime.C2LIPConfig, str]] = None
 
 
 def _non_negative_float(value: str) -> float:
@@ -144,7 +145,7 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
     Exits through ``parser.error`` (status 2, usage + message) on combinations that cannot work.
     """
-    global _training_model
+    global _parsed
     if "torch" in sys.modules:  # in open_clip_train.main: torch is imported before parse_args runs
         from .hooks import patch_ddp_cpu_device_ids
 
@@ -156,7 +157,7 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"{', '.join(changed)} only take effect with --c2lip-loss; add --c2lip-loss "
                          f"or drop them")
         runtime.configure(None)
-        _training_model = None
+        _parsed = None
         return
     problems = _conflicts(args)
     if problems:
@@ -168,7 +169,7 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             "args.siglip set to True.")
     config = runtime.C2LIPConfig(**{field: getattr(args, field_dest(flag)) for flag, field in _CONFIG_FLAGS})
     runtime.configure(config)
-    _training_model = args.model
+    _parsed = (config, args.model)
     _pending_messages.append(f"C2LIP: active for model {args.model} with {config.to_dict()}.")
 
 
@@ -178,8 +179,11 @@ def field_dest(flag: str) -> str:
 
 
 def training_model() -> Optional[str]:
-    """Model name parsed with ``--c2lip-loss`` in this process (None without C2LIP)."""
-    return _training_model
+    """``--model`` of the ``--c2lip-loss`` parse that set the current runtime config, else None
+    (no parse, or the runtime was configured directly since)."""
+    if _parsed is not None and runtime.config() is _parsed[0]:
+        return _parsed[1]
+    return None
 
 
 def pop_messages() -> List[str]:

@@ -172,7 +172,7 @@ class CountingExtractor(C.ConceptExtractor):
             def pipe(self, texts, **kw):
                 def counted():
                     for text in texts:
-                        extractor.parsed += 1
+                        extractor.parsed += bool(text)  # "" = the flush text, not a caption
                         yield text
                 return nlp.pipe(counted(), **kw)
         return Proxy()
@@ -194,6 +194,27 @@ def test_cache_correct_and_parses_each_caption_once(coco, full_docs, cache_size)
     assert extractor(coco[:10]) == [reference[c] for c in coco[:10]]
     if cache_size >= len(set(captions)):
         assert extractor.parsed == before
+
+
+def test_pipe_streams_long_runs_of_cached_captions(coco):
+    """Cached captions do not pile up waiting for a spaCy batch (bounded memory for contexts)."""
+    extractor = C.ConceptExtractor(batch_size=8)
+    expected = extractor(coco[:3])
+    pulled = 0
+
+    def items():
+        nonlocal pulled
+        for i in range(5000):
+            pulled += 1
+            yield coco[i % 3], i
+
+    stream = extractor.pipe(items())
+    first = [next(stream) for _ in range(10)]
+    assert pulled <= 4 * 8 + 2 * 8 + 10  # max lag + one spaCy batch of flush texts + what was read
+    rest = list(stream)
+    assert [ctx for _, ctx in first + rest] == list(range(5000))
+    assert all(concepts == expected[ctx % 3] for concepts, ctx in first + rest)
+    assert extractor.stats.captions == 5003 and extractor.stats.cache_hits == 5000
 
 
 def test_pipe_keeps_order_and_passes_none_through(coco):

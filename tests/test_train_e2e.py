@@ -226,9 +226,10 @@ def state_dict(checkpoint: Path) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
-def max_abs_diff(a: dict, b: dict) -> float:
+def frobenius_diff(a: dict, b: dict) -> float:
+    """``||a - b||`` over all tensors of two state dicts."""
     assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    return math.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum().item() for k in a))
 
 
 @pytest.fixture(scope="module")
@@ -339,12 +340,17 @@ def test_resume_reproduces_uninterrupted_run(e2e):
     total = {s: sum(losses_a[f"train/{k}"][s] for k in LOSS_KEYS) for s in range(3)}
     assert abs(total[2] - total[0]) > 1e-3, total
 
+    # Weights: compared as a whole (relative Frobenius norm), not per element. Attention key biases
+    # have a mathematically zero gradient (softmax is shift-invariant), so theirs is pure rounding
+    # noise that AdamW normalizes into steps of ~lr: those elements differ at the 1e-4 level between
+    # any two batch orders. A resume that lost the optimizer state (fresh AdamW moments) moves every
+    # weight differently and gives a relative difference of order 1.
     final_a = state_dict(run_a.run_dir / "checkpoints" / "epoch_3.pt")
     final_b = state_dict(run_b_resume.run_dir / "checkpoints" / "epoch_3.pt")
-    start = state_dict(run_a.run_dir / "checkpoints" / "epoch_1.pt")
-    moved = max_abs_diff(final_a, start)
-    assert moved > 1e-4
-    assert max_abs_diff(final_a, final_b) <= 1e-3 * moved
+    after_step_1 = state_dict(run_a.run_dir / "checkpoints" / "epoch_1.pt")
+    moved = frobenius_diff(final_a, after_step_1)
+    assert moved > 1e-3
+    assert frobenius_diff(final_a, final_b) <= 1e-3 * moved
     # the optimizer state was restored too (a fresh AdamW at epoch 3 would take a different step)
     opt_a = torch.load(run_a.run_dir / "checkpoints" / "epoch_3.pt", map_location="cpu", weights_only=True)
     opt_b = torch.load(run_b_resume.run_dir / "checkpoints" / "epoch_3.pt", map_location="cpu", weights_only=True)

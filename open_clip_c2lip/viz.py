@@ -1,0 +1,193 @@
+"""Concept attention maps: where each concept of a caption attends over an image's patches.
+
+For one image and each concept ``c`` of the caption (spaCy noun phrases, see
+:mod:`open_clip_c2lip.concepts`), the XAC attention over the patch tokens is
+``a_t = softmax_t(lambda * cos(c, v_t))`` (METHOD.md section 4), with ``v_t`` the per-patch joint
+embeddings of the MAP head's value path (:func:`open_clip_c2lip.model.image_token_features`) and
+``c`` the concept encoded by the text tower as its own text. Maps are shown relative to uniform
+attention (``T * a_t``, 1 = uniform) and upsampled over the image as the model sees it.
+
+With ``--compare OTHER`` a third row shows ``T * (a_first - a_other)``: green where the first
+model attends more, violet where it attends less (matplotlib ``PiYG``, as the paper's Fig. 2).
+
+``python -m open_clip_c2lip.viz --model C2LIP-Tiny --pretrained epoch_5.pt --image cat.jpg
+--caption "a cat on a red sofa" --compare C2LIP-Tiny --compare-pretrained epoch_0.pt --output cat.png``
+"""
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .eval import add_model_args, load_model, model_kwargs
+
+
+def token_grid(model, image_size, num_tokens: int):
+    """Patch grid ``(rows, cols)`` for an input of ``image_size (H, W)``; ``num_tokens`` may include
+    prefix tokens. Uses the timm patch embedding's size rule, else assumes a square grid."""
+    patch_embed = getattr(getattr(getattr(model, "visual", None), "trunk", None), "patch_embed", None)
+    if hasattr(patch_embed, "dynamic_feat_size"):
+        rows, cols = patch_embed.dynamic_feat_size(tuple(image_size))
+    elif hasattr(patch_embed, "patch_size"):
+        rows, cols = (s // p for s, p in zip(image_size, patch_embed.patch_size))
+    else:
+        rows = cols = int(round(num_tokens ** 0.5))
+    rows, cols = int(rows), int(cols)
+    if rows * cols > num_tokens:
+        raise ValueError(f"patch grid {rows}x{cols} has more cells than the {num_tokens} image tokens")
+    return rows, cols
+
+
+@torch.no_grad()
+def concept_attention_maps(model, image: torch.Tensor, concepts: Sequence[str], tokenizer: Callable,
+                           temperature: float = 1.0) -> torch.Tensor:
+    """XAC attention of each concept over the patches of one preprocessed image.
+
+    ``image [3, H, W]`` -> ``[N, rows, cols]`` attention weights (each map sums to 1 over the
+    patch tokens; prefix tokens pooled by the MAP head, if any, are left out of the map).
+    """
+    from .loss import concept_attention
+    from .model import image_token_features
+    if not concepts:
+        raise ValueError("no concepts to visualize")
+    device = next(model.parameters()).device
+    _, image_tokens = image_token_features(model, image[None].to(device))
+    concept_features = model.encode_text(tokenizer(list(concepts)).to(device), normalize=True)
+    weights = concept_attention(image_tokens[0].float(), concept_features.float(), temperature)  # [N, T]
+    rows, cols = token_grid(model, image.shape[-2:], weights.shape[1])
+    return weights[:, weights.shape[1] - rows * cols:].reshape(len(concepts), rows, cols).cpu()
+
+
+def upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    """``[N, rows, cols]`` -> ``[N, H, W]`` bilinear."""
+    return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def display_image(model, image: torch.Tensor):
+    """A preprocessed ``[3, H, W]`` image back in [0, 1], ``[H, W, 3]`` numpy (what the model sees)."""
+    mean = torch.tensor(model.visual.image_mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(model.visual.image_std, dtype=torch.float32).view(3, 1, 1)
+    return (image.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], labels: Sequence[str],
+           output, temperature: float = 1.0) -> Path:
+    """Write the figure: the image, one row of overlays per model, a difference row for two models.
+
+    ``picture [H, W, 3]`` in [0, 1]; ``maps`` one ``[N, H, W]`` tensor per model, relative to
+    uniform attention (``T * a``). Returns the PNG path (written atomically).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    num_rows = len(maps) + (1 if len(maps) == 2 else 0)
+    num_cols = len(concepts) + 1
+    fig, axes = plt.subplots(num_rows, num_cols, figsize=(2.6 * num_cols, 2.7 * num_rows), squeeze=False)
+    for row, (label, model_maps) in enumerate(zip(labels, maps)):
+        axes[row, 0].imshow(picture)
+        axes[row, 0].set_title(label, fontsize=8)
+        for col, (concept, heat) in enumerate(zip(concepts, model_maps), 1):
+            axes[row, col].imshow(picture)
+            # per-panel range: XAC attention is very soft (lambda = 1 on cosines), a shared scale shows nothing
+            shown = axes[row, col].imshow(heat.numpy(), cmap="inferno", alpha=0.6)
+            axes[row, col].set_title(f"{concept}\n{heat.min():.3f}-{heat.max():.3f} x uniform", fontsize=8)
+            fig.colorbar(shown, ax=axes[row, col], fraction=0.046, pad=0.02)
+    if len(maps) == 2:
+        axes[2, 0].imshow(picture)
+        axes[2, 0].set_title(f"difference\ngreen: more in {labels[0]}", fontsize=8)
+        for col, (concept, first, second) in enumerate(zip(concepts, *maps), 1):
+            difference = (first - second).numpy()
+            bound = max(float(abs(difference).max()), 1e-12)
+            axes[2, col].imshow(picture, alpha=0.35)
+            shown = axes[2, col].imshow(difference, cmap="PiYG", vmin=-bound, vmax=bound, alpha=0.8)
+            axes[2, col].set_title(f"{concept}\nfirst - second, x uniform", fontsize=8)
+            fig.colorbar(shown, ax=axes[2, col], fraction=0.046, pad=0.02)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"concept attention softmax_t({temperature:g} * cos(c, v_t))", fontsize=9)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".png", dir=output.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, output)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return output
+
+
+def visualize(image_path, caption: str, models: Sequence[tuple], output, *, concepts: Optional[List[str]] = None,
+              temperature: float = 1.0, spacy_model: Optional[str] = None) -> Path:
+    """Render the concept attention maps of ``caption`` on ``image_path`` for one or two models.
+
+    ``models``: ``(label, model, preprocess, tokenizer)`` tuples. The image is shown as the first
+    model preprocesses it; the other model's maps are upsampled to the same size.
+    """
+    from PIL import Image
+    if not 1 <= len(models) <= 2:
+        raise ValueError("give one model, or two to compare")
+    if concepts is None:
+        from .concepts import extract_concepts
+        options = {"spacy_model": spacy_model} if spacy_model else {}
+        concepts = extract_concepts([caption], **options)[0]
+    with Image.open(image_path) as image:
+        image = image.convert("RGB")
+    first = models[0][2](image)
+    height, width = first.shape[-2:]
+    all_maps = []
+    for _, model, preprocess, tokenizer in models:
+        maps = concept_attention_maps(model.eval(), preprocess(image), concepts, tokenizer, temperature)
+        num_tokens = maps.shape[1] * maps.shape[2]
+        all_maps.append(upsample(maps * num_tokens, (height, width)))
+    return render(display_image(models[0][1], first), concepts, all_maps, [m[0] for m in models], output,
+                  temperature)
+
+
+def _label(model_name: str, pretrained: Optional[str]) -> str:
+    # the checkpoint's file name is what tells two runs of one architecture apart
+    return f"{model_name} {Path(pretrained).name}" if pretrained else model_name
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m open_clip_c2lip.viz", description=__doc__.split("\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--image", required=True, type=Path)
+    parser.add_argument("--caption", required=True)
+    parser.add_argument("--concepts", nargs="+", default=None, help="concepts to show (default: extracted with spaCy)")
+    parser.add_argument("--spacy-model", default=None)
+    parser.add_argument("--compare", default=None, help="second model (name or local-dir:DIR) for a difference map")
+    parser.add_argument("--compare-pretrained", default=None)
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature lambda (training: 1.0)")
+    parser.add_argument("--output", required=True, type=Path)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    args = parse_args(argv)
+    if not args.image.is_file():
+        raise FileNotFoundError(f"--image not found: {args.image}")
+    kwargs = model_kwargs(args)
+    models = [(_label(args.model, args.pretrained), *load_model(args.model, args.pretrained, **kwargs))]
+    if args.compare:
+        models.append((_label(args.compare, args.compare_pretrained),
+                       *load_model(args.compare, args.compare_pretrained, **kwargs)))
+    output = visualize(args.image, args.caption, models, args.output, concepts=args.concepts,
+                       temperature=args.temperature, spacy_model=args.spacy_model)
+    print(f"attention maps written to {output}")
+    return output
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,114 @@
+"""Tests for open_clip_c2lip.viz: concept attention maps and the rendered comparison figure."""
+import os
+from types import SimpleNamespace
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import open_clip
+
+from open_clip_c2lip import viz
+
+torch.set_num_threads(1)
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    open_clip.add_model_config(TINY_CONFIG)
+    folder = tmp_path_factory.mktemp("viz")
+    checkpoints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = open_clip.create_model("C2LIP-Tiny")
+        path = folder / f"epoch_{seed}.pt"
+        torch.save({"epoch": seed, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+                   path)
+        checkpoints.append(path)
+    image = Image.new("RGB", (160, 120), (235, 235, 220))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((15, 20, 75, 80), fill=(220, 30, 30))
+    draw.rectangle((95, 50, 150, 110), fill=(30, 60, 200))
+    image.save(folder / "shapes.png")
+    return folder / "shapes.png", checkpoints
+
+
+def test_maps_equal_naive_softmax_over_patch_grid(tiny):
+    from open_clip_c2lip.model import image_token_features
+    image_path, (checkpoint, _) = tiny
+    model = open_clip.create_model("C2LIP-Tiny", pretrained=str(checkpoint)).eval()
+    tokenizer = open_clip.get_tokenizer("C2LIP-Tiny")
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    concepts = ["a red ball", "a blue box", "the grass"]
+    for temperature in (1.0, 5.0):
+        maps = viz.concept_attention_maps(model, image, concepts, tokenizer, temperature)
+        with torch.no_grad():
+            _, tokens = image_token_features(model, image[None])
+            text = model.encode_text(tokenizer(concepts), normalize=True)
+        v, c = tokens[0].double().numpy(), text.double().numpy()
+        rows, cols = 64 // 16, 64 // 16  # test_vit: 16-pixel patches
+        assert maps.shape == (3, rows, cols)
+        for n in range(len(concepts)):
+            scores = np.exp(temperature * np.array([c[n] @ v[t] for t in range(len(v))]))
+            weights = scores / scores.sum()
+            for r in range(rows):
+                for q in range(cols):  # timm flattens patches row-major
+                    assert maps[n, r, q].item() == pytest.approx(weights[r * cols + q], rel=1e-4)
+    uniform = viz.concept_attention_maps(model, image, concepts, tokenizer, temperature=0.0)
+    torch.testing.assert_close(uniform, torch.full_like(uniform, 1 / 16))
+
+
+def test_map_layout_follows_token_order(monkeypatch):
+    """A concept aligned with exactly one token lights up that token's grid cell (row-major)."""
+    import open_clip_c2lip.model as c2model
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+            # 1-pixel patches: a [3, 3, 4] image is a 3 x 4 patch grid
+            self.visual = SimpleNamespace(trunk=SimpleNamespace(patch_embed=SimpleNamespace(patch_size=(1, 1))))
+
+        def encode_text(self, tokens, normalize=False):
+            return torch.nn.functional.one_hot(torch.tensor([7, 2]), 12).float()
+
+    tokens = torch.eye(12)[None]  # 12 tokens: a 3 x 4 grid, token t = basis vector t
+    monkeypatch.setattr(c2model, "image_token_features", lambda model, images: (None, tokens))
+    maps = viz.concept_attention_maps(Stub(), torch.zeros(3, 3, 4), ["x", "y"], lambda t: torch.zeros(len(t), 4),
+                                      temperature=50.0)
+    assert maps.shape == (2, 3, 4)
+    assert divmod(int(maps[0].argmax()), 4) == (1, 3) and divmod(int(maps[1].argmax()), 4) == (0, 2)
+
+
+def test_cli_renders_comparison_png(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("spacy")
+    image_path, (first, second) = tiny
+    seen = {}
+    original = viz.render
+
+    def recording_render(picture, concepts, maps, labels, output, temperature=1.0):
+        seen.update(picture=picture, concepts=concepts, maps=maps, labels=labels)
+        return original(picture, concepts, maps, labels, output, temperature)
+
+    monkeypatch.setattr(viz, "render", recording_render)
+    output = viz.main(["--model", "C2LIP-Tiny", "--pretrained", str(first), "--image", str(image_path),
+                       "--caption", "A red ball next to a blue box.", "--compare", "C2LIP-Tiny",
+                       "--compare-pretrained", str(second), "--output", str(tmp_path / "maps.png")])
+    assert output == tmp_path / "maps.png" and [p.name for p in tmp_path.iterdir()] == ["maps.png"]
+    with Image.open(output) as png:
+        assert png.format == "PNG" and png.width > 400 and png.height > 400
+    assert seen["concepts"] == ["a red ball", "a blue box"]  # spaCy noun chunks of the caption
+    assert seen["labels"] == ["C2LIP-Tiny epoch_0.pt", "C2LIP-Tiny epoch_1.pt"]
+    # the image as the model sees it: SigLIP squash to 64 x 64, pixels back in [0, 1]
+    assert seen["picture"].shape == (64, 64, 3) and 0 <= seen["picture"].min() and seen["picture"].max() <= 1
+    for maps in seen["maps"]:
+        # T * a over the image: averages to 1 (uniform attention), the two models differ
+        assert maps.shape == (2, 64, 64)
+        assert maps.mean(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0], abs=0.02)
+    assert not torch.allclose(seen["maps"][0], seen["maps"][1])
