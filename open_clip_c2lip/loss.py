@@ -30,14 +30,13 @@ NORM_EPS = 1e-8
 # Default memory budget of the chunked xac computation, see ``xac_memory_plan``.
 XAC_MEMORY_BUDGET_MB = 1024.0
 
-# Number of ``[R, T, chunk]`` working tensors alive at once in ``_XACSimilarity`` (scores, attention,
-# Gram product and one transient elementwise product).
-_XAC_LIVE_BLOCKS = 4
+# ``[R, T, n]`` tensors per chunk of n concepts: scores S, attention A, H = G A and one scratch.
+_XAC_BLOCKS = 4
 
 
 class XACPlan(NamedTuple):
     chunk_size: int  # concepts per chunk
-    keep_scores: bool  # keep the forward's scores S for the backward instead of recomputing them
+    keep: bool  # keep the forward's S, A, H for the backward instead of recomputing them
 
 
 def sigmoid_pair_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -67,28 +66,31 @@ def concept_attention(image_tokens: torch.Tensor, concepts: torch.Tensor,
 def xac_memory_plan(num_rows: int, num_tokens: int, num_concepts: int,
                     memory_budget_mb: float = XAC_MEMORY_BUDGET_MB, itemsize: int = 4,
                     chunk_size: Optional[int] = None) -> XACPlan:
-    """How ``xac_similarity`` spends its memory budget on R image rows x N concepts of T tokens.
+    """How ``xac_similarity`` spends ``memory_budget_mb`` on R image rows x N concepts of T tokens.
 
-    With ``block = R * T * itemsize`` bytes per concept column:
-    - the forward's scores ``S [R, T, N]`` are kept for the backward (saving one of its four large
-      matmuls) iff ``N * block <= budget / 2``;
-    - the rest of the budget holds the chunk's working set of ``4`` ``[R, T, n]`` tensors:
-      ``n = floor((budget - kept) / (4 * block))``, at least 1 (``chunk_size`` overrides it).
-    Total xac memory is then about ``budget + 2 * R*T*T*itemsize`` (Gram matrix and its gradient)
-    ``+ R*T*D*itemsize + N*D*itemsize`` (input gradients) ``+ O(R * N)``: linear in N only through
-    the kept scores, which the budget bounds.
+    The working set is ``4`` tensors ``[R, T, n]`` (scores S, attention A, ``H = G A``, a scratch)
+    for a chunk of ``n`` concepts; ``block = R * T * itemsize`` bytes per concept column.
+    - ``4 * N * block <= budget``: one chunk, and the forward keeps S, A, H for the backward (no
+      recomputation; 3 of the 4 blocks live from forward to backward).
+    - otherwise: chunks of ``n = max(1, budget // (4 * block))`` concepts and nothing kept; the
+      backward recomputes each chunk's S, A, H (one more ``[R*T, D] x [D, n]`` GEMM and one bmm).
+    An explicit ``chunk_size`` fixes n; S, A, H are then kept iff ``(3 * N + n) * block <= budget``.
+    Memory beyond the budget: the Gram matrix and its gradient (``2 * R*T*T*itemsize``), the input
+    gradients (``(R*T + N) * D * itemsize``) and ``O(R * N)`` per-pair values.
     """
     if memory_budget_mb <= 0:
         raise ValueError(f"xac memory budget must be positive, got {memory_budget_mb} MB")
     budget = int(memory_budget_mb * 2 ** 20)
     block = max(num_rows, 1) * max(num_tokens, 1) * itemsize
-    keep_scores = num_concepts * block <= budget // 2
+    num_concepts = max(num_concepts, 1)
     if chunk_size is None:
-        kept = num_concepts * block if keep_scores else 0
-        chunk_size = max(1, (budget - kept) // (_XAC_LIVE_BLOCKS * block))
-    elif chunk_size < 1:
+        if _XAC_BLOCKS * num_concepts * block <= budget:
+            return XACPlan(num_concepts, True)
+        return XACPlan(max(1, budget // (_XAC_BLOCKS * block)), False)
+    if chunk_size < 1:
         raise ValueError(f"xac chunk_size must be >= 1, got {chunk_size}")
-    return XACPlan(int(chunk_size), keep_scores)
+    chunk_size = min(chunk_size, num_concepts)
+    return XACPlan(chunk_size, ((_XAC_BLOCKS - 1) * num_concepts + chunk_size) * block <= budget)
 
 
 class _ChunkWorkspace:
@@ -107,18 +109,15 @@ class _ChunkWorkspace:
         return [buffer[:size].view(*self.shape, num_concepts) for buffer in self.buffers]
 
 
-def _scores_into(out: torch.Tensor, flat_tokens: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
-    """Scores ``S[r, t, n] = <v_rt, c_n>`` into ``out [R, T, n]``: one GEMM on ``V`` as ``[R*T, D]``."""
-    torch.mm(flat_tokens, concepts.T, out=out.view(-1, concepts.shape[0]))
-    return out
-
-
-def _softmax_into(out: torch.Tensor, scores: torch.Tensor, temperature: float,
-                  scratch: torch.Tensor) -> torch.Tensor:
-    """``A = softmax_T(temperature * S)`` into ``out [R, T, n]`` (``scratch`` holds the scaled scores)."""
-    if temperature != 1.0:
-        scores = torch.mul(scores, temperature, out=scratch)
-    return torch.softmax(scores, 1, out=out)
+def _chunk_forward(flat_tokens: torch.Tensor, gram: torch.Tensor, concepts: torch.Tensor,
+                   temperature: float, scores: torch.Tensor, attention: torch.Tensor,
+                   gram_attention: torch.Tensor, scratch: torch.Tensor) -> None:
+    """Fill ``scores`` S, ``attention`` A = softmax_T(temperature S) and ``gram_attention`` H = G A
+    (all ``[R, T, n]``) for one chunk of concepts ``[n, D]``: one GEMM on ``V`` as ``[R*T, D]``."""
+    torch.mm(flat_tokens, concepts.T, out=scores.view(-1, concepts.shape[0]))
+    logits = scores if temperature == 1.0 else torch.mul(scores, temperature, out=scratch)
+    torch.softmax(logits, 1, out=attention)
+    torch.bmm(gram, attention, out=gram_attention)
 
 
 class _XACSimilarity(torch.autograd.Function):
@@ -126,37 +125,37 @@ class _XACSimilarity(torch.autograd.Function):
 
     Exact closed form (METHOD.md §11.2): ``<u, c> = sum_t a_t s_t`` and ``|u|^2 = a^T G a`` with
     the per-image Gram matrix ``G = V V^T [R, T, T]``, so ``u`` is never materialized. Scores are laid
-    out ``[R, T, n]`` so both big products are plain GEMMs on ``V`` viewed as ``[R*T, D]``. Concepts
-    are processed in chunks with an analytic backward (recomputing what was not kept), so autograd
-    saves nothing per chunk and peak memory follows ``xac_memory_plan``.
+    out ``[R, T, n]`` so the big products are plain GEMMs on ``V`` viewed as ``[R*T, D]``. Concepts
+    are processed in chunks with an analytic backward; autograd saves nothing per chunk and the
+    memory follows ``xac_memory_plan``.
     """
 
     @staticmethod
     def forward(ctx, image_tokens: torch.Tensor, concepts: torch.Tensor, temperature: float,
                 plan: XACPlan) -> torch.Tensor:
         num_rows, num_tokens, dim = image_tokens.shape
-        num_concepts, chunk_size = concepts.shape[0], min(plan.chunk_size, max(concepts.shape[0], 1))
+        num_concepts, chunk_size = concepts.shape[0], plan.chunk_size
         flat_tokens = image_tokens.reshape(num_rows * num_tokens, dim)
         gram = torch.bmm(image_tokens, image_tokens.transpose(1, 2))
         num = image_tokens.new_empty(num_rows, num_concepts)
         sq = torch.empty_like(num)
-        workspace = _ChunkWorkspace(image_tokens, num_rows, num_tokens, chunk_size, 3 + (not plan.keep_scores))
-        kept_scores = []
+        keep = plan.keep and any(ctx.needs_input_grad[:2])  # nothing to keep for without a backward
+        workspace = _ChunkWorkspace(image_tokens, num_rows, num_tokens, chunk_size, 1 if keep else 4)
+        kept = []
         for start in range(0, num_concepts, chunk_size):
-            chunk = concepts[start:start + chunk_size]
-            attention, gram_attention, scratch, *scores = workspace.views(chunk.shape[0])
-            scores = image_tokens.new_empty(attention.shape) if plan.keep_scores else scores[0]
-            _scores_into(scores, flat_tokens, chunk)
-            _softmax_into(attention, scores, temperature, scratch)
-            torch.bmm(gram, attention, out=gram_attention)
-            num[:, start:start + chunk_size] = torch.mul(attention, scores, out=scratch).sum(1)
-            sq[:, start:start + chunk_size] = torch.mul(attention, gram_attention, out=scratch).sum(1)
-            if plan.keep_scores:
-                kept_scores.append(scores)
+            columns = slice(start, start + chunk_size)
+            scratch, *blocks = workspace.views(concepts[columns].shape[0])
+            if keep:
+                blocks = [torch.empty_like(scratch) for _ in range(3)]
+                kept.append(blocks)
+            scores, attention, gram_attention = blocks
+            _chunk_forward(flat_tokens, gram, concepts[columns], temperature, *blocks, scratch)
+            num[:, columns] = torch.mul(attention, scores, out=scratch).sum(1)
+            sq[:, columns] = torch.mul(attention, gram_attention, out=scratch).sum(1)
         del workspace
         sq.clamp_(min=0)  # a^T G a >= 0; rounding can leave it at -1e-17
         ctx.save_for_backward(image_tokens, concepts, gram, num, sq)
-        ctx.kept_scores = kept_scores  # intermediates, not inputs/outputs: plain ctx attributes
+        ctx.kept = kept  # intermediates, not inputs/outputs: plain ctx attributes
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         return num / sq.sqrt().clamp(min=NORM_EPS)
@@ -165,7 +164,7 @@ class _XACSimilarity(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         image_tokens, concepts, gram, num_all, sq_all = ctx.saved_tensors
-        kept_scores, ctx.kept_scores = ctx.kept_scores, None
+        kept, ctx.kept = ctx.kept, None  # consumed in place below; a second backward recomputes
         temperature, chunk_size = ctx.temperature, ctx.chunk_size
         need_tokens, need_concepts = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         num_rows, num_tokens, dim = image_tokens.shape
@@ -184,30 +183,31 @@ class _XACSimilarity(torch.autograd.Function):
         # dL/dS = A * (lambda g_num S + 2 lambda g_sq H + g_num - lambda (g_num num + 2 g_sq sq)).
         coef_scores = (temperature * grad_num_all).unsqueeze(1)
         coef_gram = (2 * temperature * grad_sq_all).unsqueeze(1)
-        coef_const = (grad_num_all - temperature * (grad_num_all * num_all + 2 * grad_sq_all * sq_all)).unsqueeze(1)
+        coef_const = (grad_num_all - temperature * (grad_num_all * num_all + 2 * grad_sq_all * sq_all)
+                      ).unsqueeze(1)
         grad_sq_all = grad_sq_all.unsqueeze(1)
 
-        workspace = _ChunkWorkspace(image_tokens, num_rows, num_tokens, chunk_size, 3 + (not kept_scores))
+        workspace = None if kept else _ChunkWorkspace(image_tokens, num_rows, num_tokens, chunk_size, 4)
         for index, start in enumerate(range(0, concepts.shape[0], chunk_size)):
             columns = slice(start, start + chunk_size)
             chunk = concepts[columns]
-            attention, work, scratch, *scores = workspace.views(chunk.shape[0])
-            if kept_scores:
-                scores, kept_scores[index] = kept_scores[index], None
+            if kept:
+                (scores, attention, work), kept[index] = kept[index], None
             else:
-                scores = _scores_into(scores[0], flat_tokens, chunk)
-            _softmax_into(attention, scores, temperature, scratch)
-            torch.bmm(gram, attention, out=work)
+                scratch, scores, attention, work = workspace.views(chunk.shape[0])
+                _chunk_forward(flat_tokens, gram, chunk, temperature, scores, attention, work, scratch)
+            # `work` holds H and becomes dL/dS in place; S is dead afterwards and holds A * g_sq.
             work.mul_(coef_gram[..., columns]).addcmul_(scores, coef_scores[..., columns])
             work.add_(coef_const[..., columns]).mul_(attention)
             grad_scores = work.view(num_rows * num_tokens, -1)
             if need_tokens:
                 # dL/dG = sum_n g_sq A_n A_n^T.
-                weighted = torch.mul(attention, grad_sq_all[..., columns], out=scratch)
+                weighted = torch.mul(attention, grad_sq_all[..., columns], out=scores)
                 grad_gram.baddbmm_(weighted, attention.transpose(1, 2))
                 grad_flat_tokens.addmm_(grad_scores, chunk)
             if need_concepts:
                 torch.mm(grad_scores.T, flat_tokens, out=grad_concepts[columns])
+            del scores, attention, work
         del workspace
 
         grad_tokens = None
@@ -316,26 +316,26 @@ class C2LIPLoss(nn.Module):
         return (f"npc_weight={self.npc_weight}, xac_weight={self.xac_weight}, "
                 f"xac_temperature={self.xac_temperature}, rank={self.rank}, world_size={self.world_size}")
 
-    def _check_inputs(self, image_features, text_features, image_tokens, concept_features, concept_mask):
-        batch, dim = image_features.shape if image_features.ndim == 2 else (None, None)
-        problems = []
+    @staticmethod
+    def _check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask):
+        def fail(problem):
+            raise ValueError(f"C2LIPLoss: {problem}")
+
         if image_features.ndim != 2:
-            problems.append(f"image_features must be [B, D], got {tuple(image_features.shape)}")
-        elif text_features.shape != image_features.shape:
-            problems.append(f"text_features must be [B, D] = {(batch, dim)}, got {tuple(text_features.shape)}")
-        elif image_tokens.ndim != 3 or image_tokens.shape[0] != batch or image_tokens.shape[2] != dim:
-            problems.append(f"image_tokens must be [B, T, D] with B={batch}, D={dim}, "
-                            f"got {tuple(image_tokens.shape)}")
-        elif concept_features.ndim != 3 or concept_features.shape[0] != batch or concept_features.shape[2] != dim:
-            problems.append(f"concept_features must be [B, P, D] with B={batch}, D={dim}, "
-                            f"got {tuple(concept_features.shape)}")
-        elif concept_mask.shape != concept_features.shape[:2]:
-            problems.append(f"concept_mask must be [B, P] = {tuple(concept_features.shape[:2])}, "
-                            f"got {tuple(concept_mask.shape)}")
-        elif concept_mask.dtype != torch.bool:
-            problems.append(f"concept_mask must be bool, got {concept_mask.dtype}")
-        if problems:
-            raise ValueError("C2LIPLoss: " + "; ".join(problems))
+            fail(f"image_features must be [B, D], got {tuple(image_features.shape)}")
+        batch, dim = image_features.shape
+        if text_features.shape != image_features.shape:
+            fail(f"text_features must be [B, D] = {(batch, dim)}, got {tuple(text_features.shape)}")
+        if image_tokens.ndim != 3 or image_tokens.shape[0] != batch or image_tokens.shape[2] != dim:
+            fail(f"image_tokens must be [B, T, D] with B={batch}, D={dim}, got {tuple(image_tokens.shape)}")
+        if concept_features.ndim != 3 or concept_features.shape[0] != batch or concept_features.shape[2] != dim:
+            fail(f"concept_features must be [B, P, D] with B={batch}, D={dim}, "
+                 f"got {tuple(concept_features.shape)}")
+        if concept_mask.shape != concept_features.shape[:2]:
+            fail(f"concept_mask must be [B, P] = {tuple(concept_features.shape[:2])}, "
+                 f"got {tuple(concept_mask.shape)}")
+        if concept_mask.dtype != torch.bool:
+            fail(f"concept_mask must be bool, got {concept_mask.dtype}")
 
     def _global_columns(self, text_features: torch.Tensor, concept_features: torch.Tensor,
                         concept_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -405,10 +405,10 @@ class C2LIPLoss(nn.Module):
         npc_logits = scale * image_features @ concepts.T + bias
         npc = sigmoid_pair_loss(npc_logits, positive) / num_concepts
         if self.xac_weight != 0:
-            xac_logits_ = scale * xac_similarity(image_tokens, concepts, self.xac_temperature,
-                                                 self.xac_chunk_size, self.xac_memory_budget_mb) + bias
-            xac = sigmoid_pair_loss(xac_logits_, positive) / num_concepts
-        else:
+            pooled_logits = xac_logits(image_tokens, concepts, scale, bias, self.xac_temperature,
+                                       self.xac_chunk_size, self.xac_memory_budget_mb)
+            xac = sigmoid_pair_loss(pooled_logits, positive) / num_concepts
+        else:  # skip the expensive term, keep the token path in the graph for DDP
             xac = image_tokens.sum() * 0.0
 
         # W x this rank's share: the mean over ranks is the union loss (see module docstring).

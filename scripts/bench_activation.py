@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         f"Machine: 2-core CPU dev box, shared with other jobs (wall times are noisy; the importtime "
         f"min is the cost without interference). Python {platform.python_version()}, "
         f"{args.repeats} runs each. Command: `python scripts/bench_activation.py "
-        + " ".join(f"--python {label}=PYTHON" for label in labels) + f" --repeats {args.repeats}`.\n\n"
+        + " ".join(f"--python '{label}=PYTHON'" for label in labels) + f" --repeats {args.repeats}`.\n\n"
         "| what | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n" + rows + "\n\n"
         "Budget: <= 5 ms for the activation in a process that never imports open_clip. The bootstrap\n"
         "imports no third-party module (no torch/open_clip) and not `importlib.abc`; `importlib` and\n"

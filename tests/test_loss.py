@@ -107,7 +107,8 @@ def gradients(total, inputs):
     (1.0, True, {}),
     (2.5, False, {"xac_chunk_size": 3}),  # 3 does not divide N = 8
     (0.4, True, {"xac_chunk_size": 1}),
-    (-1.5, True, {"xac_memory_budget_mb": 1e-4}),  # tiny budget: chunk 1, scores recomputed
+    (-1.5, True, {"xac_memory_budget_mb": 1e-4}),  # tiny budget: chunk 1, backward recomputes
+    (1.0, False, {"xac_memory_budget_mb": 1e-4, "xac_chunk_size": 3}),
 ])
 def test_matches_naive_loop(temperature, with_bias, options):
     batch = make_batch()
@@ -193,7 +194,8 @@ def test_xac_similarity_gradcheck():
     concepts = F.normalize(torch.randn(5, 3, generator=generator, dtype=torch.float64), dim=-1)
     tokens.requires_grad_()
     concepts.requires_grad_()
-    for options in ({"chunk_size": 2}, {"chunk_size": 5}, {"memory_budget_mb": 1e-5}):
+    for options in ({"chunk_size": 2}, {"chunk_size": 5}, {"memory_budget_mb": 1e-5},
+                    {"chunk_size": 2, "memory_budget_mb": 1e-5}):
         assert torch.autograd.gradcheck(
             lambda v, c: xac_similarity(v, c, temperature=1.7, **options), (tokens, concepts))
     # Only one input requiring grad takes the partial backward paths.
@@ -216,15 +218,28 @@ def test_concept_attention_pools_to_xac_similarity():
 
 
 def test_xac_memory_plan():
-    block = 96 * 196 * 4
-    plan = xac_memory_plan(96, 196, 2304, memory_budget_mb=1024)
-    assert plan.keep_scores and plan.chunk_size == (1024 * 2 ** 20 - 2304 * block) // (4 * block)
-    plan = xac_memory_plan(96, 196, 2304, memory_budget_mb=256)
-    assert not plan.keep_scores and plan.chunk_size == 256 * 2 ** 20 // (4 * block)
-    assert xac_memory_plan(96, 196, 2304, memory_budget_mb=1e-6).chunk_size == 1
-    assert xac_memory_plan(96, 196, 2304, chunk_size=7).chunk_size == 7
+    block = 96 * 196 * 4  # bytes of one concept column of [R, T] fp32
+    assert xac_memory_plan(96, 196, 2304, memory_budget_mb=1024) == (2304, True)  # 4 * 2304 blocks fit
+    assert xac_memory_plan(96, 196, 2304, memory_budget_mb=256) == (256 * 2 ** 20 // (4 * block), False)
+    assert xac_memory_plan(96, 196, 2304, memory_budget_mb=1e-6) == (1, False)
+    assert xac_memory_plan(96, 196, 2304, chunk_size=7) == (7, True)
+    assert xac_memory_plan(96, 196, 2304, memory_budget_mb=256, chunk_size=7) == (7, False)
+    assert xac_memory_plan(96, 196, 5, chunk_size=7) == (5, True)
     with pytest.raises(ValueError, match="budget"):
         xac_memory_plan(1, 1, 1, memory_budget_mb=0)
+
+
+def test_xac_backward_twice_with_retained_graph():
+    """The first backward consumes the kept intermediates; a second one recomputes them."""
+    batch = make_batch()
+    tokens = batch["image_tokens"].clone().requires_grad_()
+    concepts = batch["concept_features"].flatten(0, 1).clone().requires_grad_()
+    similarity = xac_similarity(tokens, concepts, temperature=2.0, chunk_size=4)
+    upstream = torch.randn(similarity.shape, dtype=similarity.dtype)
+    first = torch.autograd.grad(similarity, (tokens, concepts), upstream, retain_graph=True)
+    second = torch.autograd.grad(similarity, (tokens, concepts), upstream)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_fp32_inside_bf16_autocast():

@@ -139,3 +139,54 @@ def test_annotate_script_runs_the_concepts_cli():
     cli = _parse_args(argv[3:])
     assert cli.inputs == ["in/{000..001}.tar"] and cli.output_dir == "out"
     assert cli.processes == 4 and cli.overwrite
+
+
+# ------------------------------------------------------------------------------------------------
+# scripts/bench_step.py (the measurements themselves are benchmarks, not tests)
+
+def load_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_step", SCRIPTS / "bench_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_concept_row_stats_match_a_naive_count():
+    import torch
+    from open_clip_c2lip.layout import unpack_texts
+
+    bench = load_bench()
+    texts = bench.synthetic_packed_texts("C2LIP-Tiny", batch_size=6, max_concepts=4, seed=3)
+    assert texts.shape == (6, 9, 32)
+    _, concept_ids, _ = unpack_texts(texts)
+    rows = [tuple(row.tolist()) for sample in concept_ids for row in sample if any(row.tolist())]
+    assert bench.concept_row_stats(texts) == {"total": len(rows), "unique": len(set(rows))}
+    assert len(set(rows)) < len(rows)  # the synthetic pool repeats concepts, like real captions
+
+
+@pytest.mark.parametrize("variant", ["siglip", "c2lip-span"])
+def test_bench_worker_runs_a_variant(tmp_path, variant):
+    import torch
+
+    bench = load_bench()
+    inputs = tmp_path / "inputs.pt"
+    torch.save({"texts": bench.synthetic_packed_texts("C2LIP-Tiny", batch_size=4, max_concepts=4)}, inputs)
+    args = bench.parse_args(["--worker", variant, "--inputs", str(inputs), "--warmup", "0", "--steps", "1"])
+    try:
+        result = bench.run_variant(args)
+    finally:
+        torch.set_num_threads(1)
+    assert len(result["times"]) == 1 and result["times"][0] > 0 and result["peak_mem_mib"] > 0
+    assert bool(result["model_stats"]) == (variant != "siglip")
+
+
+def test_bench_table_ratio():
+    bench = load_bench()
+    args = bench.parse_args(["--batch-size", "4"])
+    results = {"siglip": {"times": [1.0, 2.0, 3.0], "peak_mem_mib": 10, "step_mem_mib": 1},
+               "c2lip-text": {"times": [3.0, 3.0, 4.0], "peak_mem_mib": 12, "step_mem_mib": 2}}
+    table = bench.format_table(args, results, {"total": 10, "unique": 5})
+    assert "| c2lip-text | 3000.0 | 3000.0 | 1.50x | 12 | 2 |" in table
+    assert "| siglip | 2000.0 | 1000.0 | 1.00x | 10 | 1 |" in table

@@ -21,7 +21,9 @@ step on the same 8 samples; only their order inside the batch depends on the RNG
 a resume), and the sigmoid losses are sums over all pairs, i.e. invariant to permuting the batch. So
 the resumed run must reproduce the uninterrupted run's per-step losses and weights up to float
 summation order. ``--lr-scheduler const --warmup 0`` because a cosine schedule's length depends on
-``--epochs`` (2 vs 3) and would differ by design.
+``--epochs`` (2 vs 3) and would differ by design. The check runs on the CSV path; the same argument
+would hold for webdataset, whose within-shard sample shuffle is seeded from time and pid
+(``webdataset.filters._shuffle``) and so is not reproducible across runs either.
 """
 import json
 import math
@@ -177,12 +179,21 @@ def launch_training(root: Path, logs: Path, name: str, args: list) -> Run:
 
 
 PLAIN_LOAD_SCRIPT = r"""
+import os
 import sys
+import time
 import torch
 import open_clip
 
 assert "open_clip_c2lip" not in sys.modules, "the plugin must not be active here"
-config, checkpoint, inputs, output = sys.argv[1:5]
+config, checkpoint, inputs, output, go = sys.argv[1:6]
+deadline = time.time() + 600
+while not os.path.exists(go):  # the test writes it once the training run has finished
+    if time.time() > deadline:
+        sys.exit("timed out waiting for " + go)
+    time.sleep(0.2)
+if open(go).read() != "go":
+    sys.exit(0)
 open_clip.add_model_config(config)  # plain open_clip API: C2LIP-Tiny is not a builtin name
 model = open_clip.create_model("C2LIP-Tiny", pretrained=checkpoint)  # load_checkpoint(strict=True)
 model.eval()
@@ -247,6 +258,14 @@ def e2e(tmp_path_factory):
         "csv_a": launch_training(root, logs, "csv_a", csv_train_args(data, logs, "csv_a", epochs=3)),
         "csv_b": launch_training(root, logs, "csv_b", csv_train_args(data, logs, "csv_b", epochs=2)),
     }
+    # the plugin-free loader starts now (its imports overlap the training runs) and waits for the
+    # go file, written once csv_a's last checkpoint is complete
+    inputs, output, go = root / "embed_inputs.pt", root / "plain_embeddings.pt", root / "plain_load.go"
+    make_embedding_inputs(inputs)
+    argv = [sys.executable, "-c", PLAIN_LOAD_SCRIPT, str(TINY_CONFIG),
+            str(logs / "csv_a" / "checkpoints" / "epoch_3.pt"), str(inputs), str(output), str(go)]
+    plain_load = Run(argv, subprocess_env(root, plugin=False), root / "plain_load.stdout")
+    plain_load.inputs, plain_load.result = inputs, output
     for run in runs.values():
         run.wait()
 
@@ -255,15 +274,13 @@ def e2e(tmp_path_factory):
         resume = str(logs / "csv_b" / "checkpoints" / "epoch_2.pt")
         phase2["csv_b_resume"] = launch_training(
             root, logs, "csv_b_resume", csv_train_args(data, logs, "csv_b_resume", epochs=3) + ["--resume", resume])
-    if runs["csv_a"].returncode == 0:
-        inputs, output = root / "embed_inputs.pt", root / "plain_embeddings.pt"
-        make_embedding_inputs(inputs)
-        argv = [sys.executable, "-c", PLAIN_LOAD_SCRIPT, str(TINY_CONFIG),
-                str(logs / "csv_a" / "checkpoints" / "epoch_3.pt"), str(inputs), str(output)]
-        phase2["plain_load"] = Run(argv, subprocess_env(root, plugin=False), root / "plain_load.stdout")
-        phase2["plain_load"].inputs, phase2["plain_load"].result = inputs, output
+    go.with_suffix(".tmp").write_text("go" if runs["csv_a"].returncode == 0 else "stop")
+    os.replace(go.with_suffix(".tmp"), go)  # atomic: the loader never reads a half-written file
+    phase2["plain_load"] = plain_load
     for run in phase2.values():
         run.wait()
+    if runs["csv_a"].returncode != 0:
+        del phase2["plain_load"]
     runs.update(phase2)
     return {"root": root, "logs": logs, "data": data, "runs": runs}
 
@@ -309,13 +326,56 @@ def test_training_logs_c2lip_losses(e2e, name):
     assert checkpoints == [f"epoch_{e}.pt" for e in range(1, epochs + 1)]
 
 
+def test_logged_losses_are_the_c2lip_losses_of_the_csv_batch(e2e):
+    """The first logged step of ``csv_a`` equals C2LIPLoss computed here on the same init weights and
+    the same 8 samples, packed directly from the annotated CSV's concepts column with TextPacker
+    (not through open_clip_c2lip.data): the training pipeline feeds the loss the concepts from the
+    data, and logs each term."""
+    import pandas as pd
+    import open_clip
+    from PIL import Image
+    from open_clip_c2lip.loss import C2LIPLoss
+    from open_clip_c2lip.model import enable_c2lip
+    from open_clip_c2lip.packing import TextPacker
+
+    run = get_run(e2e, "csv_a")
+    logged = {key: tensorboard_scalars(run.run_dir)[f"train/{key}"][0] for key in LOSS_KEYS}
+    table = pd.read_csv(e2e["data"]["csv"], dtype=str, keep_default_na=False)
+    assert len(table) == CSV_ROWS
+    torch.manual_seed(0)  # main.py: random_seed(args.seed=0, 0) right before model creation
+    model, preprocess_train, _ = open_clip.create_model_and_transforms(
+        "C2LIP-Tiny", output_dict=True, init_logit_scale=np.log(10), init_logit_bias=-10,
+        aug_cfg={"scale": (1.0, 1.0)})
+    enable_c2lip(model).train()
+    packer = TextPacker(open_clip.get_tokenizer("C2LIP-Tiny"), max_concepts=8)
+    concepts = [json.loads(cell) for cell in table["concepts"]]
+    assert all(concepts) and all(isinstance(c, str) for cs in concepts for c in cs)
+    texts = packer(list(zip(table["title"], concepts)))
+    images = torch.stack([preprocess_train(Image.open(path)) for path in table["filepath"]])
+    with torch.no_grad():
+        losses = C2LIPLoss(npc_weight=1.0, xac_weight=0.01)(**model(images, texts), output_dict=True)
+    for key in LOSS_KEYS:
+        assert losses[key].item() == pytest.approx(logged[key], rel=1e-5), (key, losses, logged)
+
+
 def test_wds_run_uses_accum_grad_checkpointing_amp_bf16(e2e):
     run = get_run(e2e, "wds")
     params = dict(line.split(": ", 1) for line in (run.run_dir / "params.txt").read_text().splitlines())
     assert (params["accum_freq"], params["grad_checkpointing"], params["precision"]) == ("2", "True", "amp_bf16")
     assert params["c2lip_loss"] == "True" and params["siglip"] == "True"
-    # the concepts came from the shards' json (annotated by the CLI), not from on-the-fly spaCy
-    assert "extracted on the fly" not in run.output.lower()
+    # the packer's counters (logged by the DataLoader worker at the end of its pass): every sample's
+    # concepts came from the shards' json written by the concepts CLI, none from on-the-fly spaCy
+    from braceexpand import braceexpand
+    from open_clip_c2lip.shards import read_shard
+
+    summaries = re.findall(r"C2LIP text packer \[worker 0/1.*?\].*?: (samples=.*)", run.output)
+    assert summaries, run.output[-3000:]
+    counters = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", summaries[-1])}
+    annotated = [json.loads(sample["json"])["concepts"]
+                 for path in braceexpand(e2e["data"]["shards"]) for sample in read_shard(path)]
+    assert counters["samples"] == NUM_SAMPLES == len(annotated)
+    assert counters["concepts"] == sum(min(len(c), 8) for c in annotated)
+    assert counters["extracted_on_the_fly"] == 0 and counters["spans_not_found"] == 0
     sd = state_dict(run.run_dir / "checkpoints" / "epoch_1.pt")
     assert all(torch.isfinite(v.float()).all() for v in sd.values())
 
@@ -369,7 +429,7 @@ def test_checkpoint_is_drop_in_for_plain_open_clip(e2e):
     plain = torch.load(run.result, weights_only=True)
     assert plain["class"] == "CustomTextCLIP" and not plain["plugin_loaded"]
     checkpoint = e2e["logs"] / "csv_a" / "checkpoints" / "epoch_3.pt"
-    model = open_clip.create_model("C2LIP-Tiny", pretrained=str(checkpoint)).eval()
+    model = open_clip.create_model("C2LIP-Tiny", pretrained=str(checkpoint), output_dict=True).eval()
     enable_c2lip(model)
     batch = torch.load(run.inputs, weights_only=True)
     with torch.no_grad():

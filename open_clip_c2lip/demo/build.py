@@ -6,6 +6,7 @@ Training data goes through the project's own data tools, as a user's data would:
 to the ``json`` member. The generator never writes concepts itself.
 """
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import FrozenSet, Iterator, List, Set, Tuple
@@ -62,6 +63,9 @@ def build_world(output_dir, spec: WorldSpec, num_train: int, num_eval: int, seed
     """
     from .. import concepts, shards
     output_dir = Path(output_dir)
+    for stale in ("shards_raw", "shards", "eval"):  # a previous, larger world must not leak in
+        if (output_dir / stale).is_dir():
+            shutil.rmtree(output_dir / stale)
     rng = random.Random(seed)
     train_scenes = [sample_scene(spec, rng) for _ in range(num_train)]
     seen: Set[SceneKey] = {scene_key(s) for s in train_scenes}

@@ -57,6 +57,20 @@ def _bar(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], fill) -> Non
     draw.rectangle((x0, cy - thickness // 2, x1, cy - thickness // 2 + thickness - 1), fill=fill)
 
 
+def _pole(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    thickness = max(1, (x1 - x0 + 1) // 3)
+    cx = (x0 + x1) // 2
+    draw.rectangle((cx - thickness // 2, y0, cx - thickness // 2 + thickness - 1, y1), fill=fill)
+
+
+def _dot(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    radius = max(1, (x1 - x0 + 1) // 6)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+
+
 def _diamond(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], fill) -> None:
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -71,6 +85,8 @@ SHAPES = {
     "cross": _cross,
     "ring": _ring,
     "bar": _bar,
+    "pole": _pole,
+    "dot": _dot,
     "diamond": _diamond,
 }
 
