@@ -5,8 +5,6 @@ the C2LIP flags to open_clip_train (immediately if those are already imported, e
 Kept stdlib-only: the ``.pth`` activation imports it in every Python process of the environment.
 Heavy names (``C2LIPLoss``, ``extract_concepts`` ...) are loaded on first attribute access.
 """
-import importlib
-
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -24,15 +22,10 @@ def __getattr__(name):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'open_clip_c2lip' has no attribute {name!r}")
+    import importlib  # here, not at top: this module is imported at every interpreter start-up
     return getattr(importlib.import_module(module), name)
 
 
-def _install():
-    try:
-        from . import _bootstrap
-    except ImportError:  # bootstrap not written yet / stripped build
-        return
-    _bootstrap.install()
+from . import _bootstrap  # noqa: E402  (stdlib-only)
 
-
-_install()
+_bootstrap.install()

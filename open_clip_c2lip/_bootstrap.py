@@ -32,9 +32,11 @@ def disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _run_hook(module) -> None:
+def _run_hook(module, executed: bool = False) -> None:
+    """Run the module's hook unless it already ran; ``executed``: the module body just (re)ran,
+    e.g. ``importlib.reload``, which undoes earlier patches, so the (idempotent) hook runs again."""
     hook_name = HOOKS.get(getattr(module, "__name__", None))
-    if hook_name is None or getattr(module, SENTINEL, False):
+    if hook_name is None or (getattr(module, SENTINEL, False) and not executed):
         return
     # mark first: a hook that fails half-way must not be re-run on top of its own partial patches
     setattr(module, SENTINEL, True)
@@ -65,7 +67,7 @@ class _HookedLoader:
         if getattr(module, "__loader__", None) is self:
             module.__loader__ = self.loader
         self.loader.exec_module(module)
-        _run_hook(module)
+        _run_hook(module, executed=True)
 
     def __getattr__(self, name):
         return getattr(self.loader, name)

@@ -92,9 +92,14 @@ def real_packed_texts(model_name: str, batch_size: int, max_concepts: int, capti
     from open_clip_c2lip.concepts import extract_concepts
     from open_clip_c2lip.packing import TextPacker
 
+    try:
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as exc:  # e.g. SigLIP's HF tokenizer with no Hub access
+        raise SystemExit(f"cannot load the tokenizer of {model_name} ({type(exc).__name__}: {exc}); "
+                         f"pass --synthetic to benchmark with random token ids")
     captions = load_captions(captions_path, batch_size)
     concepts = extract_concepts(captions)
-    packer = TextPacker(open_clip.get_tokenizer(model_name), max_concepts=max_concepts)
+    packer = TextPacker(tokenizer, max_concepts=max_concepts)
     return packer(list(zip(captions, concepts)))
 
 
@@ -214,13 +219,15 @@ def run_variant(args: argparse.Namespace) -> Dict[str, float]:
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - start)
-    result = {"times": times, "model_stats": dict(getattr(model, "c2lip_last_stats", {}) or {})}
+        cpu_times.append(time.process_time() - cpu_start)
+    result = {"times": times, "cpu_times": cpu_times,
+              "model_stats": dict(getattr(model, "c2lip_last_stats", {}) or {})}
     if device.type == "cuda":
         result["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
@@ -255,31 +262,44 @@ def spawn_variant(args: argparse.Namespace, variant: str, inputs: Path, workdir:
     return json.loads(result_path.read_text())
 
 
+def _ms(values: List[float]) -> float:
+    return statistics.median(values) * 1e3
+
+
 def format_table(args: argparse.Namespace, results: Dict[str, Dict], stats: Dict[str, int]) -> str:
-    base = results.get("siglip")
-    base_time = statistics.median(base["times"]) if base else None
+    """Markdown table. The ratio uses process CPU time on CPU (robust on a shared machine, where wall
+    time includes waiting for a core) and wall time on CUDA."""
     on_cuda = args.device.startswith("cuda")
-    memory_col = "peak GPU mem allocated (MiB)" if on_cuda else "peak RSS (MiB) | peak RSS - RSS after model build (MiB)"
+    ratio_key = "times" if on_cuda else "cpu_times"
+    base = results.get("siglip")
+    memory_cols = ["peak GPU mem allocated (MiB)"] if on_cuda else \
+        ["peak RSS (MiB)", "peak RSS - RSS after model build (MiB)"]
+    time_cols = ["wall (ms, median)", "wall (ms, min)"] + ([] if on_cuda else ["CPU time (ms, median)"])
+    header = ["variant"] + time_cols + [f"vs siglip ({'wall' if on_cuda else 'CPU time'})"] + memory_cols
+    data = "synthetic token ids" if args.synthetic else "COCO val2017 captions, spaCy concepts, TextPacker"
     lines = [
         f"Machine: {args.machine}. Model `{args.model}` (siglip baseline: `{args.base_model}`, plain class), "
-        f"random init, batch {args.batch_size}, "
-        f"max concepts {args.max_concepts}, precision {args.precision}, device {args.device}, "
-        f"{args.threads} thread(s); data: {'synthetic token ids' if args.synthetic else 'COCO val2017 captions, spaCy concepts, TextPacker'}.",
-        f"Step = forward + loss + backward + AdamW step. Median of {args.steps} timed steps x {args.rounds} "
+        f"random init, batch {args.batch_size}, max concepts {args.max_concepts}, precision {args.precision}, "
+        f"device {args.device}, {args.threads} thread(s); data: {data}.",
+        f"Step = forward + loss + backward + AdamW step. Medians over {args.steps} timed steps x {args.rounds} "
         f"interleaved rounds after {args.warmup} warmup steps per round; each variant in a fresh subprocess.",
         f"Concept rows in the batch: {stats['total']} non-empty, {stats['unique']} unique "
         f"(text-mode dedup encodes {stats['unique']}/{stats['total']} = "
         f"{stats['unique'] / max(stats['total'], 1):.2f} of them).",
         *text_mode_note(results, args),
         "",
-        f"| variant | step time (ms, median) | min (ms) | vs siglip | {memory_col} |",
-        "|---|---|---|---|---|" + ("" if on_cuda else "---|"),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for variant, result in results.items():
-        med = statistics.median(result["times"]) * 1e3
-        ratio = f"{med / (base_time * 1e3):.2f}x" if base_time else "-"
-        memory = f"{result['peak_mem_mib']:.0f}" + ("" if on_cuda else f" | {result['step_mem_mib']:.0f}")
-        lines.append(f"| {variant} | {med:.1f} | {min(result['times']) * 1e3:.1f} | {ratio} | {memory} |")
+        row = [variant, f"{_ms(result['times']):.1f}", f"{min(result['times']) * 1e3:.1f}"]
+        if not on_cuda:
+            row.append(f"{_ms(result['cpu_times']):.1f}")
+        row.append(f"{_ms(result[ratio_key]) / _ms(base[ratio_key]):.2f}x" if base else "-")
+        row.append(f"{result['peak_mem_mib']:.0f}")
+        if not on_cuda:
+            row.append(f"{result['step_mem_mib']:.0f}")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -315,14 +335,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         for round_index in range(args.rounds):
             for variant in args.variants:
                 result = spawn_variant(args, variant, inputs, workdir)
-                merged = results.setdefault(variant, {"times": [], "peak_mem_mib": 0.0, "step_mem_mib": 0.0})
+                merged = results.setdefault(variant, {"times": [], "cpu_times": [], "peak_mem_mib": 0.0,
+                                                      "step_mem_mib": 0.0})
                 merged["times"] += result["times"]
+                merged["cpu_times"] += result["cpu_times"]
                 merged["peak_mem_mib"] = max(merged["peak_mem_mib"], result["peak_mem_mib"])
                 step_mem = result["peak_mem_mib"] - result.get("rss_before_steps_mib", 0.0)
                 merged["step_mem_mib"] = max(merged["step_mem_mib"], step_mem)
                 merged["model_stats"] = result["model_stats"]
-                print(f"round {round_index} {variant}: median "
-                      f"{statistics.median(result['times']) * 1e3:.1f} ms, peak {result['peak_mem_mib']:.0f} MiB",
+                print(f"round {round_index} {variant}: median wall {_ms(result['times']):.1f} ms, "
+                      f"CPU {_ms(result['cpu_times']):.1f} ms, peak {result['peak_mem_mib']:.0f} MiB",
                       file=sys.stderr)
     table = format_table(args, results, stats)
     print(table)

@@ -128,6 +128,9 @@ def test_finder_runs_hook_once_after_exec(fake_hooked_module):
     importlib.import_module(name)
     _bootstrap.install()
     assert len(calls) == 1
+    # a reload re-executes the body (undoing the patch), so the hook runs again
+    assert importlib.reload(module) is module
+    assert calls[1] == (module, 41) and module.VALUE == 42
 
 
 def test_install_hooks_already_imported_module(fake_hooked_module, monkeypatch):

@@ -185,8 +185,14 @@ def test_bench_worker_runs_a_variant(tmp_path, variant):
 def test_bench_table_ratio():
     bench = load_bench()
     args = bench.parse_args(["--batch-size", "4"])
-    results = {"siglip": {"times": [1.0, 2.0, 3.0], "peak_mem_mib": 10, "step_mem_mib": 1},
-               "c2lip-text": {"times": [3.0, 3.0, 4.0], "peak_mem_mib": 12, "step_mem_mib": 2}}
+    results = {"siglip": {"times": [1.0, 2.0, 3.0], "cpu_times": [1.0, 1.0, 1.0], "peak_mem_mib": 10,
+                          "step_mem_mib": 1},
+               "c2lip-text": {"times": [3.0, 3.0, 4.0], "cpu_times": [1.5, 1.0, 2.0], "peak_mem_mib": 12,
+                              "step_mem_mib": 2}}
     table = bench.format_table(args, results, {"total": 10, "unique": 5})
-    assert "| c2lip-text | 3000.0 | 3000.0 | 1.50x | 12 | 2 |" in table
-    assert "| siglip | 2000.0 | 1000.0 | 1.00x | 10 | 1 |" in table
+    # CPU: the ratio is of median CPU times
+    assert "| c2lip-text | 3000.0 | 3000.0 | 1500.0 | 1.50x | 12 | 2 |" in table
+    assert "| siglip | 2000.0 | 1000.0 | 1000.0 | 1.00x | 10 | 1 |" in table
+    # CUDA: of median wall times
+    table = bench.format_table(bench.parse_args(["--device", "cuda"]), results, {"total": 10, "unique": 5})
+    assert "| c2lip-text | 3000.0 | 3000.0 | 1.50x | 12 |" in table
