@@ -42,7 +42,6 @@ import argparse
 import collections
 import concurrent.futures
 import functools
-import io
 import json
 import os
 import sys
@@ -396,7 +395,7 @@ def _shard_caption(sample, caption_key: str, where: str):
 def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                    progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
     """Copy a webdataset shard adding the concepts to each sample's json (see module docstring)."""
-    from .shards import iter_tar_samples, json_member_info
+    from .shards import end_of_archive, iter_tar_samples, json_member_info, member_bytes
 
     stats = ConceptStats()
     caption_key = options.caption_key or SHARD_CAPTION_KEY
@@ -419,21 +418,25 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
             raise CaptionError(f"{input_path}: empty shard (no samples)")
 
     partial = output_path + ".partial"
-    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as out:
+    with open(partial, "wb") as out:
+        size = 0
         for concepts, (sample, meta) in options.extractor().pipe(items(), stats=stats):
-            json_written = False
-            for info, data in sample.members:
-                if concepts is not None and sample.extension(info) == "json":
+            chunks = list(sample.raw)  # unchanged members: their exact bytes
+            if concepts is not None:
+                extensions = sample.extensions
+                if "json" in extensions:
+                    position = extensions.index("json")
                     meta[options.concepts_key] = concepts
-                    info, data = json_member_info(info, meta)
-                    json_written = True
-                out.addfile(info, io.BytesIO(data) if info.isreg() else None)
-            if concepts is not None and not json_written:
-                info, data = json_member_info(sample.members[-1][0], {options.concepts_key: concepts},
-                                              name=f"{sample.key}.json")
-                out.addfile(info, io.BytesIO(data))
+                    chunks[position] = member_bytes(*json_member_info(sample.members[position][0], meta))
+                else:
+                    chunks.append(member_bytes(*json_member_info(
+                        sample.members[-1][0], {options.concepts_key: concepts}, name=f"{sample.key}.json")))
+            for chunk in chunks:
+                out.write(chunk)
+                size += len(chunk)
             if progress is not None and sample.key is not None:
                 progress(1)
+        out.write(end_of_archive(size))
     os.replace(partial, output_path)
     return stats
 

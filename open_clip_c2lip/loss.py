@@ -181,6 +181,7 @@ class _XACSimilarity(torch.autograd.Function):
         grad_sq_all = torch.where(norm_all > NORM_EPS, -grad_out * num_all / (2 * denom_all ** 3), 0.0)
         # With dL/dA = g_num S + 2 g_sq H and <A, S> = num, <A, H> = sq, the softmax backward gives
         # dL/dS = A * (lambda g_num S + 2 lambda g_sq H + g_num - lambda (g_num num + 2 g_sq sq)).
+        # (The last bracket, <A, dL/dA>, vanishes unless |u| is clamped: q is invariant to scaling A.)
         coef_scores = (temperature * grad_num_all).unsqueeze(1)
         coef_gram = (2 * temperature * grad_sq_all).unsqueeze(1)
         coef_const = (grad_num_all - temperature * (grad_num_all * num_all + 2 * grad_sq_all * sq_all)

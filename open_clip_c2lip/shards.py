@@ -248,13 +248,16 @@ def samples_from_csv(path: str, img_key: str = "filepath", caption_key: str = "t
 
 @dataclass
 class TarSample:
-    """Consecutive tar members sharing a webdataset key, as raw ``(TarInfo, bytes)`` pairs.
+    """Consecutive tar members sharing a webdataset key: ``members`` as ``(TarInfo, data)`` pairs and
+    ``raw``, each member's exact bytes in the tar (its header blocks, extended headers included, and
+    its padded data), so a rewrite can copy members byte-for-byte.
 
     ``key`` is None for a member that is not part of a sample (directory, ``__meta__`` file, name
     without extension): such members are carried alone so rewriting keeps them in place.
     """
     key: Optional[str]
     members: List[Tuple[tarfile.TarInfo, bytes]]
+    raw: List[bytes] = field(default_factory=list)
     _json: Any = None
     _json_parsed: bool = False
 
@@ -289,28 +292,42 @@ class TarSample:
         return self._json
 
 
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
 def iter_tar_samples(path: str) -> Iterator[TarSample]:
     """Stream a tar as samples (grouped like webdataset's ``group_by_keys``), members in tar order."""
-    with tarfile.open(path, "r|*") as tar:
+    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         current: Optional[TarSample] = None
-        for info in tar:
+        while True:
+            info = tar.next()  # re-seeks to the next header itself, so reading `f` below is safe
+            if info is None:
+                break
+            tar.members.clear()  # keep memory flat on big shards
+            end = info.offset_data + (_padded(info.size) if info.isreg() else 0)
+            f.seek(info.offset)
+            raw = f.read(end - info.offset)
+            if len(raw) != end - info.offset:
+                raise tarfile.ReadError(f"{path}: member {info.name!r} is truncated")
+            data = raw[info.offset_data - info.offset:][: info.size] if info.isreg() else b""
             match = _KEY_EXT.match(info.name) if info.isreg() and not _META.match(info.name) else None
-            data = tar.extractfile(info).read() if info.isreg() else b""
             if match is None:
                 if current is not None:
                     yield current
                     current = None
-                yield TarSample(None, [(info, data)])
+                yield TarSample(None, [(info, data)], [raw])
                 continue
             key, extension = match.group(1), match.group(2).lower()
             if current is not None and current.key == key:
                 if extension in current.extensions:
                     raise ValueError(f"{path}: sample {key!r} has two .{extension} members")
                 current.members.append((info, data))
+                current.raw.append(raw)
                 continue
             if current is not None:
                 yield current
-            current = TarSample(key, [(info, data)])
+            current = TarSample(key, [(info, data)], [raw])
         if current is not None:
             yield current
 
@@ -330,3 +347,15 @@ def json_member_info(template: tarfile.TarInfo, obj: Dict[str, Any], name: Optio
         setattr(info, attr, getattr(template, attr))
     info.size = len(data)
     return info, data
+
+
+def member_bytes(info: tarfile.TarInfo, data: bytes) -> bytes:
+    """A regular member's bytes in a tar: header (PAX when needed) and data padded to whole blocks."""
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return header + data + tarfile.NUL * (_padded(len(data)) - len(data))
+
+
+def end_of_archive(size: int) -> bytes:
+    """The two zero blocks closing a tar of ``size`` bytes, padded to a whole record like ``tarfile``."""
+    size += 2 * tarfile.BLOCKSIZE
+    return tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-size) % tarfile.RECORDSIZE)

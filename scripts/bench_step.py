@@ -20,6 +20,7 @@ GPU comparison, random init, synthetic token ids (no Hub access needed)::
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -175,7 +176,8 @@ def run_variant(args: argparse.Namespace) -> Dict[str, float]:
     model_name = args.model if c2lip else args.base_model
 
     torch.manual_seed(0)
-    model = open_clip.create_model(model_name, output_dict=True, init_logit_scale=2.302585,
+    # open_clip_train's --siglip init (main.py)
+    model = open_clip.create_model(model_name, output_dict=True, init_logit_scale=math.log(10),
                                    init_logit_bias=-10.0)
     if c2lip:
         from open_clip_c2lip.loss import C2LIPLoss
@@ -208,12 +210,14 @@ def run_variant(args: argparse.Namespace) -> Dict[str, float]:
         total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # as open_clip_train's train_one_epoch after every step
+            model.logit_scale.clamp_(0, math.log(100))
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    rss_before = _current_rss_mib()
+    rss_after_build = _current_rss_mib()
     for _ in range(args.warmup):
         step()
     sync()
@@ -232,7 +236,7 @@ def run_variant(args: argparse.Namespace) -> Dict[str, float]:
         result["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
         result["peak_mem_mib"] = _peak_rss_mib()
-        result["rss_before_steps_mib"] = rss_before
+        result["rss_after_build_mib"] = rss_after_build
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -340,7 +344,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 merged["times"] += result["times"]
                 merged["cpu_times"] += result["cpu_times"]
                 merged["peak_mem_mib"] = max(merged["peak_mem_mib"], result["peak_mem_mib"])
-                step_mem = result["peak_mem_mib"] - result.get("rss_before_steps_mib", 0.0)
+                step_mem = result["peak_mem_mib"] - result.get("rss_after_build_mib", 0.0)
                 merged["step_mem_mib"] = max(merged["step_mem_mib"], step_mem)
                 merged["model_stats"] = result["model_stats"]
                 print(f"round {round_index} {variant}: median wall {_ms(result['times']):.1f} ms, "

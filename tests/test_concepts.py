@@ -237,9 +237,9 @@ def _add(tar, name, data, mtime=1234567, mode=0o640):
     tar.addfile(info, io.BytesIO(data))
 
 
-def make_shard(path, samples):
+def make_shard(path, samples, format=tarfile.GNU_FORMAT):
     """samples: list of (key, [(extension, bytes)]) written in that order."""
-    with tarfile.open(path, "w") as tar:
+    with tarfile.open(path, "w", format=format) as tar:
         for key, members in samples:
             for extension, data in members:
                 _add(tar, f"{key}.{extension}", data)
@@ -260,6 +260,13 @@ def read_members(path):
         return [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
 
 
+def raw_members(path):
+    """name -> the member's exact bytes in the tar (header blocks incl. extended ones, padded data)."""
+    blob = Path(path).read_bytes()
+    with tarfile.open(path) as tar:
+        return {m.name: blob[m.offset: m.offset_data + -(-m.size // 512) * 512] for m in tar.getmembers()}
+
+
 def run_cli(args, capsys=None):
     code = C.main([str(a) for a in args] + ["--quiet"])
     return code, (capsys.readouterr().out if capsys else "")
@@ -269,6 +276,7 @@ def test_cli_shard_bytes_order_and_json(tmp_path, coco, capsys):
     src = tmp_path / "in" / "shard-000000.tar"
     src.parent.mkdir()
     samples = shard_samples(coco, 0, 13)
+    samples[4] = ("long/" + "k" * 120 + "4", samples[4][1])  # > 100 chars: GNU long-name headers
     make_shard(src, samples)
     code, out = run_cli([src, "--output-dir", tmp_path / "out"], capsys)
     assert code == 0 and "captions: 13" in out
@@ -283,16 +291,18 @@ def test_cli_shard_bytes_order_and_json(tmp_path, coco, capsys):
 
     reference = C.extract_concepts([coco[i] for i in range(13)])
     by_name = {f"{key}.{e}": d for key, members in samples for e, d in members}
+    index_of = {f"{key}.{e}": i for i, (key, members) in enumerate(samples) for e, _ in members + [("json", 0)]}
+    raw_in, raw_out = raw_members(src), raw_members(tmp_path / "out" / src.name)
     for info, data in got:
-        key, extension = info.name.split(".")
-        index = int(key[1:])
-        if extension == "json":
+        if info.name.endswith(".json"):
             original = json.loads(by_name[info.name]) if info.name in by_name else {}
-            assert json.loads(data) == {**original, "concepts": reference[index]}
+            assert json.loads(data) == {**original, "concepts": reference[index_of[info.name]]}
             assert list(json.loads(data))[-1] == "concepts"
+            assert (info.mtime, info.mode) == (1234567, 0o640)  # header fields of the sample's members
         else:
-            assert data == by_name[info.name]  # byte-for-byte
-            assert (info.mtime, info.mode) == (1234567, 0o640)
+            assert data == by_name[info.name]
+            assert raw_out[info.name] == raw_in[info.name]  # header and data byte-for-byte
+    assert len(raw_in[samples[4][0] + ".jpg"]) > 512 * 3  # the long name really used extra header blocks
 
 
 def test_cli_caption_from_json_field(tmp_path, coco):

@@ -19,7 +19,7 @@ from open_clip_c2lip.demo.build import brace_pattern, scene_key
 from open_clip_c2lip.demo.report import comparison_table
 from open_clip_c2lip.demo.retrieval import recall_at_k
 from open_clip_c2lip.demo.runs import RunSpec, parse_train_log
-from open_clip_c2lip.demo.world import COLOURS, Obj, Scene, WorldSpec, render, sample_scene
+from open_clip_c2lip.demo.world import COLOURS, SHAPES, Obj, Scene, WorldSpec, render, sample_scene
 
 torch.set_num_threads(1)
 
@@ -47,8 +47,9 @@ def test_scenes_are_seeded_and_follow_the_spec():
     for scene in first:
         counts.add(len(scene.objects))
         assert len({o.cell for o in scene.objects}) == len(scene.objects)  # never overlapping
-        assert len({o.shape for o in scene.objects}) == len(scene.objects)
-        assert len({o.colour for o in scene.objects}) == len(scene.objects)
+        assert len({o.shape for o in scene.objects}) == len(scene.objects)  # shapes name objects
+        assert {o.shape for o in scene.objects} <= set(SPEC.shapes)
+        assert {o.colour for o in scene.objects} <= set(SPEC.colours)
         assert sorted(scene.order) == list(range(len(scene.objects)))
     assert counts == set(range(SPEC.min_objects, SPEC.max_objects + 1))
 
@@ -81,8 +82,7 @@ def test_render_paints_each_object_in_its_cell_only():
 
 
 def test_shapes_differ_in_pixels():
-    spec = WorldSpec(shapes=("circle", "square", "triangle", "cross", "ring", "bar", "diamond"),
-                     max_objects=1, min_objects=1, colours=("red",))
+    spec = WorldSpec(shapes=tuple(SHAPES), max_objects=1, min_objects=1, colours=("red",))
     masks = {}
     for shape in spec.shapes:
         pixels = np.asarray(render(Scene([Obj(shape, "red", 0)], [0]), spec))
@@ -96,8 +96,10 @@ def test_shapes_differ_in_pixels():
 def test_bad_spec_is_rejected():
     with pytest.raises(ValueError, match="unknown shapes"):
         WorldSpec(shapes=("circle", "blob"))
-    with pytest.raises(ValueError, match="distinct_attributes"):
+    with pytest.raises(ValueError, match="distinct_shapes"):
         WorldSpec(shapes=("circle", "square"), colours=("red", "blue"), max_objects=3)
+    with pytest.raises(ValueError, match="distinct_colours"):
+        WorldSpec(colours=("red", "blue"), distinct_colours=True, max_objects=3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,15 +109,20 @@ def _objects_of_caption(caption):
     return sorted(tuple(p.split()[1:]) for p in caption.replace(" and ", ", ").split(", "))
 
 
+# A looser world than the default, where every split's negative can be built.
+LOOSE = WorldSpec(shapes=("circle", "square", "triangle", "cross", "ring"), colours=("red", "green", "blue", "yellow"),
+                  min_objects=2, max_objects=4, distinct_colours=False)
+
+
 def test_negatives_change_what_each_split_promises():
     rng = random.Random(0)
     made = {name: 0 for name in evalsets.NEGATIVES}
-    for scene in _scenes(300, seed=5):
+    for scene in _scenes(300, seed=5, spec=LOOSE):
         caption = scene.caption()
         truth = sorted((o.colour, o.shape) for o in scene.objects)
         colours, shapes = {o.colour for o in scene.objects}, {o.shape for o in scene.objects}
         for name, make in evalsets.NEGATIVES.items():
-            negative = make(scene, SPEC, rng)
+            negative = make(scene, LOOSE, rng)
             if negative is None:
                 continue
             made[name] += 1
@@ -123,7 +130,7 @@ def test_negatives_change_what_each_split_promises():
             assert negative != caption and claimed != truth
             if name == "swap_att":
                 assert _words(negative) == _words(caption)  # same bag of words: only binding differs
-                assert sorted(c for c, _ in claimed) == sorted(colours)
+                assert sorted(c for c, _ in claimed) == sorted(o.colour for o in scene.objects)
                 assert sum(a != b for a, b in zip(claimed, truth)) >= 1
             elif name == "replace_att":
                 assert len(claimed) == len(truth) and len({c for c, _ in claimed} - colours) == 1
@@ -134,19 +141,28 @@ def test_negatives_change_what_each_split_promises():
     assert all(count > 50 for count in made.values()), made
 
 
+def test_default_world_has_no_colour_or_count_shortcut():
+    for scene in _scenes(100):
+        assert sorted(o.colour for o in scene.objects) == sorted(SPEC.colours)
+        assert evalsets.replace_att(scene, SPEC, random.Random(0)) is None  # no absent colour exists
+
+
 def test_eval_sets_load_in_the_eval_suite(tmp_path):
     from open_clip_c2lip import eval as c2eval
     train_keys = {scene_key(s) for s in _scenes(50, seed=9)}
     counts = evalsets.write_eval_sets(str(tmp_path), SPEC, 40, seed=9, exclude=train_keys)
     assert counts["retrieval"] == 40 and counts["redrawn"] >= 40  # same seed: the first 40 are all redrawn
-    for split in evalsets.NEGATIVES:
+    assert counts["replace_att"] == 0 and not (tmp_path / "sugarcrepe" / "replace_att.json").exists()
+    splits = [split for split in evalsets.NEGATIVES if counts[split]]
+    assert splits == ["swap_att", "replace_obj", "add_obj"]
+    for split in splits:
         data = json.loads((tmp_path / "sugarcrepe" / f"{split}.json").read_text())
         assert len(data) == counts[split] > 0
         for key, item in data.items():
             assert key.isdigit() and set(item) == {"filename", "caption", "negative_caption"}
             assert (tmp_path / "val2017" / item["filename"]).is_file()
     images, texts = c2eval.Vocabulary(), c2eval.Vocabulary()
-    scorer = c2eval.load_sugarcrepe(tmp_path, images, texts, splits=list(evalsets.NEGATIVES))
+    scorer = c2eval.load_sugarcrepe(tmp_path, images, texts, splits=splits)
     assert len(images) == len({i["filename"] for i in json.loads((tmp_path / "retrieval.json").read_text())})
     assert callable(scorer)
 
@@ -258,14 +274,16 @@ def test_quick_demo_end_to_end(tmp_path):
         meta = json.loads(sample["json"])
         phrases = {Obj(o["shape"], o["colour"], o["cell"]).phrase for o in meta["objects"]}
         assert sorted(meta["concepts"]) == sorted(phrases), (sample["txt"], meta)
-    sugarcrepe = {split: json.loads((out / "world" / "eval" / "sugarcrepe" / f"{split}.json").read_text())
-                  for split in evalsets.NEGATIVES}
+    sugarcrepe = {path.stem: json.loads(path.read_text())
+                  for path in (out / "world" / "eval" / "sugarcrepe").glob("*.json")}
+    assert set(sugarcrepe) == {"swap_att", "replace_obj", "add_obj"}
     for name, run in results["runs"].items():
         assert Path(run["checkpoint"]).is_file()
         losses = run["curves"]["losses"]
         assert run["curves"]["steps"][-1] == run["steps"]
         # both models learned: the contrastive loss fell well below its start
         assert losses["contrastive_loss"][-1] < 0.8 * losses["contrastive_loss"][0], (name, losses)
+        assert set(run["sugarcrepe"]) == set(sugarcrepe) | {"_average"}
         for split, items in sugarcrepe.items():
             assert run["sugarcrepe"][split]["n"] == len(items)
             assert 0.0 <= run["sugarcrepe"][split]["acc"] <= 1.0

@@ -151,16 +151,25 @@ def runs(tmp_path_factory):
     write_init_checkpoint(init)
     logs = root / "logs"
     env = plugin_env(root)
+    if Path("/sys/class/net/lo").exists():  # gloo otherwise picks the interface of the hostname
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     # torchrun's own parser takes `--logs DIR` for an ambiguous abbreviation of --logs-specs
     # (`--logs=DIR` too); a `--` right after the module ends torchrun's options and is dropped.
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-                "--nproc_per_node", str(WORLD_SIZE), "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port()), "-m", "open_clip_train.main", "--"]
+    launcher = Path(sys.executable).with_name("torchrun")  # the console script of this environment
+    launcher = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    torchrun = launcher + ["--nnodes", "1", "--nproc_per_node", str(WORLD_SIZE), "--master_addr", "127.0.0.1",
+                           "--master_port", str(free_port()), "-m", "open_clip_train.main", "--"]
     ddp = start(torchrun + train_args(table, init, logs, "ddp", NUM_SAMPLES // WORLD_SIZE) + ["--dist-backend", "gloo"],
                 env, root / "ddp.stdout")
-    single = start([sys.executable, "-m", "open_clip_train.main", *train_args(table, init, logs, "single", NUM_SAMPLES)],
-                   env, root / "single.stdout")
-    outputs = {"ddp": finish(ddp), "single": finish(single)}
+    single = start([sys.executable, "-m", "open_clip_train.main",
+                    *train_args(table, init, logs, "single", NUM_SAMPLES)], env, root / "single.stdout")
+    try:
+        outputs = {"ddp": finish(ddp), "single": finish(single)}
+    finally:
+        for proc in (ddp, single):  # after a failure above, do not leave the other one running
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return {"root": root, "table": table, "init": init, "logs": logs, "outputs": outputs}
 
 

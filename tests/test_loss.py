@@ -203,6 +203,30 @@ def test_xac_similarity_gradcheck():
     assert torch.autograd.gradcheck(lambda c: xac_similarity(tokens.detach(), c, chunk_size=2), (concepts,))
 
 
+def test_degenerate_pooled_vector_follows_normalize_clamp():
+    """Tokens v and -v with a concept orthogonal to v pool to u = 0 exactly: the value and the
+    gradients must follow F.normalize's max(|u|, 1e-8) clamp, without NaN."""
+    tokens = torch.tensor([[[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]],
+                           [[0.6, 0.8, 0.0], [0.0, 0.6, 0.8]]], dtype=torch.float64)
+    concepts = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    upstream = torch.tensor([[0.5, -1.0], [2.0, 0.3]], dtype=torch.float64)
+
+    def reference(v, c):
+        attention = torch.softmax(torch.einsum("rtd,nd->rnt", v, c), dim=-1)
+        pooled = F.normalize(torch.einsum("rnt,rtd->rnd", attention, v), dim=-1, eps=1e-8)
+        return (pooled * c).sum(-1)
+
+    results = []
+    for fn in (xac_similarity, reference):
+        v, c = tokens.clone().requires_grad_(), concepts.clone().requires_grad_()
+        out = fn(v, c)
+        results.append((out, *torch.autograd.grad(out, (v, c), upstream)))
+    assert results[0][0][0].abs().max() == 0
+    for ours, expected in zip(*results):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
+
+
 def test_concept_attention_pools_to_xac_similarity():
     batch = make_batch()
     tokens, concepts = batch["image_tokens"], batch["concept_features"][batch["concept_mask"]]

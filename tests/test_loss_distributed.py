@@ -23,8 +23,8 @@ ROW_INPUTS = ("image_features", "text_features", "image_tokens", "concept_featur
 SCALARS = ("logit_scale", "logit_bias")
 LOSS_OPTIONS = {"npc_weight": 1.3, "xac_weight": 0.6, "xac_temperature": 1.7, "xac_chunk_size": 2}
 
-# (world size, rows per rank, concept mask of the union batch): ranks hold different numbers of
-# valid concepts, one rank none at all, and in the uneven cases different numbers of images.
+# world size -> [(rows per rank, concept mask of the union batch)]: ranks hold different numbers of
+# valid concepts (one rank none at all) and, in the second scenarios, different numbers of images.
 SCENARIOS = {
     2: [
         ([3, 3], [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 0, 0]]),

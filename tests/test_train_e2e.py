@@ -152,10 +152,21 @@ def csv_train_args(data: dict, logs: Path, name: str, epochs: int) -> list:
 class Run:
     """A child process writing its output to a file; ``wait()`` returns self."""
 
+    started = []  # every Run of this module, so a failing fixture can stop the rest
+
     def __init__(self, argv: list, env: dict, log_file: Path, run_dir: Path = None):
         self.argv, self.log_file, self.run_dir = argv, log_file, run_dir
         self._out = open(log_file, "w")
         self.proc = subprocess.Popen(argv, env=env, stdout=self._out, stderr=subprocess.STDOUT, cwd=str(REPO))
+        Run.started.append(self)
+
+    @classmethod
+    def kill_unfinished(cls) -> None:
+        for run in cls.started:
+            if run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+        cls.started.clear()
 
     def wait(self) -> "Run":
         try:
@@ -253,35 +264,38 @@ def e2e(tmp_path_factory):
         "--batch-size", "4", "--accum-freq", "2", "--grad-checkpointing", "--precision", "amp_bf16",
         "--workers", "1", "--epochs", "1",
     ]
-    runs = {
-        "wds": launch_training(root, logs, "wds", wds_args),
-        "csv_a": launch_training(root, logs, "csv_a", csv_train_args(data, logs, "csv_a", epochs=3)),
-        "csv_b": launch_training(root, logs, "csv_b", csv_train_args(data, logs, "csv_b", epochs=2)),
-    }
-    # the plugin-free loader starts now (its imports overlap the training runs) and waits for the
-    # go file, written once csv_a's last checkpoint is complete
-    inputs, output, go = root / "embed_inputs.pt", root / "plain_embeddings.pt", root / "plain_load.go"
-    make_embedding_inputs(inputs)
-    argv = [sys.executable, "-c", PLAIN_LOAD_SCRIPT, str(TINY_CONFIG),
-            str(logs / "csv_a" / "checkpoints" / "epoch_3.pt"), str(inputs), str(output), str(go)]
-    plain_load = Run(argv, subprocess_env(root, plugin=False), root / "plain_load.stdout")
-    plain_load.inputs, plain_load.result = inputs, output
-    for run in runs.values():
-        run.wait()
+    try:
+        runs = {
+            "wds": launch_training(root, logs, "wds", wds_args),
+            "csv_a": launch_training(root, logs, "csv_a", csv_train_args(data, logs, "csv_a", epochs=3)),
+            "csv_b": launch_training(root, logs, "csv_b", csv_train_args(data, logs, "csv_b", epochs=2)),
+        }
+        # the plugin-free loader starts now (its imports overlap the training runs) and waits for the
+        # go file, written once csv_a's last checkpoint is complete
+        inputs, output, go = root / "embed_inputs.pt", root / "plain_embeddings.pt", root / "plain_load.go"
+        make_embedding_inputs(inputs)
+        argv = [sys.executable, "-c", PLAIN_LOAD_SCRIPT, str(TINY_CONFIG),
+                str(logs / "csv_a" / "checkpoints" / "epoch_3.pt"), str(inputs), str(output), str(go)]
+        plain_load = Run(argv, subprocess_env(root, plugin=False), root / "plain_load.stdout")
+        plain_load.inputs, plain_load.result = inputs, output
+        for run in runs.values():
+            run.wait()
 
-    phase2 = {}
-    if runs["csv_b"].returncode == 0:
-        resume = str(logs / "csv_b" / "checkpoints" / "epoch_2.pt")
-        phase2["csv_b_resume"] = launch_training(
-            root, logs, "csv_b_resume", csv_train_args(data, logs, "csv_b_resume", epochs=3) + ["--resume", resume])
-    go.with_suffix(".tmp").write_text("go" if runs["csv_a"].returncode == 0 else "stop")
-    os.replace(go.with_suffix(".tmp"), go)  # atomic: the loader never reads a half-written file
-    phase2["plain_load"] = plain_load
-    for run in phase2.values():
-        run.wait()
-    if runs["csv_a"].returncode != 0:
-        del phase2["plain_load"]
-    runs.update(phase2)
+        phase2 = {}
+        if runs["csv_b"].returncode == 0:
+            resume = str(logs / "csv_b" / "checkpoints" / "epoch_2.pt")
+            phase2["csv_b_resume"] = launch_training(
+                root, logs, "csv_b_resume", csv_train_args(data, logs, "csv_b_resume", epochs=3) + ["--resume", resume])
+        go.with_suffix(".tmp").write_text("go" if runs["csv_a"].returncode == 0 else "stop")
+        os.replace(go.with_suffix(".tmp"), go)  # atomic: the loader never reads a half-written file
+        phase2["plain_load"] = plain_load
+        for run in phase2.values():
+            run.wait()
+        if runs["csv_a"].returncode != 0:
+            del phase2["plain_load"]
+        runs.update(phase2)
+    finally:
+        Run.kill_unfinished()  # e.g. the loader still waiting after an error above
     return {"root": root, "logs": logs, "data": data, "runs": runs}
 
 
@@ -297,7 +311,8 @@ def make_embedding_inputs(path: Path) -> None:
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1
     tokenizer = open_clip.tokenize  # C2LIP-Tiny uses open_clip's CLIP BPE tokenizer
-    texts = tokenizer(coco_captions(3), context_length=json.loads(TINY_CONFIG.read_text())["text_cfg"]["context_length"])
+    context_length = json.loads(TINY_CONFIG.read_text())["text_cfg"]["context_length"]
+    texts = tokenizer(coco_captions(3), context_length=context_length)
     torch.save({"images": images, "texts": texts}, path)
 
 

@@ -8,13 +8,16 @@ held-out sets), ``logs/`` (open_clip_train logs and checkpoints), ``results.json
 import argparse
 import os
 import platform
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .evalsets import NEGATIVES
-from .world import WorldSpec
+from .world import COLOURS, SHAPES, WorldSpec
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="warmup steps")
     parser.add_argument("--num-train", type=int, default=None, help="distinct training images")
     parser.add_argument("--num-eval", type=int, default=None, help="held-out images")
+    world = parser.add_argument_group("world (defaults: the world of benchmarks/demo.md)")
+    world.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
+    world.add_argument("--colours", nargs="+", default=None, choices=sorted(COLOURS))
+    world.add_argument("--min-objects", type=int, default=None)
+    world.add_argument("--max-objects", type=int, default=None)
     parser.add_argument("--xac-temperature", type=float, default=1.0, help="C2LIP --c2lip-xac-temperature")
     parser.add_argument("--xac-weight", type=float, default=0.01, help="C2LIP --c2lip-xac-weight")
     parser.add_argument("--npc-weight", type=float, default=1.0, help="C2LIP --c2lip-npc-weight")
@@ -57,6 +65,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name, value in vars(preset).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    overrides = {"shapes": args.shapes, "colours": args.colours, "min_objects": args.min_objects,
+                 "max_objects": args.max_objects}
+    try:
+        args.world = WorldSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.steps < 1 or args.batch_size < 1 or args.num_train < args.batch_size or args.num_eval < 2:
         parser.error("need steps >= 1, batch_size >= 1, num_train >= batch_size and num_eval >= 2")
     return args
@@ -70,7 +85,7 @@ def run_specs(args: argparse.Namespace, train_pattern: str) -> Dict[str, Any]:
         "c2lip": ["--c2lip-loss", "--c2lip-npc-weight", str(args.npc_weight),
                   "--c2lip-xac-weight", str(args.xac_weight),
                   "--c2lip-xac-temperature", str(args.xac_temperature),
-                  "--c2lip-max-concepts", str(WorldSpec().max_objects)],
+                  "--c2lip-max-concepts", str(args.world.max_objects)],
     }
     # one epoch of steps * batch samples: webdataset repeats the shards within the epoch as needed
     return {name: RunSpec(name=name, loss_args=loss_args[name], train_data=train_pattern,
@@ -97,6 +112,9 @@ def machine_description() -> str:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     progress = not args.no_progress
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM -> SystemExit, so runs.train stops its training subprocess instead of orphaning it
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
@@ -106,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    spec = WorldSpec()
+    spec = args.world
     splits = list(NEGATIVES)
     timings: Dict[str, float] = {}
 
@@ -114,6 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     world = build_world(output_dir / "world", spec, args.num_train, args.num_eval, args.seed, progress=progress)
     timings["world"] = time.perf_counter() - start
 
+    splits = [split for split in splits if world.eval_counts[split] > 0]
+    skipped = [split for split in NEGATIVES if split not in splits]
+    if skipped:
+        print(f"eval splits not applicable to this world (no scene can host their negative): {skipped}")
     logs_dir = str(output_dir / "logs")
     runs: Dict[str, Dict[str, Any]] = {}
     for name, run in run_specs(args, world.train_pattern).items():
@@ -130,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     title = (f"C2LIP-Tiny, {args.steps} steps x batch {args.batch_size}, seed {args.seed}, "
              f"{args.num_train} train / {args.num_eval} held-out images")
     results = {
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": {k: v for k, v in vars(args).items() if k != "world"},
         "world": spec.to_dict(),
         "eval_counts": world.eval_counts,
         "machine": machine_description(),

@@ -122,6 +122,8 @@ def write_eval_sets(root: str, spec: WorldSpec, num_images: int, seed: int,
                 items[split][str(index)] = {"filename": filename, "caption": caption,
                                             "negative_caption": negative}
     for split, split_items in items.items():
+        if not split_items:  # e.g. replace_att when every scene shows every colour: no file, count 0
+            continue
         with open(root_path / "sugarcrepe" / f"{split}.json", "w") as f:
             json.dump(split_items, f, indent=1)
     with open(root_path / "retrieval.json", "w") as f:
