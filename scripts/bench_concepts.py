@@ -199,8 +199,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         import pandas as pd
         cli = [json.loads(c) for c in pd.read_csv(tmp / f"csv-{args.processes[0]}" / "captions.csv")["concepts"]]
         cli_equals_naive = cli[: len(naive_captions)] == naive["concepts"]
-        shard_concepts = [json.loads(s["json"])["concepts"] for path in sorted((tmp / f"shards-{args.processes[0]}").glob("*.tar"))
-                          for s in read_shard(str(path))]
+        shard_paths = sorted((tmp / f"shards-{args.processes[0]}").glob("*.tar"))
+        shard_concepts = [json.loads(s["json"])["concepts"] for path in shard_paths for s in read_shard(str(path))]
         shards_equal_csv = shard_concepts == cli
         identity = None
         if not args.skip_identity:
@@ -266,7 +266,8 @@ def render(rows, summary, cli_equals_naive, shards_equal_csv, identity, batch_si
         lines.append(f"- noun chunks (start, end, root POS) of `{'+'.join(identity['fast'])}` == full pipeline "
                      f"`{'+'.join(identity['full'])}`: {identity['captions'] - identity['differ']}/"
                      f"{identity['captions']} captions identical (first differing: {identity['first']})")
-    lines += ["", "Concepts per caption on COCO (the CLI's closing summary):", "", "```", summary.strip(), "```", ""]
+    lines += ["", "Concepts per caption on COCO (the CLI's closing summary):", "", "```", summary.strip(), "```",
+              ""]
     return "\n".join(lines)
 
 

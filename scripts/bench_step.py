@@ -55,6 +55,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="random token ids and spans instead of tokenized COCO captions")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table of one step per variant")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead of the step table: CPU time of each piece of the step, in-process")
     parser.add_argument("--output", type=Path, default=None, help="write the markdown table here")
     parser.add_argument("--machine", default="2-core CPU dev box", help="machine name for the table")
     # internal: one variant in this process
@@ -307,6 +309,82 @@ def format_table(args: argparse.Namespace, results: Dict[str, Dict], stats: Dict
     return "\n".join(lines) + "\n"
 
 
+def _cpu_ms(fn, repeats: int, warmup: int = 2) -> float:
+    """Median process CPU time of ``fn()`` in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times) * 1e3
+
+
+def breakdown(args: argparse.Namespace, texts) -> str:
+    """Markdown table: CPU time of the pieces of a step (forward parts, loss, fwd+bwd, AdamW)."""
+    import torch
+    import open_clip
+    from open_clip.loss import SigLipLoss
+    from open_clip_c2lip.layout import unpack_texts
+    from open_clip_c2lip.loss import C2LIPLoss
+    from open_clip_c2lip.model import disable_c2lip, enable_c2lip, encode_packed_text, image_token_features
+
+    torch.set_num_threads(args.threads)
+    repeats = max(args.steps, 3)
+    torch.manual_seed(0)
+    model = open_clip.create_model(args.model, output_dict=True, init_logit_scale=math.log(10),
+                                   init_logit_bias=-10.0).train()
+    image_size = model.visual.image_size
+    image_size = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+    images = torch.randn(texts.shape[0], 3, *image_size, generator=torch.Generator().manual_seed(1))
+    captions, concept_ids, _ = unpack_texts(texts)
+    rows = torch.cat([captions, concept_ids.reshape(-1, concept_ids.shape[-1])])
+    unique_rows = torch.unique(rows, dim=0)
+    pieces = [
+        ("encode_image forward (pooled)", lambda: model.encode_image(images)),
+        ("image_token_features forward (pooled + per-token MAP value path)",
+         lambda: image_token_features(model, images)),
+        (f"encode_text forward, {len(captions)} captions", lambda: model.encode_text(captions)),
+        (f"encode_text forward, the {len(unique_rows)} unique rows of text mode (captions, concepts, padding)",
+         lambda: model.encode_text(unique_rows)),
+        ("packed text forward, text mode", lambda: encode_packed_text(model, texts, "text")),
+        ("packed text forward, span mode", lambda: encode_packed_text(model, texts, "span")),
+    ]
+
+    def plain_step():
+        SigLipLoss()(**model(images, captions)).backward()
+        model.zero_grad(set_to_none=True)
+
+    pieces.append(("siglip fwd + bwd", plain_step))
+    for mode in ("text", "span"):
+        enable_c2lip(model, concept_mode=mode)
+        out = model(images, texts)
+        detached = {k: v.detach().requires_grad_(v.is_floating_point()) if torch.is_tensor(v) else v
+                    for k, v in out.items()}
+        results = []
+        results.append((f"C2LIPLoss fwd + bwd alone ({mode})",
+                        _cpu_ms(lambda: C2LIPLoss()(**detached).backward(), repeats)))
+
+        def c2lip_step():
+            C2LIPLoss()(**model(images, texts)).backward()
+            model.zero_grad(set_to_none=True)
+
+        results.append((f"c2lip-{mode} fwd + bwd", _cpu_ms(c2lip_step, repeats)))
+        disable_c2lip(model)
+        pieces += [(name, value) for name, value in results]
+    lines = [f"CPU time, {args.model}, batch {len(captions)}, {args.threads} thread(s), "
+             f"median of {repeats} repeats, in-process.", "", "| piece | ms |", "|---|---|"]
+    for name, piece in pieces:  # timed in this order: the steps above leave no gradients behind
+        value = piece if isinstance(piece, float) else _cpu_ms(piece, repeats)
+        lines.append(f"| {name} | {value:.1f} |")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    lines.append(f"| AdamW step | {_cpu_ms(optimizer.step, repeats):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def text_mode_note(results: Dict[str, Dict], args: argparse.Namespace) -> List[str]:
     """The model's own text-mode dedup count (``c2lip_last_stats``) vs encoding every row."""
     stats = results.get("c2lip-text", {}).get("model_stats") or {}
@@ -330,6 +408,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         texts = synthetic_packed_texts(args.model, args.batch_size, args.max_concepts)
     else:
         texts = real_packed_texts(args.model, args.batch_size, args.max_concepts, args.captions)
+    if args.breakdown:
+        table = breakdown(args, texts)
+        print(table)
+        if args.output:
+            args.output.write_text(table)
+        return 0
     stats = concept_row_stats(texts)
     results: Dict[str, Dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:

@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from open_clip_c2lip.shards import BadSampleError, ShardWriteStats, samples_from_csv, samples_from_folder, write_shards
+from open_clip_c2lip.shards import (BadSampleError, ShardWriteStats, samples_from_csv, samples_from_folder,
+                                    write_shards)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -303,6 +303,11 @@ def test_cli_shard_bytes_order_and_json(tmp_path, coco, capsys):
             assert data == by_name[info.name]
             assert raw_out[info.name] == raw_in[info.name]  # header and data byte-for-byte
     assert len(raw_in[samples[4][0] + ".jpg"]) > 512 * 3  # the long name really used extra header blocks
+    import webdataset as wds  # what open_clip_train reads it with
+    read_back = list(wds.DataPipeline(wds.SimpleShardList([str(tmp_path / "out" / src.name)]),
+                                      wds.tarfile_to_samples()))
+    assert [s["__key__"] for s in read_back] == [key for key, _ in samples]
+    assert [json.loads(s["json"])["concepts"] for s in read_back] == reference
 
 
 def test_cli_caption_from_json_field(tmp_path, coco):
@@ -399,11 +404,15 @@ def test_cli_bad_sample_raises_or_counts(tmp_path, case, capsys):
 def test_cli_empty_shard_and_unreadable_inputs(tmp_path, capsys):
     empty = tmp_path / "empty.tar"
     make_shard(empty, [])
+    truncated = tmp_path / "cut.tar"
+    make_shard(truncated, [("a", [("jpg", os.urandom(3000)), ("txt", b"a dog")])])
+    truncated.write_bytes(truncated.read_bytes()[:1800])
     bad_table = tmp_path / "bad.parquet"
     bad_table.write_bytes(b"not parquet")
     blank_row = tmp_path / "rows.csv"
     pd.DataFrame({"caption": ["a dog", "   "]}).to_csv(blank_row, index=False)
-    for path, reason in [(empty, "empty shard"), (bad_table, "unreadable table"), (blank_row, "row 1")]:
+    for path, reason in [(empty, "empty shard"), (truncated, "truncated"), (bad_table, "unreadable table"),
+                         (blank_row, "row 1")]:
         with pytest.raises(SystemExit, match=re.escape(str(path)) + ".*" + reason):
             run_cli([path, "--output-dir", tmp_path / "out"])
     with pytest.raises(SystemExit, match="no such file"):

@@ -184,9 +184,11 @@ def test_make_shards_folder_missing_caption(tmp_path, make_shards_main, capsys):
             (folder / f"im{i}.txt").write_text("a photo")
     with pytest.raises(SystemExit, match="im1.jpg.*no caption file"):
         make_shards_main([str(folder), "--output-dir", str(tmp_path / "out")])
+    (folder / "lost.txt").write_text("a caption whose image is gone")
     assert make_shards_main([str(folder), "--output-dir", str(tmp_path / "out2"), "--skip-bad"]) == 0
     out = capsys.readouterr().out
-    assert "samples in: 3   written: 2   skipped: 1" in out and "im1.jpg" in out
+    assert "samples in: 4   written: 2   skipped: 2" in out and "im1.jpg" in out
+    assert "lost.txt" in out and "without an image" in out
 
 
 def test_make_shards_csv(tmp_path, captions, make_shards_main, capsys):

@@ -9,7 +9,9 @@ Each split pairs an unseen image with its true caption and a hard negative capti
 
 Layout (the eval suite's contract): ``<root>/val2017/<file>.jpg`` and
 ``<root>/sugarcrepe/<split>.json`` = ``{"0": {"filename", "caption", "negative_caption"}, ...}``,
-plus ``<root>/retrieval.json`` = ``[{"filename", "caption"}]`` for image<->text retrieval.
+plus ``<root>/retrieval.json`` = ``[{"filename", "caption", "match"}]`` for image<->text retrieval,
+where items with equal ``match`` (the same objects; positions are never captioned) count as
+interchangeable answers.
 """
 import json
 import random
@@ -113,7 +115,9 @@ def write_eval_sets(root: str, spec: WorldSpec, num_images: int, seed: int,
         filename = f"{index:012d}.jpg"
         render(scene, spec).save(root_path / "val2017" / filename, quality=95)
         caption = scene.caption()
-        retrieval.append({"filename": filename, "caption": caption})
+        # images with the same objects (positions aside) are equally right answers for a caption
+        retrieval.append({"filename": filename, "caption": caption,
+                          "match": join_phrases(sorted(o.phrase for o in scene.objects))})
         for split in splits:
             negative = NEGATIVES[split](scene, spec, rng)
             if negative is not None:

@@ -9,9 +9,9 @@ import torch
 def recall_at_k(similarity: torch.Tensor, caption_group: Sequence[int], k: int = 1) -> Dict[str, float]:
     """Recall@k of ``similarity [N_images, N_texts]`` (row i's match is column i).
 
-    ``caption_group[j]`` identifies column j's caption text: a retrieved column whose caption
-    equals the query's true caption counts as correct (i2t), and for t2i an image whose own
-    caption equals the query caption counts as correct.
+    Items with equal ``caption_group`` are interchangeable answers (e.g. the same caption, or the
+    same objects in another order): i2t counts a retrieved caption of the query image's group as
+    correct, t2i an image of the query caption's group.
     """
     num = similarity.shape[0]
     if similarity.shape != (num, num) or len(caption_group) != num:
@@ -29,7 +29,8 @@ def recall_at_k(similarity: torch.Tensor, caption_group: Sequence[int], k: int =
 @torch.no_grad()
 def evaluate_retrieval(model, preprocess: Callable, tokenizer: Callable, data_root, k: int = 1,
                        progress: bool = True) -> Dict[str, float]:
-    """Recall@k over ``<data_root>/retrieval.json`` (``[{"filename", "caption"}]``, images in val2017/)."""
+    """Recall@k over ``<data_root>/retrieval.json`` (``[{"filename", "caption"[, "match"]}]``, images in
+    ``val2017/``); a retrieved item counts as correct when its ``match`` key equals the query's."""
     from ..eval import ImageRef, encode_images, encode_texts
     data_root = Path(data_root)
     source = data_root / "retrieval.json"
@@ -41,8 +42,8 @@ def evaluate_retrieval(model, preprocess: Callable, tokenizer: Callable, data_ro
         if missing:
             raise ValueError(f"{source}: item {index} lacks {sorted(missing)}")
     captions = [item["caption"] for item in items]
-    group_of = {}
-    groups = [group_of.setdefault(caption, len(group_of)) for caption in captions]
+    group_of = {}  # items sharing "match" (default: the caption) are interchangeable answers
+    groups = [group_of.setdefault(item.get("match", item["caption"]), len(group_of)) for item in items]
     refs = [ImageRef(data_root / "val2017" / item["filename"]) for item in items]
     image_features = encode_images(model, preprocess, refs, progress=progress)
     text_features = encode_texts(model, tokenizer, captions, progress=progress)

@@ -62,8 +62,8 @@ class RunSpec:
             "--zeroshot-frequency", "0",
             "--logs", logs_dir,
             "--name", self.name,
-            *self.loss_args,
             *self.extra_args,
+            *self.loss_args,  # last, so runs that differ only in their loss differ only in this tail
         ]
 
 
