@@ -234,11 +234,41 @@ class ConceptExtractor:
     def nlp(self):
         return load_spacy(self.spacy_model)
 
-    def _concepts(self, doc, caption: str) -> Tuple[Tuple[str, ...], bool]:
+    def _concepts(self, doc) -> Tuple[Tuple[str, ...], bool]:
+        """(concepts, fell back) of a parsed caption (``doc.text`` is the caption, spaCy is lossless)."""
         concepts = doc_concepts(doc)
         if concepts or not self.fallback:
             return tuple(concepts), False
-        return (normalize_text(caption),), True
+        return (normalize_text(doc.text),), True
+
+    def _parse(self, texts: Iterator[str]) -> Iterator[Tuple[Tuple[str, ...], bool]]:
+        """``_concepts`` of each text, in order; ``n_process > 1`` fans batches out to worker processes.
+
+        The workers return concept tuples rather than docs: spaCy's own ``n_process`` ships every
+        ``Doc`` back serialized, which costs about as much CPU as the parse on short captions.
+        """
+        if self.n_process == 1:
+            for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
+                yield self._concepts(doc)
+            return
+        options = (self.spacy_model, self.batch_size, self.fallback)
+        in_order: collections.deque = collections.deque()
+        pool = concurrent.futures.ProcessPoolExecutor(self.n_process)
+        try:
+            batch: List[str] = []
+            for text in texts:
+                batch.append(text)
+                if len(batch) == self.batch_size:
+                    in_order.append(pool.submit(_parse_in_worker, options, batch))
+                    batch = []
+                    if len(in_order) >= 2 * self.n_process:  # keep every worker busy, bound the lag
+                        yield from in_order.popleft().result()
+            if batch:
+                in_order.append(pool.submit(_parse_in_worker, options, batch))
+            while in_order:
+                yield from in_order.popleft().result()
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     def pipe(self, items: Iterable[Tuple[Optional[str], Any]],
              stats: Optional[ConceptStats] = None) -> Iterator[Tuple[Optional[List[str]], Any]]:
@@ -246,7 +276,7 @@ class ConceptExtractor:
 
         Captions must already be checked (``check_caption``); a ``None`` caption passes through as
         ``(None, context)`` and is not counted. Only cache misses are parsed, each distinct caption
-        once, through a single ``nlp.pipe`` call (so ``n_process`` workers start once).
+        once, through one ``nlp.pipe`` stream (or one worker pool when ``n_process > 1``).
         """
         stats = self.stats if stats is None else stats
         # Items wait in `pending`, in order, until spaCy returns the doc of a parse queued after
@@ -285,15 +315,15 @@ class ConceptExtractor:
             stats.add(concepts, fell_back, cache_hit=kind != _PARSE)
             return list(concepts), context
 
-        for doc in self.nlp.pipe(texts(), batch_size=self.batch_size, n_process=self.n_process):
-            while True:  # everything queued before this doc's text is already resolved
+        for result in self._parse(texts()):
+            while True:  # everything queued before this text is already resolved
                 entry = pending.popleft()
                 context, caption, holder, kind = entry
                 if kind == _FLUSH:
                     break
                 if kind == _PARSE:
-                    holder[0] = self._concepts(doc, caption)
-                    self.cache.put(caption, holder[0])
+                    holder[0] = result
+                    self.cache.put(caption, result)
                     del in_flight[caption]
                     yield resolved(entry)
                     break
@@ -313,6 +343,12 @@ class ConceptExtractor:
 
 
 _EXTRACTORS: Dict[tuple, ConceptExtractor] = {}
+
+
+def _parse_in_worker(options: Tuple[str, int, bool], texts: List[str]) -> List[Tuple[Tuple[str, ...], bool]]:
+    spacy_model, batch_size, fallback = options
+    extractor = get_extractor(spacy_model, batch_size, 1, fallback)
+    return [extractor._concepts(doc) for doc in extractor.nlp.pipe(texts, batch_size=batch_size)]
 
 
 def get_extractor(spacy_model: str = DEFAULT_SPACY_MODEL, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -554,7 +590,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="shards: member extension, else json field (default txt); "
                              "tables: column (default caption, else title)")
     parser.add_argument("--processes", type=int, default=1,
-                        help="worker processes: over files, and spaCy n_process when fewer files (default: 1)")
+                        help="worker processes: over files, then over batches of a file when there are "
+                             "fewer files than processes (default: 1)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"nlp.pipe batch size (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL,

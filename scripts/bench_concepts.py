@@ -5,8 +5,8 @@ Every row is the wall time of a fresh subprocess (interpreter start + spaCy load
 rows pay the same fixed costs; the load time is reported separately. Rows:
 
 - ``raw nlp.pipe``: the same model and components as the CLI (noun-chunk components only), the same
-  batch size, iterating ``doc.noun_chunks`` of every caption; ``n_process`` = processes.
-- ``CLI csv``: ``python -m open_clip_c2lip.concepts captions.csv`` (one file: spaCy ``n_process``).
+  batch size, iterating ``doc.noun_chunks`` of every caption; spaCy's ``n_process`` = processes.
+- ``CLI csv``: ``python -m open_clip_c2lip.concepts captions.csv`` (one file: workers over batches).
 - ``CLI shards``: the same captions in ``--shards`` webdataset shards (workers over files).
 - ``naive``: ``nlp(text)`` per caption with the full default pipeline (ner, lemmatizer ...),
   single process, over the first ``--naive-limit`` captions.
@@ -183,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "--spacy-model", args.spacy_model]
             wall, out = run([python, "-c", CLI_RUN, args.spacy_model, inputs["csv"], "--output-dir",
                              str(tmp / f"csv-{processes}")] + cli, env)
-            record("CLI csv", processes, len(captions), wall, out, "1 file: spaCy n_process")
+            record("CLI csv", processes, len(captions), wall, out, "1 file: workers over batches")
             csv_summary = "\n".join(out.strip().splitlines()[:-1])
 
             wall, out = run([python, "-c", CLI_RUN, args.spacy_model, inputs["shards"], "--output-dir",
@@ -202,12 +202,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         shard_paths = sorted((tmp / f"shards-{args.processes[0]}").glob("*.tar"))
         shard_concepts = [json.loads(s["json"])["concepts"] for path in shard_paths for s in read_shard(str(path))]
         shards_equal_csv = shard_concepts == cli
+        outputs = [tmp / f"csv-{p}" / "captions.csv" for p in args.processes[1:]]
+        outputs += [tmp / f"shards-{p}" / path.name for p in args.processes[1:] for path in shard_paths]
+        first = {"csv": tmp / f"csv-{args.processes[0]}", "shards": tmp / f"shards-{args.processes[0]}"}
+        outputs_equal = all(path.read_bytes() == (first[path.parent.name.split("-")[0]] / path.name).read_bytes()
+                            for path in outputs)
         identity = None
         if not args.skip_identity:
             _, out = run([python, "-c", IDENTITY, inputs["json"], args.spacy_model], env)
             identity = json.loads(out)
 
-    report = render(rows, csv_summary, cli_equals_naive, shards_equal_csv, identity, batch_size,
+    report = render(rows, csv_summary, cli_equals_naive, shards_equal_csv, outputs_equal, identity, batch_size,
                     len(captions), len(naive_captions))
     print(report)
     if args.output:
@@ -215,8 +220,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def render(rows, summary, cli_equals_naive, shards_equal_csv, identity, batch_size, num_captions,
-           num_naive) -> str:
+def render(rows, summary, cli_equals_naive, shards_equal_csv, outputs_equal, identity, batch_size,
+           num_captions, num_naive) -> str:
     import platform
 
     for r in rows:
@@ -261,7 +266,8 @@ def render(rows, summary, cli_equals_naive, shards_equal_csv, identity, batch_si
             f"{r['load1']:.2f} | {r['note']} |")
     lines += ["", "Checks:",
               f"- CLI concepts == naive full-pipeline loop on the first {num_naive} captions: {cli_equals_naive}",
-              f"- CLI shard output == CLI csv output (all captions): {shards_equal_csv}"]
+              f"- CLI shard output == CLI csv output (all captions): {shards_equal_csv}",
+              f"- CLI outputs byte-identical across process counts: {outputs_equal}"]
     if identity is not None:
         lines.append(f"- noun chunks (start, end, root POS) of `{'+'.join(identity['fast'])}` == full pipeline "
                      f"`{'+'.join(identity['full'])}`: {identity['captions'] - identity['differ']}/"

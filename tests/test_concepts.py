@@ -196,9 +196,10 @@ def test_cache_correct_and_parses_each_caption_once(coco, full_docs, cache_size)
         assert extractor.parsed == before
 
 
-def test_pipe_streams_long_runs_of_cached_captions(coco):
+@pytest.mark.parametrize("n_process", [1, 2])
+def test_pipe_streams_long_runs_of_cached_captions(coco, n_process):
     """Cached captions do not pile up waiting for a spaCy batch (bounded memory for contexts)."""
-    extractor = C.ConceptExtractor(batch_size=8)
+    extractor = C.ConceptExtractor(batch_size=8, n_process=n_process)
     expected = extractor(coco[:3])
     pulled = 0
 
@@ -210,7 +211,8 @@ def test_pipe_streams_long_runs_of_cached_captions(coco):
 
     stream = extractor.pipe(items())
     first = [next(stream) for _ in range(10)]
-    assert pulled <= 4 * 8 + 2 * 8 + 10  # max lag + one spaCy batch of flush texts + what was read
+    # max lag + batches in flight (one spaCy batch, or two per worker) + one batch being filled + read
+    assert pulled <= 4 * 8 * n_process + (2 * n_process if n_process > 1 else 1) * 8 + 8 + 10
     rest = list(stream)
     assert [ctx for _, ctx in first + rest] == list(range(5000))
     assert all(concepts == expected[ctx % 3] for concepts, ctx in first + rest)
@@ -341,12 +343,15 @@ def test_cli_resume_skips_finished_not_partial(tmp_path, coco, capsys):
 
 
 def test_cli_two_processes_same_bytes(tmp_path, coco):
+    """Workers over files (two shards) and over batches of one file (a table) give identical outputs."""
     for i in range(2):
         make_shard(tmp_path / f"p-{i}.tar", shard_samples(coco, 7 * i, 7))
-    run_cli([tmp_path / "p-{0..1}.tar", "--output-dir", tmp_path / "one"])
-    run_cli([tmp_path / "p-{0..1}.tar", "--output-dir", tmp_path / "two", "--processes", "2"])
-    for i in range(2):
-        assert (tmp_path / "one" / f"p-{i}.tar").read_bytes() == (tmp_path / "two" / f"p-{i}.tar").read_bytes()
+    pd.DataFrame({"caption": coco[:300]}).to_csv(tmp_path / "t.csv", index=False)
+    for out, extra in (("one", []), ("two", ["--processes", "2", "--batch-size", "16"])):
+        run_cli([tmp_path / "p-{0..1}.tar", "--output-dir", tmp_path / out] + extra)
+        run_cli([tmp_path / "t.csv", "--output-dir", tmp_path / out] + extra)
+    for name in ("p-0.tar", "p-1.tar", "t.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
 # ------------------------------------------------------------------------------------------------
