@@ -209,13 +209,14 @@ def write_markdown(table, args, path):
         "",
         f"Machine: {machine}; torch {torch.__version__}; fp32. M={args.rows} local image rows, T={args.tokens} "
         f"tokens, D={args.dim}; forward + backward of the xac similarities `[M, N]`; "
-        f"`python scripts/bench_loss.py {' '.join(sys.argv[1:])}`.",
+        f"{args.command}.",
         "",
         f"- closed form: `xac_similarity` with the default {args.budget_mb:g} MB budget, and with "
         f"{args.low_budget_mb:g} MB where that changes the plan (chunks, backward recomputes);",
         "- matmul bound: only the plain products the closed form needs (S, dV, dC, Gram, G·A, Σ A Aᵀ), "
         "each once; timed alternately with the closed form in the same process, `this / bound` is the "
-        "median of the paired ratios;",
+        "median of the paired ratios (not the ratio of the two median times: the load on the shared "
+        "machine varied between rounds);",
         "- loop: the authors' per-concept Python loop (autograd), written from METHOD.md §4;",
         f"- times: medians over {args.rounds} fresh-process rounds (closed form: each round the median of "
         f"{args.repeats} warm runs; loop: {args.loop_rounds} round(s) of one run); extra peak memory: "
@@ -274,11 +275,26 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output", default="benchmarks/bench_loss.md")
     parser.add_argument("--raw", default=None, help="also write the raw per-run JSON here")
+    parser.add_argument("--from-raw", default=None, help="only re-render the table from a --raw JSON")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
+        return
+    args.command = "`python scripts/bench_loss.py" + "".join(f" {a}" for a in sys.argv[1:]) + "`"
+    if args.from_raw:
+        args.command = "`python scripts/bench_loss.py --raw RAW.json` (table: `--from-raw RAW.json`)"
+        results = json.loads(Path(args.from_raw).read_text())
+        first = results[0]
+        for key in ("device", "rows", "tokens", "dim", "threads", "budget_mb", "low_budget_mb", "repeats"):
+            setattr(args, key, first[key])
+        args.concepts = sorted({r["concepts"] for r in results})
+        args.rounds = max(sum(r["method"] == "closed_form" and r["concepts"] == n for r in results)
+                          for n in args.concepts)
+        args.loop_rounds = max(sum(r["method"] == "loop" and r["concepts"] == n for r in results)
+                               for n in args.concepts)
+        write_markdown(summarize(results, args.concepts), args, args.output)
         return
     from open_clip_c2lip.loss import XAC_MEMORY_BUDGET_MB, xac_memory_plan
 
