@@ -269,6 +269,7 @@ class TarSample:
     key: Optional[str]
     members: List[Tuple[tarfile.TarInfo, bytes]]
     raw: List[bytes] = field(default_factory=list)
+    _extensions: List[Optional[str]] = field(default_factory=list)
     _json: Any = None
     _json_parsed: bool = False
 
@@ -278,14 +279,15 @@ class TarSample:
         return match.group(2).lower() if match else None
 
     @property
-    def extensions(self) -> List[str]:
-        return [self.extension(info) for info, _ in self.members]
+    def extensions(self) -> List[Optional[str]]:
+        if len(self._extensions) != len(self.members):  # computed once per member: hot in the CLI
+            self._extensions = [self.extension(info) for info, _ in self.members]
+        return self._extensions
 
     def member(self, extension: str) -> Optional[bytes]:
-        for info, data in self.members:
-            if self.extension(info) == extension.lower():
-                return data
-        return None
+        extensions = self.extensions
+        extension = extension.lower()
+        return self.members[extensions.index(extension)][1] if extension in extensions else None
 
     def json_object(self, where: str = "sample"):
         """The parsed ``json`` member (a dict), None without one, or a ``BadSampleError`` saying why not."""
@@ -335,10 +337,11 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
                     raise ValueError(f"{path}: sample {key!r} has two .{extension} members")
                 current.members.append((info, data))
                 current.raw.append(raw)
+                current._extensions.append(extension)
                 continue
             if current is not None:
                 yield current
-            current = TarSample(key, [(info, data)], [raw])
+            current = TarSample(key, [(info, data)], [raw], [extension])
         if current is not None:
             yield current
 

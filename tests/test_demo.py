@@ -291,6 +291,12 @@ def test_quick_demo_end_to_end(tmp_path):
     assert {"contrastive_loss", "npc_loss", "xac_loss"} <= set(c2lip_losses)
     assert "npc_loss" not in results["runs"]["siglip"]["curves"]["losses"]
     # same data, seed and schedule; only the loss flags differ
-    commands = {name: run["command"] for name, run in results["runs"].items()}
-    common = [arg for arg in commands["siglip"] if arg != "--siglip"]
-    assert commands["c2lip"][:len(common)] == common
+    commands = {}
+    for name, run in results["runs"].items():
+        command = list(run["command"])
+        at = command.index("--name")
+        assert command[at + 1] == name
+        commands[name] = command[:at] + command[at + 2:]
+    assert commands["siglip"][-1] == "--siglip"
+    common = commands["siglip"][:-1]
+    assert commands["c2lip"][:len(common)] == common and commands["c2lip"][len(common)] == "--c2lip-loss"

@@ -142,11 +142,10 @@ def _update_bar(bar, console: Path, batch_size: int, steps_per_epoch: int) -> No
     if not console.is_file():
         return
     log = parse_train_log(console.read_text(errors="replace").splitlines(), batch_size, steps_per_epoch)
-    if log.steps:
-        bar.n = min(log.steps[-1], bar.total)
+    if log.steps and min(log.steps[-1], bar.total) != bar.n:  # redraw only on progress
         if "loss" in log.losses:
-            bar.set_postfix(loss=f"{log.losses['loss'][-1]:.3f}")
-        bar.refresh()
+            bar.set_postfix(loss=f"{log.losses['loss'][-1]:.3f}", refresh=False)
+        bar.update(min(log.steps[-1], bar.total) - bar.n)
 
 
 def read_train_log(spec: RunSpec, logs_dir: str) -> TrainLog:

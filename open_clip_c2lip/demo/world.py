@@ -2,7 +2,7 @@
 
 Each scene puts a few objects (shape x colour) on distinct cells of a square grid; with the default
 64 px image and 4 x 4 grid every object fills one 16 px ViT patch. Captions list every object in
-random order ("a red circle, a blue square and a green triangle"). A bag-of-words model can match
+random order ("a red bar, a green ring and a blue square"). A bag-of-words model can match
 such captions by their words alone but cannot tell which colour belongs to which shape, the
 binding failure C2LIP targets.
 """
