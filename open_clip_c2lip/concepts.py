@@ -113,13 +113,17 @@ def normalize_text(text: str) -> str:
 
 
 def doc_concepts(doc) -> List[str]:
-    """Normalized, pronoun-free, de-duplicated noun chunks of a parsed ``Doc``, in caption order."""
+    """Normalized, pronoun-free, de-duplicated noun chunks of a parsed ``Doc``, in caption order.
+
+    Chunks without a letter or digit (tokenizer debris such as "-") are dropped too.
+    """
     concepts = {}  # insertion-ordered set
     for chunk in doc.noun_chunks:
         if chunk.root.pos_ == PRONOUN_POS:
             continue
         text = normalize_text(chunk.text)
-        if text:
+        # a chunk of punctuation alone ("-" in "counter-top") names nothing the image could show
+        if any(ch.isalnum() for ch in text):
             concepts.setdefault(text, None)
     return list(concepts)
 

@@ -49,7 +49,7 @@ def naive_concepts(doc, caption, fallback=True):
         if chunk.root.pos_ == "PRON":
             continue
         text = re.sub(r"\s+", " ", chunk.text.lower()).strip()
-        if text and text not in out:
+        if re.search(r"[^\W_]", text) and text not in out:
             out.append(text)
     if not out and fallback:
         out = [re.sub(r"\s+", " ", caption.lower()).strip()]
@@ -120,6 +120,15 @@ def test_pronouns_dropped(full_nlp, caption, expected, dropped):
 def test_dedup_keeps_first_occurrence_order():
     got = C.extract_concepts(["A  Dog chases a ball and a dog watches A BALL."])
     assert got == [["a dog", "a ball"]]
+
+
+def test_punctuation_only_chunks_are_dropped(full_nlp):
+    caption = "A kitchen counter-top with a cup on it."
+    # the parser really yields a bare "-" chunk here; it must not become a concept
+    assert "-" in {c.text for c in full_nlp(caption).noun_chunks}
+    got = C.extract_concepts([caption])[0]
+    assert "-" not in got and got == [c for c in got if any(ch.isalnum() for ch in c)]
+    assert "a cup" in got
 
 
 def test_fallback_whole_caption_counted(coco_all, full_nlp):
