@@ -5,7 +5,7 @@ Real COCO val2017 captions with precomputed concepts (spaCy noun chunks via
 ``tokenizer(text)[0]`` call sites do. Tokenizers: open_clip's CLIP BPE ``SimpleTokenizer`` (L=77) and
 an HF fast tokenizer built offline (Unigram + Metaspace trained on COCO, via ``HFTokenizer``, L=64).
 
-    python benchmarks/bench_packing.py [--captions 2000] [--out benchmarks/packing.md]
+    python scripts/bench_packing.py [--captions 2000] [--out benchmarks/packing.md]
 """
 import argparse
 import json
@@ -87,7 +87,7 @@ def main():
         "# TextPacker throughput",
         "",
         f"Machine: 2-core CPU dev box, shared with other jobs ({platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, 1 thread). Command: `python benchmarks/bench_packing.py "
+        f"torch {torch.__version__}, 1 thread). Command: `python scripts/bench_packing.py "
         f"--captions {args.captions}`.",
         f"{len(captions)} COCO val2017 captions, one sample per call (as a DataLoader worker packs), "
         f"precomputed concepts ({concepts_per_caption:.2f} per caption, P={args.max_concepts}); best of 3.",
