@@ -76,8 +76,14 @@ def plot_results(path, runs: Mapping[str, Mapping[str, Any]], splits: Sequence[s
         values += [run["retrieval"][key] for key in _RETRIEVAL_ROWS.values()]
         positions = [i + (index - (len(runs) - 1) / 2) * width for i in range(len(labels))]
         bars_ax.bar(positions, [100 * v for v in values], width, label=name, color=f"C{index}")
-    bars_ax.axhline(50, color="grey", linestyle="--", linewidth=1)
-    bars_ax.text(len(labels) - 0.5, 51, "pair chance", color="grey", fontsize=7, ha="right")
+    # chance: 50 % for a caption-vs-negative pair; a random ranking's R@1 for retrieval
+    bars_ax.hlines(50, -0.5, len(splits) - 0.5, colors="grey", linestyles="--", linewidth=1)
+    bars_ax.text(len(splits) - 0.5, 51, "chance", color="grey", fontsize=7, ha="right")
+    chance = next(iter(runs.values()))["retrieval"].get("chance_R@1")
+    if chance is not None:
+        bars_ax.hlines(100 * chance, len(splits) - 0.5, len(labels) - 0.5, colors="grey", linestyles="--",
+                       linewidth=1)
+        bars_ax.text(len(labels) - 0.5, 100 * chance + 1, "chance", color="grey", fontsize=7, ha="right")
     bars_ax.set_xticks(range(len(labels)))
     bars_ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     bars_ax.set_ylim(0, 100)
