@@ -222,12 +222,52 @@ def test_parse_train_log_reads_open_clip_lines():
     assert log.logit_scale == pytest.approx([v["scale"] for _, v in expected], abs=1e-3)
 
 
+def test_progress_reads_a_growing_log_incrementally(tmp_path):
+    from tqdm import tqdm
+    from open_clip_c2lip.demo.runs import _Progress
+    log = tmp_path / "run.console.log"
+    line = _LOG_LINE.format(epoch=0, seen=640, pct=50, con=5.0, npc=1.0, lr=1e-3, scale=10.0, total=6.0)
+    bar = tqdm(total=20, disable=False, file=open(os.devnull, "w"))
+    progress = _Progress(bar, log, batch_size=64, steps_per_epoch=20)
+    progress.update()  # no file yet
+    assert bar.n == 0
+    log.write_text("starting\n" + line[:40])  # a line still being written is not parsed
+    progress.update()
+    assert bar.n == 0
+    with open(log, "a") as f:
+        f.write(line[40:] + "\n")
+    progress.update()
+    assert bar.n == 10
+    with open(log, "a") as f:
+        f.write(line.replace(" 640/1280", "1280/1280") + "\n")
+    progress.update()
+    assert bar.n == 20 and progress.offset == log.stat().st_size
+
+
 def test_run_steps_follow_open_clip_rounding():
     spec = RunSpec("x", ["--siglip"], "a.tar", train_num_samples=1000, batch_size=64, lr=1e-3, warmup=1, seed=0)
     assert spec.steps == 16  # ceil(1000 / 64)
     spec.workers = 3
     assert spec.steps == 18  # rounded up to a multiple of workers
     assert spec.command("logs")[:3] == [sys.executable, "-m", "open_clip_c2lip.train"]
+
+
+def test_failed_training_run_raises_with_its_log(tmp_path):
+    from open_clip_c2lip.demo.runs import train
+    spec = RunSpec("broken", ["--siglip"], "missing.tar", train_num_samples=8, batch_size=4, lr=1e-3, warmup=1,
+                   seed=0, extra_args=["--no-such-flag"])
+    with pytest.raises(RuntimeError, match=r"(?s)'broken' failed.*no-such-flag"):
+        train(spec, str(tmp_path), progress=False)
+
+
+def test_cli_rejects_bad_settings():
+    from open_clip_c2lip.demo.cli import parse_args
+    args = parse_args(["--quick"])
+    assert (args.steps, args.batch_size, args.world) == (40, 32, SPEC)
+    assert parse_args(["--steps", "7"]).steps == 7
+    for bad in (["--num-train", "10", "--batch-size", "64"], ["--shapes", "square", "bar"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def test_brace_pattern():

@@ -2,7 +2,7 @@
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, List, Mapping, Sequence
 
 # Row label -> how to read it from one run's results.
 _RETRIEVAL_ROWS = {

@@ -103,7 +103,31 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 0.5,
+class _Progress:
+    """Advances a tqdm bar from the new lines of a growing log (reads each byte once)."""
+
+    def __init__(self, bar, console: Path, batch_size: int, steps_per_epoch: int):
+        self.bar, self.console = bar, console
+        self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
+        self.offset, self.partial = 0, ""
+
+    def update(self) -> None:
+        if not self.console.is_file():
+            return
+        with open(self.console, errors="replace") as f:
+            f.seek(self.offset)
+            text = self.partial + f.read()
+            self.offset = f.tell()
+        *lines, self.partial = text.split("\n")
+        log = parse_train_log(lines, self.batch_size, self.steps_per_epoch)
+        step = min(log.steps[-1], self.bar.total) if log.steps else self.bar.n
+        if step != self.bar.n:  # redraw only on progress
+            if "loss" in log.losses:
+                self.bar.set_postfix(loss=f"{log.losses['loss'][-1]:.3f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+
+
+def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 1.0,
           env: Optional[Dict[str, str]] = None) -> Path:
     """Run ``spec`` to completion; returns the final checkpoint path. Raises with the log tail on failure."""
     from tqdm import tqdm
@@ -115,19 +139,19 @@ def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 0
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("OMP_NUM_THREADS", "1")
     bar = tqdm(total=spec.steps, desc=f"train {spec.name}", unit="step", disable=not progress)
-    steps_per_epoch = spec.steps // spec.epochs
+    tail = _Progress(bar, console, spec.batch_size, spec.steps // spec.epochs)
     with open(console, "w") as out:
         process = subprocess.Popen(spec.command(logs_dir), stdout=out, stderr=subprocess.STDOUT, env=run_env)
         try:
             while process.poll() is None:
                 time.sleep(poll_s)
-                _update_bar(bar, console, spec.batch_size, steps_per_epoch)
+                tail.update()
         except BaseException:
             process.kill()
             process.wait()
             raise
         finally:
-            _update_bar(bar, console, spec.batch_size, steps_per_epoch)
+            tail.update()
             bar.close()
     if process.returncode != 0:
         raise RuntimeError(f"training run {spec.name!r} failed (exit {process.returncode}); "
@@ -136,16 +160,6 @@ def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 0
     if not checkpoint.is_file():
         raise RuntimeError(f"training run {spec.name!r} finished without {checkpoint}\n{_tail(console)}")
     return checkpoint
-
-
-def _update_bar(bar, console: Path, batch_size: int, steps_per_epoch: int) -> None:
-    if not console.is_file():
-        return
-    log = parse_train_log(console.read_text(errors="replace").splitlines(), batch_size, steps_per_epoch)
-    if log.steps and min(log.steps[-1], bar.total) != bar.n:  # redraw only on progress
-        if "loss" in log.losses:
-            bar.set_postfix(loss=f"{log.losses['loss'][-1]:.3f}", refresh=False)
-        bar.update(min(log.steps[-1], bar.total) - bar.n)
 
 
 def read_train_log(spec: RunSpec, logs_dir: str) -> TrainLog:
