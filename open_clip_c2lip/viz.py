@@ -153,8 +153,14 @@ def visualize(image_path, caption: str, models: Sequence[tuple], output, *, conc
 
 
 def _label(model_name: str, pretrained: Optional[str]) -> str:
-    # the checkpoint's file name is what tells two runs of one architecture apart
-    return f"{model_name} {Path(pretrained).name}" if pretrained else model_name
+    # the checkpoint is what tells two runs of one architecture apart; open_clip_train writes every
+    # run's checkpoints as <logs>/<run name>/checkpoints/epoch_N.pt, so the run name goes in too
+    if not pretrained:
+        return model_name
+    path = Path(pretrained)
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{model_name} {path.parent.parent.name}/{path.name}"
+    return f"{model_name} {path.name}"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -112,3 +112,12 @@ def test_cli_renders_comparison_png(tiny, tmp_path, monkeypatch):
         assert maps.shape == (2, 64, 64)
         assert maps.mean(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0], abs=0.02)
     assert not torch.allclose(seen["maps"][0], seen["maps"][1])
+
+
+def test_labels_tell_two_runs_of_one_architecture_apart():
+    from open_clip_c2lip.viz import _label
+    first = _label("C2LIP-Tiny", "/logs/c2lip/checkpoints/epoch_1.pt")
+    second = _label("C2LIP-Tiny", "/logs/siglip/checkpoints/epoch_1.pt")
+    assert first != second and "c2lip/epoch_1.pt" in first and "siglip/epoch_1.pt" in second
+    assert _label("C2LIP-Tiny", "/x/model.pt") == "C2LIP-Tiny model.pt"
+    assert _label("C2LIP-Tiny", None) == "C2LIP-Tiny"
