@@ -38,26 +38,25 @@ def swap_att(scene: Scene, spec: WorldSpec, rng: random.Random) -> Optional[str]
     return scene.caption(objects)
 
 
-def replace_att(scene: Scene, spec: WorldSpec, rng: random.Random) -> Optional[str]:
-    """Give one object a colour that no object of the image has."""
-    absent = [c for c in spec.colours if c not in {o.colour for o in scene.objects}]
+def _replace_with_absent(scene: Scene, attribute: str, values, rng: random.Random) -> Optional[str]:
+    """Give one object a value of ``attribute`` ('colour' or 'shape') that no object of the image has."""
+    absent = [v for v in values if v not in {getattr(o, attribute) for o in scene.objects}]
     if not absent:
         return None
     i = rng.randrange(len(scene.objects))
     objects = list(scene.objects)
-    objects[i] = replace(objects[i], colour=rng.choice(absent))
+    objects[i] = replace(objects[i], **{attribute: rng.choice(absent)})
     return scene.caption(objects)
+
+
+def replace_att(scene: Scene, spec: WorldSpec, rng: random.Random) -> Optional[str]:
+    """Give one object a colour that no object of the image has."""
+    return _replace_with_absent(scene, "colour", spec.colours, rng)
 
 
 def replace_obj(scene: Scene, spec: WorldSpec, rng: random.Random) -> Optional[str]:
     """Give one object a shape that no object of the image has."""
-    absent = [s for s in spec.shapes if s not in {o.shape for o in scene.objects}]
-    if not absent:
-        return None
-    i = rng.randrange(len(scene.objects))
-    objects = list(scene.objects)
-    objects[i] = replace(objects[i], shape=rng.choice(absent))
-    return scene.caption(objects)
+    return _replace_with_absent(scene, "shape", spec.shapes, rng)
 
 
 def add_obj(scene: Scene, spec: WorldSpec, rng: random.Random) -> Optional[str]:
