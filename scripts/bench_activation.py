@@ -97,14 +97,14 @@ def main(argv=None) -> int:
                      for what in columns[labels[0]])
     report = (
         "# Activation cost (`open_clip_c2lip.pth`)\n\n"
-        f"Machine: 2-core CPU dev box, shared with other jobs (wall times are noisy; the importtime "
+        f"Machine: 2-core CPU dev box (wall times are noisy under load; the importtime "
         f"min is the cost without interference). Python {platform.python_version()}, "
         f"{args.repeats} runs each. Command: `python scripts/bench_activation.py "
         + " ".join(f"--python '{label}=PYTHON'" for label in labels) + f" --repeats {args.repeats}`.\n\n"
         "| what | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n" + rows + "\n\n"
         "Budget: <= 5 ms for the activation in a process that never imports open_clip. The bootstrap\n"
-        "imports no third-party module (no torch/open_clip) and not `importlib.abc`; `importlib` and\n"
-        "`warnings` come from the package `__init__` (lazy attribute exports).\n"
+        "imports no third-party module (no torch/open_clip) and not `importlib.abc`; the package\n"
+        "`__init__` imports `importlib` only on first access to a lazy attribute.\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
