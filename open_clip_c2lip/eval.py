@@ -228,6 +228,23 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 # ------------------------------------------------------------------------------------------------
 # Benchmarks
 
+def _coco_caption_rows(source: Path, name: str, image_dir: Path, images: Vocabulary, texts: Vocabulary,
+                       caption_fields: Dict[str, str]) -> Dict[str, list]:
+    """Rows of one SugarCrepe(++)-style split: item ``id``, ``image`` index and, per key of
+    ``caption_fields``, the text index of that item field (images are COCO files in ``image_dir``)."""
+    rows = {"id": [], "image": [], **{key: [] for key in caption_fields}}
+    paths = []
+    for item_id, item in _items_of(_load_json(source, name), source):
+        path = image_dir / _field(item, "filename", source, item_id)
+        paths.append(path)
+        rows["id"].append(item_id)
+        rows["image"].append(images.add(ImageRef(path)))
+        for key, item_field in caption_fields.items():
+            rows[key].append(texts.add(_field(item, item_field, source, item_id)))
+    _check_images(paths, image_dir, source)
+    return rows
+
+
 @register_benchmark("sugarcrepe")
 def load_sugarcrepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
                     splits: Optional[Sequence[str]] = None) -> Scorer:
@@ -237,17 +254,8 @@ def load_sugarcrepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
     per_split = OrderedDict()
     for split in _split_names(splits, SUGARCREPE_SPLITS, name):
         source = _require_file(data_root / name / f"{split}.json", name)
-        rows = {"id": [], "image": [], "pos": [], "neg": []}
-        paths = []
-        for item_id, item in _items_of(_load_json(source, name), source):
-            path = image_dir / _field(item, "filename", source, item_id)
-            paths.append(path)
-            rows["id"].append(item_id)
-            rows["image"].append(images.add(ImageRef(path)))
-            rows["pos"].append(texts.add(_field(item, "caption", source, item_id)))
-            rows["neg"].append(texts.add(_field(item, "negative_caption", source, item_id)))
-        _check_images(paths, image_dir, source)
-        per_split[split] = rows
+        per_split[split] = _coco_caption_rows(source, name, image_dir, images, texts,
+                                              {"pos": "caption", "neg": "negative_caption"})
 
     def score(image_features, text_features):
         results, records, pooled = OrderedDict(), [], {}
@@ -282,18 +290,8 @@ def load_sugarcrepe_pp(data_root: Path, images: Vocabulary, texts: Vocabulary,
     per_split = OrderedDict()
     for split in _split_names(splits, SUGARCREPE_PP_SPLITS, name):
         source = _require_file(data_root / name / f"{split}.json", name)
-        rows = {"id": [], "image": [], "p1": [], "p2": [], "neg": []}
-        paths = []
-        for item_id, item in _items_of(_load_json(source, name), source):
-            path = image_dir / _field(item, "filename", source, item_id)
-            paths.append(path)
-            rows["id"].append(item_id)
-            rows["image"].append(images.add(ImageRef(path)))
-            rows["p1"].append(texts.add(_field(item, "caption", source, item_id)))
-            rows["p2"].append(texts.add(_field(item, "caption2", source, item_id)))
-            rows["neg"].append(texts.add(_field(item, "negative_caption", source, item_id)))
-        _check_images(paths, image_dir, source)
-        per_split[split] = rows
+        per_split[split] = _coco_caption_rows(source, name, image_dir, images, texts,
+                                              {"p1": "caption", "p2": "caption2", "neg": "negative_caption"})
 
     def score(image_features, text_features):
         results, records, pooled = OrderedDict(), [], {"itt": [], "tot": []}
