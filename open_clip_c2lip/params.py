@@ -72,7 +72,8 @@ def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="Weight of the xac loss term. Default: %(default)s.")
     group.add_argument(
         "--c2lip-xac-temperature", type=_positive_float, default=_DEFAULTS.xac_temperature, metavar="T",
-        help="Softmax temperature of the xac token attention (on cosine scores). Default: %(default)s.")
+        help="λ of the xac token attention softmax(λ·cos(concept, token)): it multiplies the cosine "
+             "scores, so higher is sharper (the authors' 1.0 is nearly uniform). Default: %(default)s.")
     group.add_argument(
         "--c2lip-concept-mode", choices=runtime.CONCEPT_MODES, default=_DEFAULTS.concept_mode,
         help="How concepts are embedded: 'text' encodes each concept as its own text (authors' "
