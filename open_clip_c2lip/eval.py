@@ -228,21 +228,27 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 # ------------------------------------------------------------------------------------------------
 # Benchmarks
 
-def _coco_caption_rows(source: Path, name: str, image_dir: Path, images: Vocabulary, texts: Vocabulary,
-                       caption_fields: Dict[str, str]) -> Dict[str, list]:
-    """Rows of one SugarCrepe(++)-style split: item ``id``, ``image`` index and, per key of
-    ``caption_fields``, the text index of that item field (images are COCO files in ``image_dir``)."""
-    rows = {"id": [], "image": [], **{key: [] for key in caption_fields}}
-    paths = []
-    for item_id, item in _items_of(_load_json(source, name), source):
-        path = image_dir / _field(item, "filename", source, item_id)
-        paths.append(path)
-        rows["id"].append(item_id)
-        rows["image"].append(images.add(ImageRef(path)))
-        for key, item_field in caption_fields.items():
-            rows[key].append(texts.add(_field(item, item_field, source, item_id)))
-    _check_images(paths, image_dir, source)
-    return rows
+def _coco_caption_splits(data_root: Path, name: str, split_names: Sequence[str], images: Vocabulary,
+                         texts: Vocabulary, caption_fields: Dict[str, str]) -> "OrderedDict[str, Dict[str, list]]":
+    """Rows of each SugarCrepe(++)-style split file ``<data_root>/<name>/<split>.json``: item ``id``,
+    ``image`` index (COCO files in ``<data_root>/val2017``) and, per key of ``caption_fields``, the
+    text index of that item field."""
+    image_dir = _require_dir(data_root / "val2017", name)
+    per_split = OrderedDict()
+    for split in split_names:
+        source = _require_file(data_root / name / f"{split}.json", name)
+        rows = {"id": [], "image": [], **{key: [] for key in caption_fields}}
+        paths = []
+        for item_id, item in _items_of(_load_json(source, name), source):
+            path = image_dir / _field(item, "filename", source, item_id)
+            paths.append(path)
+            rows["id"].append(item_id)
+            rows["image"].append(images.add(ImageRef(path)))
+            for key, item_field in caption_fields.items():
+                rows[key].append(texts.add(_field(item, item_field, source, item_id)))
+        _check_images(paths, image_dir, source)
+        per_split[split] = rows
+    return per_split
 
 
 @register_benchmark("sugarcrepe")
@@ -250,12 +256,8 @@ def load_sugarcrepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
                     splits: Optional[Sequence[str]] = None) -> Scorer:
     """SugarCrepe: ``sugarcrepe/<split>.json`` (dict of ``filename, caption, negative_caption``)."""
     name = "sugarcrepe"
-    image_dir = _require_dir(data_root / "val2017", name)
-    per_split = OrderedDict()
-    for split in _split_names(splits, SUGARCREPE_SPLITS, name):
-        source = _require_file(data_root / name / f"{split}.json", name)
-        per_split[split] = _coco_caption_rows(source, name, image_dir, images, texts,
-                                              {"pos": "caption", "neg": "negative_caption"})
+    per_split = _coco_caption_splits(data_root, name, _split_names(splits, SUGARCREPE_SPLITS, name), images,
+                                     texts, {"pos": "caption", "neg": "negative_caption"})
 
     def score(image_features, text_features):
         results, records, pooled = OrderedDict(), [], {}
@@ -286,12 +288,8 @@ def load_sugarcrepe_pp(data_root: Path, images: Vocabulary, texts: Vocabulary,
                        splits: Optional[Sequence[str]] = None) -> Scorer:
     """SugarCrepe++: ``sugarcrepe_pp/<split>.json`` (list of ``filename, caption, caption2, negative_caption``)."""
     name = "sugarcrepe_pp"
-    image_dir = _require_dir(data_root / "val2017", name)
-    per_split = OrderedDict()
-    for split in _split_names(splits, SUGARCREPE_PP_SPLITS, name):
-        source = _require_file(data_root / name / f"{split}.json", name)
-        per_split[split] = _coco_caption_rows(source, name, image_dir, images, texts,
-                                              {"p1": "caption", "p2": "caption2", "neg": "negative_caption"})
+    per_split = _coco_caption_splits(data_root, name, _split_names(splits, SUGARCREPE_PP_SPLITS, name), images,
+                                     texts, {"p1": "caption", "p2": "caption2", "neg": "negative_caption"})
 
     def score(image_features, text_features):
         results, records, pooled = OrderedDict(), [], {"itt": [], "tot": []}
