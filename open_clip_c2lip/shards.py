@@ -309,24 +309,84 @@ def _padded(size: int) -> int:
     return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
+class TruncatedTarError(tarfile.ReadError):
+    """A tar that ends inside a member or a header, or without its end-of-archive blocks (a writer
+    killed mid-write). ``iter_tar_samples`` has yielded every sample before the damage; ``lost_key``
+    is the key of the sample that was being read (None if the damage is between samples)."""
+
+    def __init__(self, message: str, lost_key: Optional[str], samples_read: int):
+        super().__init__(message)
+        self.lost_key = lost_key
+        self.samples_read = samples_read
+
+
+def _check_end_of_archive(f, offset: int) -> Tuple[Optional[str], bool]:
+    """(why the tar has no proper end at ``offset``, or None; whether the last member was complete).
+
+    ``offset`` is where ``tarfile`` found no further header. POSIX ends a tar with two zero blocks;
+    ``tarfile`` also stops silently at a cut or garbled header and at a file that just stops after a
+    member (a killed writer), so the two blocks are checked here."""
+    f.seek(offset)
+    tail = f.read(2 * tarfile.BLOCKSIZE)
+    if len(tail) == 2 * tarfile.BLOCKSIZE and not tail.strip(tarfile.NUL):
+        return None, True
+    if tail and not tail.strip(tarfile.NUL):  # cut inside the end blocks: every member was written
+        return f"ends at byte {offset + len(tail)} with {len(tail)} of the 1024 end-of-archive bytes", True
+    if not tail:
+        return f"ends at byte {offset} right after a member, without the end-of-archive blocks", False
+    return f"has a cut or unreadable header at byte {offset} (no end-of-archive blocks)", False
+
+
 def iter_tar_samples(path: str) -> Iterator[TarSample]:
-    """Stream a tar as samples (grouped like webdataset's ``group_by_keys``), members in tar order."""
+    """Stream a tar as samples (grouped like webdataset's ``group_by_keys``), members in tar order.
+
+    A damaged tar (cut inside a member or a header, missing its end-of-archive blocks) raises
+    ``TruncatedTarError`` after every complete sample before the damage has been yielded; the
+    sample being read when the damage was found is not yielded (it may be incomplete)."""
+    num_samples = 0
+
+    def truncated(why: str, lost_key: Optional[str]) -> TruncatedTarError:
+        lost = f"sample {lost_key!r} (possibly incomplete) and anything after it are lost" if lost_key else \
+            "anything after it is lost"
+        return TruncatedTarError(
+            f"{path}: truncated or damaged tar: {why}; {lost} ({num_samples} complete samples before it)",
+            lost_key, num_samples)
+
     with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         current: Optional[TarSample] = None
         while True:
-            info = tar.next()  # re-seeks to the next header itself, so reading `f` below is safe
+            offset = tar.offset
+            try:
+                info = tar.next()  # re-seeks to the next header itself, so reading `f` below is safe
+            except tarfile.ReadError as exc:
+                raise truncated(f"unreadable from byte {offset} ({exc})",
+                                current.key if current is not None else None) from exc
             if info is None:
+                why, last_complete = _check_end_of_archive(f, tar.offset)
+                if why is not None:
+                    if last_complete and current is not None:
+                        num_samples += 1
+                        yield current
+                        current = None
+                    raise truncated(why, current.key if current is not None else None)
                 break
             tar.members.clear()  # keep memory flat on big shards
             end = info.offset_data + (_padded(info.size) if info.isreg() else 0)
             f.seek(info.offset)
             raw = f.read(end - info.offset)
-            if len(raw) != end - info.offset:
-                raise tarfile.ReadError(f"{path}: member {info.name!r} is truncated")
-            data = raw[info.offset_data - info.offset:][: info.size] if info.isreg() else b""
             match = _KEY_EXT.match(info.name) if info.isreg() and not _META.match(info.name) else None
+            if len(raw) != end - info.offset:
+                key = match.group(1) if match else None
+                if current is not None and current.key != key:
+                    num_samples += 1
+                    yield current  # complete: the cut member starts another sample
+                    current = None
+                raise truncated(f"cut inside member {info.name!r} ({len(raw)} of "
+                                f"{end - info.offset} bytes)", key)
+            data = raw[info.offset_data - info.offset:][: info.size] if info.isreg() else b""
             if match is None:
                 if current is not None:
+                    num_samples += 1
                     yield current
                     current = None
                 yield TarSample(None, [(info, data)], [raw])
@@ -340,6 +400,7 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
                 current._extensions.append(extension)
                 continue
             if current is not None:
+                num_samples += 1
                 yield current
             current = TarSample(key, [(info, data)], [raw], [extension])
         if current is not None:

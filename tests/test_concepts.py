@@ -1,13 +1,20 @@
 """spaCy concept extraction (`open_clip_c2lip.concepts`) and its CLI, on real COCO captions."""
+import html
 import io
 import json
 import os
 import re
+import signal
+import string
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import ftfy
 import pandas as pd
 import pytest
 
@@ -40,6 +47,23 @@ def full_nlp():
 @pytest.fixture(scope="module")
 def full_docs(full_nlp, coco):
     return list(full_nlp.pipe(coco))
+
+
+def naive_clean(text, clean="lower"):
+    """Independent reference of open_clip's cleanings (open_clip.tokenizer: basic_clean, then
+    whitespace collapse, lower case / canonicalize_text)."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if clean == "canonicalize":
+        text = text.replace("_", " ")
+        text = "".join(ch for ch in text if ch not in string.punctuation).lower()
+    text = " ".join(text.split())
+    return text.lower() if clean == "lower" else text
+
+
+@pytest.fixture(scope="module")
+def clean_docs(full_nlp, coco):
+    """Full-pipeline parses of the captions as CLIP's tokenizer sees them (the extraction rule)."""
+    return list(full_nlp.pipe([naive_clean(c) for c in coco]))
 
 
 def naive_concepts(doc, caption, fallback=True):
@@ -90,9 +114,9 @@ def test_chunks_identical_to_full_pipeline(coco, full_docs):
 # ------------------------------------------------------------------------------------------------
 # Extraction rules
 
-def test_matches_naive_reference_on_coco(coco, full_docs):
+def test_matches_naive_reference_on_coco(coco, clean_docs):
     got = C.ConceptExtractor()(coco)
-    assert got == [naive_concepts(d, c) for d, c in zip(full_docs, coco)]
+    assert got == [naive_concepts(d, naive_clean(c)) for d, c in zip(clean_docs, coco)]
     for concepts in got:
         assert concepts and len(set(concepts)) == len(concepts)
         for concept in concepts:
@@ -188,10 +212,10 @@ class CountingExtractor(C.ConceptExtractor):
 
 
 @pytest.mark.parametrize("cache_size", [0, 3, C.DEFAULT_CACHE_SIZE])
-def test_cache_correct_and_parses_each_caption_once(coco, full_docs, cache_size):
+def test_cache_correct_and_parses_each_caption_once(coco, clean_docs, cache_size):
     # repeats both inside one spaCy batch (in flight) and across batches (cached or evicted)
     captions = coco[:60] + coco[:60][::-1] + coco[5:8] * 4
-    reference = {c: naive_concepts(d, c) for c, d in zip(coco, full_docs)}
+    reference = {c: naive_concepts(d, naive_clean(c)) for c, d in zip(coco, clean_docs)}
     extractor = CountingExtractor(batch_size=16, cache_size=cache_size)
     assert extractor(captions) == [reference[c] for c in captions]
     if cache_size >= len(set(captions)):
@@ -376,7 +400,7 @@ def test_cli_tables(tmp_path, coco, suffix, caption_column):
         table.to_parquet(src)
     else:
         table.to_csv(src, sep="\t" if suffix == ".tsv" else ",", index=False)
-    run_cli([src, "--output-dir", tmp_path / "out"])
+    run_cli([src, "--output-dir", tmp_path / "out"] + (["--csv-separator", ","] if suffix == ".csv" else []))
     out = tmp_path / "out" / src.name
     read = (pd.read_parquet(out) if suffix == ".parquet" else
             pd.read_csv(out, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False))
@@ -408,7 +432,7 @@ def test_cli_bad_sample_raises_or_counts(tmp_path, case, capsys):
     assert not list((tmp_path / "out").iterdir())  # nothing that looks finished, no partial left
 
     code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
-    assert code == 0 and "failures: 1" in text and "'broken'" in text
+    assert code == 1 and "failures: 1" in text and "'broken'" in text  # kept going, still not a success
     got = read_members(tmp_path / "out" / "bad.tar")
     assert [m.name for m, _ in got if m.name.startswith("broken")] == [f"broken.{e}" for e, _ in members]
     assert [d for m, d in got if m.name.startswith("broken")] == [d for _, d in members]  # kept as is
@@ -436,7 +460,7 @@ def test_cli_empty_shard_and_unreadable_inputs(tmp_path, capsys):
 
     code, text = run_cli([empty, bad_table, blank_row, "--output-dir", tmp_path / "out", "--on-error", "skip"],
                          capsys)
-    assert "1 written, 0 skipped as finished, 2 failed" in text and "failures: 3" in text
+    assert code == 1 and "1 written, 0 skipped as finished, 2 failed" in text and "failures: 3" in text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rows.csv"]
-    rows = pd.read_csv(tmp_path / "out" / "rows.csv", keep_default_na=False)
+    rows = pd.read_csv(tmp_path / "out" / "rows.csv", sep="\t", keep_default_na=False)
     assert rows["concepts"].tolist() == ['["a dog"]', ""]  # failed row kept, no concepts
