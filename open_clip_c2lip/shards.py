@@ -130,20 +130,85 @@ def _sample_members(sample: Dict[str, Any], key: str, quality: int, where: str
     return members, reencoded
 
 
+class ShardDirError(ValueError):
+    """An output folder that already holds shards of the prefix being written."""
+
+
+MANIFEST_SUFFIX = ".shards.json"
+
+
+def manifest_path(output_dir: str, prefix: str) -> str:
+    """``{output_dir}/{prefix}.shards.json``: the shards ``write_shards`` created there, so that a
+    rerun with ``overwrite=True`` deletes exactly those and nothing else."""
+    return os.path.join(output_dir, prefix + MANIFEST_SUFFIX)
+
+
+def _shard_files(output_dir: str, prefix: str) -> List[str]:
+    """File names of ``{prefix}-NNNNNN.tar`` shards (and ``.partial`` ones) in ``output_dir``."""
+    pattern = re.compile(re.escape(prefix) + r"-\d{6,}\.tar(\.partial)?")
+    return sorted(name for name in os.listdir(output_dir) if pattern.fullmatch(name))
+
+
+def _read_manifest(output_dir: str, prefix: str) -> List[str]:
+    try:
+        with open(manifest_path(output_dir, prefix)) as f:
+            names = json.load(f).get("shards", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str)]
+
+
+def _clear_previous_shards(output_dir: str, prefix: str, overwrite: bool) -> None:
+    """Refuse to write into a folder holding ``prefix`` shards; with ``overwrite``, delete the ones a
+    previous ``write_shards`` listed in its manifest, and refuse if any other is there."""
+    existing = _shard_files(output_dir, prefix)
+    if not existing:
+        return
+    example = f"{existing[0]}" + (f" ... {existing[-1]}" if len(existing) > 1 else "")
+    if not overwrite:
+        raise ShardDirError(
+            f"{output_dir} already holds {len(existing)} shard file(s) named {prefix}-NNNNNN.tar ({example}); "
+            "writing there would mix old and new samples (a rerun with another samples-per-shard leaves "
+            "stale shards). Pick another output folder or prefix, or overwrite the shards of the earlier "
+            "run (--overwrite).")
+    ours = set(_read_manifest(output_dir, prefix))
+    ours |= {name + ".partial" for name in ours}
+    foreign = [name for name in existing if name not in ours]
+    if foreign:
+        raise ShardDirError(
+            f"{output_dir}: {len(foreign)} shard file(s) named {prefix}-NNNNNN.tar were not written by "
+            f"write_shards here (not in {os.path.basename(manifest_path(output_dir, prefix))}; e.g. "
+            f"{foreign[0]}): not deleting them. Remove them yourself or pick another output folder or prefix.")
+    for name in existing:
+        os.remove(os.path.join(output_dir, name))
+    os.remove(manifest_path(output_dir, prefix))
+
+
 class _ShardSink:
-    """Writes members into ``{prefix}-{i:06d}.tar``, rolling over every ``samples_per_shard``."""
+    """Writes members into ``{prefix}-{i:06d}.tar``, rolling over every ``samples_per_shard``, and
+    lists each shard in the folder's manifest before creating it."""
 
     def __init__(self, output_dir: str, prefix: str, samples_per_shard: int):
         self.output_dir, self.prefix, self.samples_per_shard = output_dir, prefix, samples_per_shard
         self.paths: List[str] = []
         self._tar: Optional[tarfile.TarFile] = None
         self._count = 0
+        self._write_manifest(complete=False)
+
+    def _write_manifest(self, complete: bool) -> None:
+        record = {"prefix": self.prefix, "samples_per_shard": self.samples_per_shard, "complete": complete,
+                  "shards": [os.path.basename(p) for p in self.paths]}
+        path = manifest_path(self.output_dir, self.prefix)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)
 
     def add(self, members: List[Tuple[tarfile.TarInfo, bytes]]) -> None:
         if self._tar is None:
             path = os.path.join(self.output_dir, f"{self.prefix}-{len(self.paths):06d}.tar")
-            self._tar = tarfile.open(path + ".partial", "w", format=tarfile.PAX_FORMAT)
             self.paths.append(path)
+            self._write_manifest(complete=False)  # listed before it exists: a kill leaves it ours
+            self._tar = tarfile.open(path + ".partial", "w", format=tarfile.PAX_FORMAT)
         for info, data in members:
             self._tar.addfile(info, io.BytesIO(data))
         self._count += 1
@@ -161,16 +226,34 @@ class _ShardSink:
             self._tar.close()
             os.remove(self.paths.pop() + ".partial")
             self._tar = None
+        if self.paths:
+            self._write_manifest(complete=False)  # the finished shards stay ours to overwrite
+        else:  # nothing written: leave the folder as it was
+            os.remove(manifest_path(self.output_dir, self.prefix))
+
+    def finish(self) -> None:
+        self.close()
+        self._write_manifest(complete=True)
 
 
 def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str = "shard",
                  samples_per_shard: int = 1000, *, skip_bad: bool = False, quality: int = 95,
-                 stats: Optional[ShardWriteStats] = None) -> List[str]:
-    """Write samples (see module docstring) into webdataset shards; returns the shard paths."""
+                 stats: Optional[ShardWriteStats] = None, overwrite: bool = False) -> List[str]:
+    """Write samples (see module docstring) into webdataset shards; returns the shard paths.
+
+    A folder that already holds ``{prefix}-NNNNNN.tar`` files is refused (``ShardDirError``): a
+    rerun with fewer shards would leave stale ones behind. ``overwrite=True`` first deletes the
+    shards an earlier ``write_shards`` listed in ``{prefix}.shards.json`` there, and still refuses
+    if any other file of that name pattern is present (never deleting what it did not create)."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
     stats = ShardWriteStats() if stats is None else stats
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ShardDirError(f"output folder {output_dir} exists and is not a folder")
     os.makedirs(output_dir, exist_ok=True)
+    _clear_previous_shards(output_dir, prefix, overwrite)
     sink = _ShardSink(output_dir, prefix, samples_per_shard)
     try:
         for index, sample in enumerate(samples):
@@ -192,7 +275,7 @@ def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str
     except BaseException:
         sink.abort()  # never leave a half-written shard that looks finished
         raise
-    sink.close()
+    sink.finish()
     stats.shards.extend(sink.paths)
     return list(sink.paths)
 
@@ -238,20 +321,24 @@ def samples_from_folder(folder: str) -> Iterator[Dict[str, Any]]:
 
 
 def samples_from_csv(path: str, img_key: str = "filepath", caption_key: str = "title",
-                     sep: Optional[str] = None) -> Iterator[Dict[str, Any]]:
-    """Samples from a CSV/TSV of image paths (relative to the CSV's folder unless absolute) and captions."""
-    import pandas as pd
+                     sep: str = "\t") -> Iterator[Dict[str, Any]]:
+    """Samples from a CSV/TSV of image paths (relative to the CSV's folder unless absolute) and captions.
 
-    sep = sep or ("\t" if path.lower().endswith(".tsv") else ",")
-    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    missing = [k for k in (img_key, caption_key) if k not in table.columns]
-    if missing:
-        raise BadSampleError(f"{path}: missing column(s) {missing} (columns: {list(table.columns)})")
+    Read (now, so a bad table raises ``tables.TableError`` here) by ``open_clip_c2lip.tables.read_table``:
+    cells as text; ``sep`` default a tab, as open_clip_train's ``--csv-separator``."""
+    from . import tables
+
+    table = tables.read_table(path, sep)
+    tables.require_columns(table, path, [img_key, caption_key], sep)
     base = os.path.dirname(os.path.abspath(path))
-    for row, (image, caption) in enumerate(zip(table[img_key], table[caption_key])):
-        source = f"{path} row {row} ({image})"
-        yield {"jpg": os.path.join(base, image), "txt": caption,
-               "json": {"caption": caption, "source": image}, "source": source}
+
+    def samples() -> Iterator[Dict[str, Any]]:
+        for row, (image, caption) in enumerate(zip(table[img_key], table[caption_key])):
+            source = f"{path} row {row} ({image})"
+            yield {"jpg": os.path.join(base, image), "txt": caption,
+                   "json": {"caption": caption, "source": image}, "source": source}
+
+    return samples()
 
 
 # ------------------------------------------------------------------------------------------------

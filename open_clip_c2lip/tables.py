@@ -63,7 +63,7 @@ def require_columns(table, path: str, names: Sequence[str], sep: str, what: str 
     missing = [name for name in names if name not in columns]
     if not missing:
         return
-    message = f"{path}: no {what} {', '.join(repr(m) for m in missing)} (columns: {columns})"
+    message = f"{path}: no {what}(s) {missing}; columns are {columns}"
     if not is_parquet(path):
         header = sep.join(columns)
         others = [s for s in _LIKELY_SEPARATORS if s != sep and s in header]
