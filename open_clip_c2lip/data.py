@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from . import runtime
+from .concepts import MAX_PARSE_CHARS
 from .packing import SpacyConceptExtractor, TextPacker
 
 AUTHORS_CONCEPTS_KEY = "nounphrases"
@@ -147,6 +148,9 @@ class AttachConcepts:
                 self.packer.count("skipped_bad_samples")
                 _logger.warning(f"C2LIP: skipping sample: {exc}")
                 continue
+            if sample["text"][1] is None and len(sample["text"][0]) > MAX_PARSE_CHARS:
+                _logger.warning(f"C2LIP: {_where(sample)}: caption of {len(sample['text'][0])} characters; "
+                                f"its concepts are parsed from the first {MAX_PARSE_CHARS} after cleaning")
             yielded += 1
             yield sample
         self.packer.log_summary("end of this worker's pass over its shards")
@@ -300,21 +304,20 @@ def _parse_concepts_cell(cell: Any, where: str) -> Optional[List[str]]:
 class ConceptCsvDataset(torch.utils.data.Dataset):
     """open_clip_train's ``CsvDataset`` plus a concepts column (a JSON list of strings per row).
 
-    Built with the same arguments as ``CsvDataset`` (``tokenizer`` is the packer). Rows are checked
-    when the dataset is built: a blank caption or malformed concepts raise an error naming the file
-    and row. Rows with no concepts cell (or no concepts column at all) are extracted on the fly.
+    Built with the same arguments as ``CsvDataset`` (``tokenizer`` is the packer). The table is read
+    by ``open_clip_c2lip.tables.read_table``, as the concepts CLI reads it: every cell is text (a
+    caption "N/A" or "null" is that text), only an empty cell is empty. Rows are checked when the
+    dataset is built: a blank caption or malformed concepts raise an error naming the file and row.
+    Rows with no concepts cell (or no concepts column at all) are extracted on the fly.
     """
 
     def __init__(self, input_filename, transforms, img_key, caption_key, sep="\t", tokenizer=None,
                  concepts_key: str = "concepts"):
-        import pandas as pd
+        from . import tables
 
-        frame = pd.read_csv(input_filename, sep=sep)
-        missing = [key for key in (img_key, caption_key) if key not in frame.columns]
-        if missing:
-            raise ValueError(f"{input_filename}: no column(s) {missing}; columns are {list(frame.columns)}")
+        frame = tables.read_table(input_filename, sep)
+        tables.require_columns(frame, input_filename, [img_key, caption_key], sep)
         self.images = frame[img_key].tolist()
-        # like CsvDataset's str(caption), except that a missing cell is an error, not the text "nan"
         self.captions = [None if _is_missing(c) else str(c) for c in frame[caption_key].tolist()]
         column = next((key for key in (concepts_key, AUTHORS_CONCEPTS_KEY) if key in frame.columns), None)
         cells = frame[column].tolist() if column is not None else [None] * len(frame)

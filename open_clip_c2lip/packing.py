@@ -39,6 +39,7 @@ from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequen
 import torch
 from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, _clean_canonicalize
 
+from .concepts import concept_source, has_text
 from .layout import pack_rows
 
 Span = Tuple[int, int]
@@ -50,9 +51,13 @@ STAT_KEYS = (
     "concepts",                 # concepts packed into a slot
     "concepts_over_max",        # concepts beyond max_concepts, not packed
     "samples_over_max",         # captions that had more than max_concepts concepts
-    "blank_concepts",           # empty / whitespace-only concept strings, not packed
+    "blank_concepts",           # concepts with no letter or digit after the tokenizer's cleaning
+                                # ("", "-", "!!!", "..."), not packed
+    "duplicate_concepts",       # concepts equal to an earlier one of the caption after cleaning, not packed
     "whole_caption_fallback",   # captions with no concept, packed with the caption as concept
+    "captions_without_text",    # captions with no letter or digit after cleaning: packed without concepts
     "extracted_on_the_fly",     # captions whose concepts were extracted here (no concepts in data)
+    "captions_cut_for_parsing", # on-the-fly captions over MAX_PARSE_CHARS after cleaning, parsed up to there
     "spans_not_found",          # concepts not found as whole tokens of the cleaned caption: zero row
     "spans_past_truncation",    # concepts located but not fully inside the kept tokens: zero row
     "captions_truncated",       # captions longer than the context length
@@ -341,7 +346,8 @@ def concept_spans(tokenizer, caption: str, concepts: Sequence[str],
 
 class SpacyConceptExtractor:
     """Picklable default extractor: ``open_clip_c2lip.concepts.extract_concepts``, imported lazily
-    (spaCy loads once per process, on first use)."""
+    (spaCy loads once per process, on first use). It receives the captions the packer has already
+    cleaned as its tokenizer does (``concept_source``), so it cleans nothing itself."""
 
     def __init__(self, spacy_model: Optional[str] = None):
         self.spacy_model = spacy_model
@@ -349,7 +355,7 @@ class SpacyConceptExtractor:
     def __call__(self, captions: List[str]) -> List[List[str]]:
         from .concepts import extract_concepts
         options = {"spacy_model": self.spacy_model} if self.spacy_model else {}
-        return extract_concepts(captions, **options)
+        return extract_concepts(captions, clean=None, **options)
 
 
 def _is_sample_tuple(item) -> bool:
@@ -390,7 +396,12 @@ class TextPacker:
     """Tokenizer-like callable: captions (+ concepts) -> packed texts ``[N, 1 + 2P, L]``.
 
     Accepts a caption ``str`` (concepts extracted on the fly), a ``(caption, concepts)`` tuple
-    (``concepts`` a list of str, or ``None`` to extract), or a list of these. Row 0 equals
+    (``concepts`` a list of str, or ``None`` to extract), or a list of these. On-the-fly extraction
+    hands the extractor ``concept_source(caption, clean)``: the caption cleaned exactly as this
+    tokenizer cleans it (``clean_fn``; SigLIP's ``canonicalize``), cut at ``MAX_PARSE_CHARS``, the
+    same rule as the concepts CLI with the matching ``--clean``. Concepts (given or extracted) are
+    compared after that cleaning: ones with no letter or digit left ("-", "!!!") and repeats are
+    dropped and counted; a caption left with none falls back to the whole caption. Row 0 equals
     ``tokenizer([caption])[0]``; rows ``1..P`` are each concept tokenized as its own text at the full
     context length; rows ``P+1..2P`` are 0/1 masks of the concept's tokens in row 0 (all zero when the
     concept was not found or fell past truncation). Top-level and picklable (DataLoader workers).
@@ -440,20 +451,41 @@ class TextPacker:
                 "C2LIP: some captions carry no concepts; extracting them on the fly with spaCy, which is "
                 "slow. Precompute them (python -m open_clip_c2lip.concepts) for real training runs.")
             self._warned_extraction = True
-        extracted = self.concept_extractor([samples[i][0] for i in missing])
-        if len(extracted) != len(missing):
-            raise RuntimeError(
-                f"concept extractor returned {len(extracted)} concept lists for {len(missing)} captions")
         samples = list(samples)
-        for i, concepts in zip(missing, extracted):
+        sources = {}
+        for i in missing:
+            text, cut = concept_source(samples[i][0], self.aligner.clean)
+            self.count("captions_cut_for_parsing", int(cut))
+            if has_text(text):
+                sources[i] = text
+            else:  # nothing to parse: packed without concepts by _select
+                samples[i] = (samples[i][0], [])
+        extracted = self.concept_extractor(list(sources.values())) if sources else []
+        if len(extracted) != len(sources):
+            raise RuntimeError(
+                f"concept extractor returned {len(extracted)} concept lists for {len(sources)} captions")
+        for i, concepts in zip(sources, extracted):
             samples[i] = (samples[i][0], list(concepts))
         self.count("extracted_on_the_fly", len(missing))
         return samples
 
     def _select(self, caption: str, concepts: List[str]) -> List[str]:
-        kept = [c for c in concepts if c.strip()]
-        self.count("blank_concepts", len(concepts) - len(kept))
+        """The concepts to pack: distinct after the tokenizer's cleaning, each with a letter or digit
+        left; else the whole caption; nothing when the caption itself has no letter or digit."""
+        kept, seen = [], set()
+        for concept in concepts:
+            cleaned = _clean_concept(self.aligner, concept)
+            if not has_text(cleaned):
+                self.count("blank_concepts")
+            elif cleaned in seen:
+                self.count("duplicate_concepts")
+            else:
+                seen.add(cleaned)
+                kept.append(concept)
         if not kept:
+            if not has_text(self.aligner.clean(caption)):
+                self.count("captions_without_text")
+                return []
             self.count("whole_caption_fallback")
             kept = [caption]
         if len(kept) > self.max_concepts:
@@ -467,7 +499,9 @@ class TextPacker:
         samples = self._extract(_as_samples(texts))
         selected = [self._select(caption, concepts) for caption, concepts in samples]
         caption_rows = self.tokenizer([caption for caption, _ in samples], context_length=context_length)
-        concept_rows = self.tokenizer([c for concepts in selected for c in concepts], context_length=context_length)
+        flat = [c for concepts in selected for c in concepts]
+        concept_rows = (self.tokenizer(flat, context_length=context_length) if flat
+                        else caption_rows.new_zeros((0, caption_rows.shape[-1])))
         num_positions = caption_rows.shape[-1]
 
         packed = []

@@ -130,20 +130,85 @@ def _sample_members(sample: Dict[str, Any], key: str, quality: int, where: str
     return members, reencoded
 
 
+class ShardDirError(ValueError):
+    """An output folder that already holds shards of the prefix being written."""
+
+
+MANIFEST_SUFFIX = ".shards.json"
+
+
+def manifest_path(output_dir: str, prefix: str) -> str:
+    """``{output_dir}/{prefix}.shards.json``: the shards ``write_shards`` created there, so that a
+    rerun with ``overwrite=True`` deletes exactly those and nothing else."""
+    return os.path.join(output_dir, prefix + MANIFEST_SUFFIX)
+
+
+def _shard_files(output_dir: str, prefix: str) -> List[str]:
+    """File names of ``{prefix}-NNNNNN.tar`` shards (and ``.partial`` ones) in ``output_dir``."""
+    pattern = re.compile(re.escape(prefix) + r"-\d{6,}\.tar(\.partial)?")
+    return sorted(name for name in os.listdir(output_dir) if pattern.fullmatch(name))
+
+
+def _read_manifest(output_dir: str, prefix: str) -> List[str]:
+    try:
+        with open(manifest_path(output_dir, prefix)) as f:
+            names = json.load(f).get("shards", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str)]
+
+
+def _clear_previous_shards(output_dir: str, prefix: str, overwrite: bool) -> None:
+    """Refuse to write into a folder holding ``prefix`` shards; with ``overwrite``, delete the ones a
+    previous ``write_shards`` listed in its manifest, and refuse if any other is there."""
+    existing = _shard_files(output_dir, prefix)
+    if not existing:
+        return
+    example = f"{existing[0]}" + (f" ... {existing[-1]}" if len(existing) > 1 else "")
+    if not overwrite:
+        raise ShardDirError(
+            f"{output_dir} already holds {len(existing)} shard file(s) named {prefix}-NNNNNN.tar ({example}); "
+            "writing there would mix old and new samples (a rerun with another samples-per-shard leaves "
+            "stale shards). Pick another output folder or prefix, or overwrite the shards of the earlier "
+            "run (--overwrite).")
+    ours = set(_read_manifest(output_dir, prefix))
+    ours |= {name + ".partial" for name in ours}
+    foreign = [name for name in existing if name not in ours]
+    if foreign:
+        raise ShardDirError(
+            f"{output_dir}: {len(foreign)} shard file(s) named {prefix}-NNNNNN.tar were not written by "
+            f"write_shards here (not in {os.path.basename(manifest_path(output_dir, prefix))}; e.g. "
+            f"{foreign[0]}): not deleting them. Remove them yourself or pick another output folder or prefix.")
+    for name in existing:
+        os.remove(os.path.join(output_dir, name))
+    os.remove(manifest_path(output_dir, prefix))
+
+
 class _ShardSink:
-    """Writes members into ``{prefix}-{i:06d}.tar``, rolling over every ``samples_per_shard``."""
+    """Writes members into ``{prefix}-{i:06d}.tar``, rolling over every ``samples_per_shard``, and
+    lists each shard in the folder's manifest before creating it."""
 
     def __init__(self, output_dir: str, prefix: str, samples_per_shard: int):
         self.output_dir, self.prefix, self.samples_per_shard = output_dir, prefix, samples_per_shard
         self.paths: List[str] = []
         self._tar: Optional[tarfile.TarFile] = None
         self._count = 0
+        self._write_manifest(complete=False)
+
+    def _write_manifest(self, complete: bool) -> None:
+        record = {"prefix": self.prefix, "samples_per_shard": self.samples_per_shard, "complete": complete,
+                  "shards": [os.path.basename(p) for p in self.paths]}
+        path = manifest_path(self.output_dir, self.prefix)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)
 
     def add(self, members: List[Tuple[tarfile.TarInfo, bytes]]) -> None:
         if self._tar is None:
             path = os.path.join(self.output_dir, f"{self.prefix}-{len(self.paths):06d}.tar")
-            self._tar = tarfile.open(path + ".partial", "w", format=tarfile.PAX_FORMAT)
             self.paths.append(path)
+            self._write_manifest(complete=False)  # listed before it exists: a kill leaves it ours
+            self._tar = tarfile.open(path + ".partial", "w", format=tarfile.PAX_FORMAT)
         for info, data in members:
             self._tar.addfile(info, io.BytesIO(data))
         self._count += 1
@@ -161,16 +226,34 @@ class _ShardSink:
             self._tar.close()
             os.remove(self.paths.pop() + ".partial")
             self._tar = None
+        if self.paths:
+            self._write_manifest(complete=False)  # the finished shards stay ours to overwrite
+        else:  # nothing written: leave the folder as it was
+            os.remove(manifest_path(self.output_dir, self.prefix))
+
+    def finish(self) -> None:
+        self.close()
+        self._write_manifest(complete=True)
 
 
 def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str = "shard",
                  samples_per_shard: int = 1000, *, skip_bad: bool = False, quality: int = 95,
-                 stats: Optional[ShardWriteStats] = None) -> List[str]:
-    """Write samples (see module docstring) into webdataset shards; returns the shard paths."""
+                 stats: Optional[ShardWriteStats] = None, overwrite: bool = False) -> List[str]:
+    """Write samples (see module docstring) into webdataset shards; returns the shard paths.
+
+    A folder that already holds ``{prefix}-NNNNNN.tar`` files is refused (``ShardDirError``): a
+    rerun with fewer shards would leave stale ones behind. ``overwrite=True`` first deletes the
+    shards an earlier ``write_shards`` listed in ``{prefix}.shards.json`` there, and still refuses
+    if any other file of that name pattern is present (never deleting what it did not create)."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
     stats = ShardWriteStats() if stats is None else stats
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ShardDirError(f"output folder {output_dir} exists and is not a folder")
     os.makedirs(output_dir, exist_ok=True)
+    _clear_previous_shards(output_dir, prefix, overwrite)
     sink = _ShardSink(output_dir, prefix, samples_per_shard)
     try:
         for index, sample in enumerate(samples):
@@ -192,7 +275,7 @@ def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str
     except BaseException:
         sink.abort()  # never leave a half-written shard that looks finished
         raise
-    sink.close()
+    sink.finish()
     stats.shards.extend(sink.paths)
     return list(sink.paths)
 
@@ -238,20 +321,24 @@ def samples_from_folder(folder: str) -> Iterator[Dict[str, Any]]:
 
 
 def samples_from_csv(path: str, img_key: str = "filepath", caption_key: str = "title",
-                     sep: Optional[str] = None) -> Iterator[Dict[str, Any]]:
-    """Samples from a CSV/TSV of image paths (relative to the CSV's folder unless absolute) and captions."""
-    import pandas as pd
+                     sep: str = "\t") -> Iterator[Dict[str, Any]]:
+    """Samples from a CSV/TSV of image paths (relative to the CSV's folder unless absolute) and captions.
 
-    sep = sep or ("\t" if path.lower().endswith(".tsv") else ",")
-    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    missing = [k for k in (img_key, caption_key) if k not in table.columns]
-    if missing:
-        raise BadSampleError(f"{path}: missing column(s) {missing} (columns: {list(table.columns)})")
+    Read (now, so a bad table raises ``tables.TableError`` here) by ``open_clip_c2lip.tables.read_table``:
+    cells as text; ``sep`` default a tab, as open_clip_train's ``--csv-separator``."""
+    from . import tables
+
+    table = tables.read_table(path, sep)
+    tables.require_columns(table, path, [img_key, caption_key], sep)
     base = os.path.dirname(os.path.abspath(path))
-    for row, (image, caption) in enumerate(zip(table[img_key], table[caption_key])):
-        source = f"{path} row {row} ({image})"
-        yield {"jpg": os.path.join(base, image), "txt": caption,
-               "json": {"caption": caption, "source": image}, "source": source}
+
+    def samples() -> Iterator[Dict[str, Any]]:
+        for row, (image, caption) in enumerate(zip(table[img_key], table[caption_key])):
+            source = f"{path} row {row} ({image})"
+            yield {"jpg": os.path.join(base, image), "txt": caption,
+                   "json": {"caption": caption, "source": image}, "source": source}
+
+    return samples()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,24 +396,84 @@ def _padded(size: int) -> int:
     return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
+class TruncatedTarError(tarfile.ReadError):
+    """A tar that ends inside a member or a header, or without its end-of-archive blocks (a writer
+    killed mid-write). ``iter_tar_samples`` has yielded every sample before the damage; ``lost_key``
+    is the key of the sample that was being read (None if the damage is between samples)."""
+
+    def __init__(self, message: str, lost_key: Optional[str], samples_read: int):
+        super().__init__(message)
+        self.lost_key = lost_key
+        self.samples_read = samples_read
+
+
+def _check_end_of_archive(f, offset: int) -> Tuple[Optional[str], bool]:
+    """(why the tar has no proper end at ``offset``, or None; whether the last member was complete).
+
+    ``offset`` is where ``tarfile`` found no further header. POSIX ends a tar with two zero blocks;
+    ``tarfile`` also stops silently at a cut or garbled header and at a file that just stops after a
+    member (a killed writer), so the two blocks are checked here."""
+    f.seek(offset)
+    tail = f.read(2 * tarfile.BLOCKSIZE)
+    if len(tail) == 2 * tarfile.BLOCKSIZE and not tail.strip(tarfile.NUL):
+        return None, True
+    if tail and not tail.strip(tarfile.NUL):  # cut inside the end blocks: every member was written
+        return f"ends at byte {offset + len(tail)} with {len(tail)} of the 1024 end-of-archive bytes", True
+    if not tail:
+        return f"ends at byte {offset} right after a member, without the end-of-archive blocks", False
+    return f"has a cut or unreadable header at byte {offset} (no end-of-archive blocks)", False
+
+
 def iter_tar_samples(path: str) -> Iterator[TarSample]:
-    """Stream a tar as samples (grouped like webdataset's ``group_by_keys``), members in tar order."""
+    """Stream a tar as samples (grouped like webdataset's ``group_by_keys``), members in tar order.
+
+    A damaged tar (cut inside a member or a header, missing its end-of-archive blocks) raises
+    ``TruncatedTarError`` after every complete sample before the damage has been yielded; the
+    sample being read when the damage was found is not yielded (it may be incomplete)."""
+    num_samples = 0
+
+    def truncated(why: str, lost_key: Optional[str]) -> TruncatedTarError:
+        lost = f"sample {lost_key!r} (possibly incomplete) and anything after it are lost" if lost_key else \
+            "anything after it is lost"
+        return TruncatedTarError(
+            f"{path}: truncated or damaged tar: {why}; {lost} ({num_samples} complete samples before it)",
+            lost_key, num_samples)
+
     with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         current: Optional[TarSample] = None
         while True:
-            info = tar.next()  # re-seeks to the next header itself, so reading `f` below is safe
+            offset = tar.offset
+            try:
+                info = tar.next()  # re-seeks to the next header itself, so reading `f` below is safe
+            except tarfile.ReadError as exc:
+                raise truncated(f"unreadable from byte {offset} ({exc})",
+                                current.key if current is not None else None) from exc
             if info is None:
+                why, last_complete = _check_end_of_archive(f, tar.offset)
+                if why is not None:
+                    if last_complete and current is not None:
+                        num_samples += 1
+                        yield current
+                        current = None
+                    raise truncated(why, current.key if current is not None else None)
                 break
             tar.members.clear()  # keep memory flat on big shards
             end = info.offset_data + (_padded(info.size) if info.isreg() else 0)
             f.seek(info.offset)
             raw = f.read(end - info.offset)
-            if len(raw) != end - info.offset:
-                raise tarfile.ReadError(f"{path}: member {info.name!r} is truncated")
-            data = raw[info.offset_data - info.offset:][: info.size] if info.isreg() else b""
             match = _KEY_EXT.match(info.name) if info.isreg() and not _META.match(info.name) else None
+            if len(raw) != end - info.offset:
+                key = match.group(1) if match else None
+                if current is not None and current.key != key:
+                    num_samples += 1
+                    yield current  # complete: the cut member starts another sample
+                    current = None
+                raise truncated(f"cut inside member {info.name!r} ({len(raw)} of "
+                                f"{end - info.offset} bytes)", key)
+            data = raw[info.offset_data - info.offset:][: info.size] if info.isreg() else b""
             if match is None:
                 if current is not None:
+                    num_samples += 1
                     yield current
                     current = None
                 yield TarSample(None, [(info, data)], [raw])
@@ -340,6 +487,7 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
                 current._extensions.append(extension)
                 continue
             if current is not None:
+                num_samples += 1
                 yield current
             current = TarSample(key, [(info, data)], [raw], [extension])
         if current is not None:

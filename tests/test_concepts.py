@@ -1,13 +1,20 @@
 """spaCy concept extraction (`open_clip_c2lip.concepts`) and its CLI, on real COCO captions."""
+import html
 import io
 import json
 import os
 import re
+import signal
+import string
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import ftfy
 import pandas as pd
 import pytest
 
@@ -40,6 +47,23 @@ def full_nlp():
 @pytest.fixture(scope="module")
 def full_docs(full_nlp, coco):
     return list(full_nlp.pipe(coco))
+
+
+def naive_clean(text, clean="lower"):
+    """Independent reference of open_clip's cleanings (open_clip.tokenizer: basic_clean, then
+    whitespace collapse, lower case / canonicalize_text)."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if clean == "canonicalize":
+        text = text.replace("_", " ")
+        text = "".join(ch for ch in text if ch not in string.punctuation).lower()
+    text = " ".join(text.split())
+    return text.lower() if clean == "lower" else text
+
+
+@pytest.fixture(scope="module")
+def clean_docs(full_nlp, coco):
+    """Full-pipeline parses of the captions as CLIP's tokenizer sees them (the extraction rule)."""
+    return list(full_nlp.pipe([naive_clean(c) for c in coco]))
 
 
 def naive_concepts(doc, caption, fallback=True):
@@ -90,9 +114,9 @@ def test_chunks_identical_to_full_pipeline(coco, full_docs):
 # ------------------------------------------------------------------------------------------------
 # Extraction rules
 
-def test_matches_naive_reference_on_coco(coco, full_docs):
+def test_matches_naive_reference_on_coco(coco, clean_docs):
     got = C.ConceptExtractor()(coco)
-    assert got == [naive_concepts(d, c) for d, c in zip(full_docs, coco)]
+    assert got == [naive_concepts(d, naive_clean(c)) for d, c in zip(clean_docs, coco)]
     for concepts in got:
         assert concepts and len(set(concepts)) == len(concepts)
         for concept in concepts:
@@ -188,10 +212,10 @@ class CountingExtractor(C.ConceptExtractor):
 
 
 @pytest.mark.parametrize("cache_size", [0, 3, C.DEFAULT_CACHE_SIZE])
-def test_cache_correct_and_parses_each_caption_once(coco, full_docs, cache_size):
+def test_cache_correct_and_parses_each_caption_once(coco, clean_docs, cache_size):
     # repeats both inside one spaCy batch (in flight) and across batches (cached or evicted)
     captions = coco[:60] + coco[:60][::-1] + coco[5:8] * 4
-    reference = {c: naive_concepts(d, c) for c, d in zip(coco, full_docs)}
+    reference = {c: naive_concepts(d, naive_clean(c)) for c, d in zip(coco, clean_docs)}
     extractor = CountingExtractor(batch_size=16, cache_size=cache_size)
     assert extractor(captions) == [reference[c] for c in captions]
     if cache_size >= len(set(captions)):
@@ -376,7 +400,7 @@ def test_cli_tables(tmp_path, coco, suffix, caption_column):
         table.to_parquet(src)
     else:
         table.to_csv(src, sep="\t" if suffix == ".tsv" else ",", index=False)
-    run_cli([src, "--output-dir", tmp_path / "out"])
+    run_cli([src, "--output-dir", tmp_path / "out"] + (["--csv-separator", ","] if suffix == ".csv" else []))
     out = tmp_path / "out" / src.name
     read = (pd.read_parquet(out) if suffix == ".parquet" else
             pd.read_csv(out, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False))
@@ -408,7 +432,7 @@ def test_cli_bad_sample_raises_or_counts(tmp_path, case, capsys):
     assert not list((tmp_path / "out").iterdir())  # nothing that looks finished, no partial left
 
     code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
-    assert code == 0 and "failures: 1" in text and "'broken'" in text
+    assert code == 1 and "failures: 1" in text and "'broken'" in text  # kept going, still not a success
     got = read_members(tmp_path / "out" / "bad.tar")
     assert [m.name for m, _ in got if m.name.startswith("broken")] == [f"broken.{e}" for e, _ in members]
     assert [d for m, d in got if m.name.startswith("broken")] == [d for _, d in members]  # kept as is
@@ -436,7 +460,336 @@ def test_cli_empty_shard_and_unreadable_inputs(tmp_path, capsys):
 
     code, text = run_cli([empty, bad_table, blank_row, "--output-dir", tmp_path / "out", "--on-error", "skip"],
                          capsys)
-    assert "1 written, 0 skipped as finished, 2 failed" in text and "failures: 3" in text
+    assert code == 1 and "1 written, 0 skipped as finished, 2 failed" in text and "failures: 3" in text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rows.csv"]
-    rows = pd.read_csv(tmp_path / "out" / "rows.csv", keep_default_na=False)
+    rows = pd.read_csv(tmp_path / "out" / "rows.csv", sep="\t", keep_default_na=False)
     assert rows["concepts"].tolist() == ['["a dog"]', ""]  # failed row kept, no concepts
+
+
+# ------------------------------------------------------------------------------------------------
+# The text concepts come from: the caption as the tokenizer cleans it (one rule everywhere)
+
+MESSY_CAPTIONS = [
+    "Fish &amp; chips on a white plate.",                      # HTML entity
+    "A &lt;b&gt;red&lt;/b&gt; bus &amp;amp; a taxi.",           # markup, double-escaped entity
+    "Caf\u00c3\u00a9 tables and a black umbrella",              # mojibake (ftfy)
+    "A dog\u00a0on\tthe   grass near a &quot;park&quot; bench",  # odd whitespace, quotes
+    "The man's hat &#8212; a striped hat &ndash; lies on a bed.",  # numeric / named entities
+]
+
+
+@pytest.mark.parametrize("clean", C.CLEAN_NAMES)
+def test_concepts_come_from_the_text_the_tokenizer_sees(clean):
+    from open_clip.tokenizer import get_clean_fn
+
+    clean_fn = get_clean_fn(clean)
+    assert [C.concept_source(c, clean)[0] for c in MESSY_CAPTIONS] == [naive_clean(c, clean) for c in MESSY_CAPTIONS]
+    got = C.extract_concepts(MESSY_CAPTIONS, clean=clean)
+    for caption, concepts in zip(MESSY_CAPTIONS, got):
+        seen = clean_fn(caption).lower()
+        for concept in concepts:
+            # every concept is words of the cleaned caption: never "amp", "lt", "quot" ...
+            assert re.search(r"(?<!\w)" + re.escape(concept) + r"(?!\w)", seen), (clean, caption, concept)
+    words = {w for concepts in got for c in concepts for w in re.findall(r"\w+", c)}
+    assert not words & {"amp", "lt", "gt", "quot", "ndash", "8212"}  # "<b>" itself is text the model sees
+    assert any("fish" in c for c in got[0]) and "a white plate" in got[0]
+    assert any("café" in c for c in got[2])  # the mojibake is fixed before parsing
+
+
+def test_same_rule_in_cli_python_api_and_packer(tmp_path):
+    """The CLI (--clean X), extract_concepts(clean=X) and the packer's on-the-fly extraction with a
+    tokenizer that cleans with X give identical concepts."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from open_clip_c2lip.packing import SpacyConceptExtractor, TextPacker
+
+    captions = MESSY_CAPTIONS + ["Two cats sleep on a sofa. " * 600]  # the last one is cut for parsing
+    received = []
+
+    class Recording(SpacyConceptExtractor):
+        def __call__(self, texts):
+            result = super().__call__(texts)
+            received.extend(result)
+            return result
+
+    for clean in ("lower", "canonicalize"):
+        src = tmp_path / f"{clean}.tar"
+        make_shard(src, [(f"k{i}", [("jpg", b"x"), ("txt", c.encode())]) for i, c in enumerate(captions)])
+        code = C.main([str(src), "--output-dir", str(tmp_path / "out"), "--clean", clean, "--quiet"])
+        assert code == 0
+        cli = [json.loads(d)["concepts"] for m, d in read_members(tmp_path / "out" / src.name)
+               if m.name.endswith(".json")]
+        received.clear()
+        TextPacker(SimpleTokenizer(clean=clean), max_concepts=8, concept_extractor=Recording())(captions)
+        assert cli == C.extract_concepts(captions, clean=clean) == received
+
+
+def test_long_caption_is_cut_for_parsing_and_counted():
+    long = "A brown dog runs on the green grass. " * 30_000  # 1.1M characters > spaCy's max_length
+    assert len(long) > 1_000_000
+    stats = C.ConceptStats()
+    got = C.extract_concepts(["a red ball", long], stats=stats)
+    assert got[1] == ["a brown dog", "the green grass"] and stats.cut == 1 and stats.failures == 0
+    text, cut = C.concept_source(long)
+    assert cut and len(text) <= C.MAX_PARSE_CHARS and naive_clean(long).startswith(text)
+    assert naive_clean(long)[len(text)] == " "  # cut at a space: no word split
+    assert C.cut_for_parsing("x" * 20, 8) == ("x" * 8, True)  # no space at all: a hard cut
+    assert C.cut_for_parsing("ab cd", 5) == ("ab cd", False)
+    assert C.cut_for_parsing("ab cd ef", 5) == ("ab cd", True)
+    assert "captions cut" in stats.summary()
+
+
+def test_cli_shard_with_a_huge_caption_keeps_every_sample(tmp_path, capsys):
+    """The issue's example: 6 samples, one caption of 1,100,000 characters."""
+    captions = ["a red car", "two cats on a sofa", "x " * 550_000, "a dog", "a green tree", "a blue boat"]
+    src = tmp_path / "s.tar"
+    make_shard(src, [(f"k{i}", [("jpg", b"x"), ("txt", c.encode())]) for i, c in enumerate(captions)])
+    code, text = run_cli([src, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0 and "captions: 6" in text and "failures: 0" in text
+    assert f"over {C.MAX_PARSE_CHARS} characters after cleaning, parsed up to there): 1" in text
+    got = [json.loads(d)["concepts"] for m, d in read_members(tmp_path / "out" / "s.tar") if m.name.endswith(".json")]
+    assert len(got) == 6 and got[0] == ["a red car"] and got[5] == ["a blue boat"]
+
+
+@pytest.mark.parametrize("caption", ["!!!", "...", "- -", "&amp;", "&lt;&gt;"])
+def test_caption_without_text_after_cleaning_is_a_named_failure(tmp_path, caption, capsys):
+    with pytest.raises(C.CaptionError, match=r"img-1.*no letter or digit"):
+        C.extract_concepts(["a dog", caption], names=["img-0", "img-1"])
+    src = tmp_path / "p.tar"
+    make_shard(src, [("good", [("txt", b"a dog")]), ("bad", [("txt", caption.encode())])])
+    with pytest.raises(SystemExit, match=re.escape(str(src)) + r": sample 'bad'.*no letter or digit"):
+        run_cli([src, "--output-dir", tmp_path / "out"])
+    code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 1 and "failures: 1" in text and "'bad'" in text and "captions: 1" in text
+
+
+class FailingExtractor(C.ConceptExtractor):
+    """spaCy raising on any text containing BOOM (stands for a caption spaCy cannot handle)."""
+
+    @property
+    def nlp(self):
+        nlp = C.load_spacy(self.spacy_model)
+
+        class Proxy:
+            def pipe(self, texts, **kw):
+                for doc in nlp.pipe(texts, **kw):
+                    if "boom" in doc.text:
+                        raise ValueError("[E999] cannot parse")
+                    yield doc
+
+            def __call__(self, text):
+                if "boom" in text:
+                    raise ValueError("[E999] cannot parse")
+                return nlp(text)
+        return Proxy()
+
+
+def test_a_caption_spacy_fails_on_fails_alone(coco):
+    captions = coco[:5] + ["a BOOM box"] + coco[5:10]
+    out = list(FailingExtractor(batch_size=4).pipe((c, i) for i, c in enumerate(captions)))
+    assert [i for _, i in out] == list(range(11))
+    assert isinstance(out[5][0], C.CaptionError) and "E999" in str(out[5][0])
+    assert [c for c, _ in out[:5] + out[6:]] == C.extract_concepts(coco[:10])
+    with pytest.raises(C.CaptionError, match=r"caption #5: spaCy failed.*E999"):
+        FailingExtractor(batch_size=4)(captions)
+
+
+# ------------------------------------------------------------------------------------------------
+# Damaged shards: salvaged, detected, counted
+
+def eight_sample_shard(path):
+    make_shard(path, [(f"s{i}", [("jpg", os.urandom(700)), ("txt", f"a red car number {i}".encode())])
+                      for i in range(8)])
+    with tarfile.open(path) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+@pytest.mark.parametrize("cut, lost, complete", [
+    ("inside-member", "s5", 5),       # inside s5's jpg data
+    ("at-header", "s4", 4),           # at the header of s4.txt: s4 may be incomplete
+    ("inside-header", "s4", 4),       # half of s4.txt's header
+    ("no-end-blocks", "s7", 7),       # every member written, the writer killed before the end blocks
+    ("half-end-blocks", None, 8),     # one of the two end blocks: every sample is complete
+])
+def test_cli_damaged_tar_detected_salvaged_and_counted(tmp_path, capsys, cut, lost, complete):
+    src = tmp_path / "d.tar"
+    members = eight_sample_shard(src)
+    blob = src.read_bytes()
+    last = members["s7.txt"]
+    end = {"inside-member": members["s5.jpg"].offset_data + 300,
+           "at-header": members["s4.txt"].offset,
+           "inside-header": members["s4.txt"].offset + 200,
+           "no-end-blocks": last.offset_data + 512,
+           "half-end-blocks": last.offset_data + 1024}[cut]
+    src.write_bytes(blob[:end])
+    with pytest.raises(SystemExit) as info:
+        run_cli([src, "--output-dir", tmp_path / "out"])
+    message = str(info.value)
+    assert str(src) in message and "truncated or damaged tar" in message
+    assert (f"sample {lost!r}" in message) if lost else "anything after it is lost" in message
+    assert not (tmp_path / "out" / "d.tar").exists()
+
+    code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 1 and "failures: 1" in text and f"samples salvaged from truncated shards: {complete}" in text
+    assert f"captions: {complete}" in text
+    got = read_members(tmp_path / "out" / "d.tar")  # a complete tar of the complete samples
+    assert sorted({m.name.split(".")[0] for m, _ in got}) == [f"s{i}" for i in range(complete)]
+    assert sum(m.name.endswith(".json") for m, _ in got) == complete
+
+
+def test_complete_tar_reads_without_damage_report(tmp_path):
+    from open_clip_c2lip.shards import iter_tar_samples
+    src = tmp_path / "ok.tar"
+    eight_sample_shard(src)
+    assert [s.key for s in iter_tar_samples(str(src))] == [f"s{i}" for i in range(8)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Exit status and start-up checks
+
+def test_cli_exit_status_tells_the_truth(tmp_path, coco, capsys):
+    src = tmp_path / "ok.tar"
+    make_shard(src, shard_samples(coco, 0, 3))
+    # a mistyped spaCy model stops before any file, whatever --on-error says
+    for on_error in ("raise", "skip"):
+        with pytest.raises(SystemExit, match="en_core_web_smm.*not installed"):
+            run_cli([src, "--output-dir", tmp_path / "o1", "--spacy-model", "en_core_web_smm", "--on-error", on_error])
+    # --output-dir that is a file / that cannot be created
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match="afile: exists and is not a directory"):
+        run_cli([src, "--output-dir", tmp_path / "afile", "--on-error", "skip"])
+    with pytest.raises(SystemExit, match="cannot write there"):
+        run_cli([src, "--output-dir", tmp_path / "afile" / "sub", "--on-error", "skip"])
+    # every file failed -> 1, one failed of two -> 1, none failed -> 0
+    empty = tmp_path / "empty.tar"
+    make_shard(empty, [])
+    code, text = run_cli([empty, "--output-dir", tmp_path / "o2", "--on-error", "skip"], capsys)
+    assert code == 1 and "0 written" in text and "1 failed" in text
+    code, _ = run_cli([empty, src, "--output-dir", tmp_path / "o3", "--on-error", "skip"], capsys)
+    assert code == 1 and (tmp_path / "o3" / "ok.tar").exists()
+    code, _ = run_cli([src, "--output-dir", tmp_path / "o4"], capsys)
+    assert code == 0
+
+
+def test_cli_exit_status_in_a_real_process(tmp_path):
+    """The status reaches the shell: python -m open_clip_c2lip.concepts exits 1 after a skipped failure."""
+    src = tmp_path / "b.tar"
+    make_shard(src, [("good", [("txt", b"a dog")]), ("bad", [("txt", b"   ")])])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "open_clip_c2lip.concepts", str(src), "--output-dir",
+                             str(tmp_path / "out"), "--on-error", "skip", "--quiet"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1 and "FAILED: 1 failure" in result.stderr and "'bad'" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables: one reader, one rule, open_clip's separator
+
+NA_LIKE = ["N/A", "NA", "None", "null", "nan", "NaN", "#N/A", "NULL", "<NA>"]
+
+
+def test_na_like_captions_are_text_in_cli_and_training_reader(tmp_path):
+    """A caption 'N/A' is text for the CLI and for training's CSV reader alike (one reader)."""
+    from open_clip_c2lip.data import ConceptCsvDataset
+
+    src = tmp_path / "train.csv"  # tab-separated, as open_clip_train reads by default
+    rows = ["filepath\ttitle"] + [f"img/{i}.jpg\t{c}" for i, c in enumerate(NA_LIKE + ["a red ball"])]
+    src.write_text("\n".join(rows) + "\n")
+    assert C.main([str(src), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 0
+    out = tmp_path / "out" / "train.csv"
+    dataset = ConceptCsvDataset(str(out), None, "filepath", "title", sep="\t")
+    assert dataset.captions == NA_LIKE + ["a red ball"]
+    assert all(concepts for concepts in dataset.concepts)  # every row annotated, read back as given
+    assert dataset.concepts == C.extract_concepts(NA_LIKE + ["a red ball"])
+
+
+@pytest.mark.parametrize("sep, flag", [("\t", None), ("\t", "\\t"), (",", ","), (";", ";"), ("|", "|")])
+def test_cli_csv_separator_matches_open_clip(tmp_path, sep, flag):
+    src = tmp_path / "t.csv"  # the extension says nothing about the separator (open_clip_train neither)
+    src.write_text(sep.join(["filepath", "title"]) + "\n" + sep.join(["a.jpg", "a red ball"]) + "\n")
+    extra = ["--csv-separator", flag] if flag else []
+    assert C.main([str(src), "--output-dir", str(tmp_path / "out"), "--quiet"] + extra) == 0
+    read = pd.read_csv(tmp_path / "out" / "t.csv", sep=sep, dtype=str)
+    assert list(read.columns) == ["filepath", "title", "concepts"] and read["concepts"][0] == '["a red ball"]'
+
+
+@pytest.mark.parametrize("sep, flag, hint", [(",", None, "','"), ("\t", ",", "'\\t'"), (";", None, "';'")])
+def test_cli_wrong_separator_says_what_is_wrong(tmp_path, sep, flag, hint):
+    src = tmp_path / "t.csv"
+    src.write_text(sep.join(["filepath", "title"]) + "\n" + sep.join(["a.jpg", "a red ball"]) + "\n")
+    extra = ["--csv-separator", flag] if flag else []
+    with pytest.raises(SystemExit) as info:
+        C.main([str(src), "--output-dir", str(tmp_path / "out"), "--quiet"] + extra)
+    message = str(info.value)
+    assert str(src) in message and "no caption column" in message and f"--csv-separator {hint}" in message
+
+
+def test_cli_rejects_a_bad_separator(tmp_path):
+    with pytest.raises(SystemExit):
+        C.main(["x.csv", "--output-dir", str(tmp_path), "--csv-separator", ",,"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes end with their parent
+
+def _children(pid):
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == int(pid) and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("inputs", ["files", "batches"])
+def test_sigkill_of_the_cli_ends_its_workers(tmp_path, coco, inputs):
+    """SIGKILL the CLI (--processes 2) while its workers are busy: the workers end too, in bounded time.
+
+    The workers are held busy (annotation sleeps in them) so the kill surely finds them working."""
+    if inputs == "files":
+        for i in range(2):
+            make_shard(tmp_path / f"p{i}.tar", shard_samples(coco, 3 * i, 3))
+        paths = [str(tmp_path / "p0.tar"), str(tmp_path / "p1.tar")]
+        hold = "C.annotate_file = lambda *a, **k: time.sleep(600)"
+    else:  # one file: the workers parse batches
+        pd.DataFrame({"caption": coco[:64]}).to_csv(tmp_path / "t.csv", sep="\t", index=False)
+        paths = [str(tmp_path / "t.csv")]
+        hold = "C._parse_texts = lambda *a, **k: time.sleep(600)"
+    script = ("import sys, time\nfrom open_clip_c2lip import concepts as C\n" + hold +
+              "\nsys.exit(C.main(sys.argv[1:]))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    parent = subprocess.Popen([sys.executable, "-c", script, *paths, "--output-dir", str(tmp_path / "out"),
+                               "--processes", "2", "--batch-size", "8", "--quiet"], env=env)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+            workers = _children(parent.pid)
+        assert len(workers) >= 2, f"workers never started (exit {parent.poll()})"
+        time.sleep(1.0)  # let the pool hand them their (sleeping) tasks
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [w for w in workers if _alive(w)], "workers outlived their killed parent"
+    finally:
+        for pid in [parent.pid] + workers:  # only the processes this test started
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -102,7 +102,7 @@ def build_data(root: Path) -> dict:
 
     annotated = root / "annotated"
     status = concepts.main([str(root / "raw" / "train-{000000..000001}.tar"), str(raw_csv),
-                            "--output-dir", str(annotated), "--quiet"])
+                            "--output-dir", str(annotated), "--csv-separator", ",", "--quiet"])
     assert status == 0
     return {
         "shards": str(annotated / "train-{000000..000001}.tar"),
