@@ -116,10 +116,12 @@ def _expand_each_shard(shards, eof, stats: TextPacker):
             exc = failure[0]
             missing = isinstance(exc, FileNotFoundError) and num_files == 0
             stats.count("missing_shards" if missing else "unreadable_shards")
-            _logger.warning(
-                f"C2LIP: shard {url} {'does not exist' if missing else 'is unreadable'} "
-                f"({type(exc).__name__}: {exc.args[0] if exc.args else ''}); "
-                f"{num_files} files read from it, the rest skipped")
+            if missing:
+                _logger.warning(f"C2LIP: shard {url} does not exist; skipped")
+            else:
+                _logger.warning(
+                    f"C2LIP: shard {url} is unreadable ({type(exc).__name__}: {exc.args[0] if exc.args else ''}); "
+                    f"{num_files} files were read from it before the error, the rest of it is skipped")
             continue
         stats.count("shards_read")
         if num_files == 0:
