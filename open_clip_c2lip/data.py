@@ -13,19 +13,27 @@ bootstrap calls it when that module is imported; it is idempotent):
    tokenizer's place, so every sample's text is ``[1 + 2P, L]`` (``open_clip_c2lip.layout``):
 
    - webdataset: concepts come from ``json[concepts_key]`` (else the authors' ``nounphrases``).
-     Three stages of the train pipeline are located by identity (an error names any that moved):
+     Five stages of the train pipeline are located by identity (an error names any that moved):
      the concepts stage ``AttachConcepts`` is inserted before the ``map_dict`` stage, the decode
-     stage runs with a handler that names the shard and key of a sample it skips, and the shard
-     reader also warns about empty shards. Bad samples are skipped as upstream's nothrow policy
-     does, but each skip is logged with its shard and key and counted.
+     stage runs with a handler that names the shard and key of a sample it skips, the shard
+     reader names and counts missing / unreadable / empty shards, ``select(filter_no_caption_or_no_image)``
+     becomes ``DropIncomplete`` (names and counts what it drops) and ``batched`` runs inside
+     ``FullBatchGuard``: a pass that cannot fill one batch raises (naming its shards and counts)
+     instead of being restarted forever by ``with_epoch``; ``PassLog`` does the same for a
+     ``--dataset-resampled`` pass, which never ends by itself. Bad samples are skipped as upstream's
+     nothrow policy does, but each skip is logged with its shard and key and counted.
    - CSV: ``ConceptCsvDataset`` replaces ``CsvDataset`` for the train build only; the concepts
      column holds a JSON list of strings per row and is validated when the dataset is built
      (errors name the file and row).
    - synthetic: concepts are extracted on the fly.
 
    A sample without concepts has them extracted on the fly with spaCy (slow: warned once per
-   process, counted). Counters live in the packer of each DataLoader worker (``TextPacker.stats``,
-   logged every ``log_every`` samples; webdataset workers also log them at the end of each pass).
+   process, counted); whenever that can happen, the model is loaded and tried at start-up
+   (``check_concept_extraction``). Missing local shards are named at start-up
+   (``check_local_shards``); a train split without one full batch is an error (``check_batches``).
+   Counters: each DataLoader worker's packer (``TextPacker.stats``, logged every ``log_every``
+   samples and at the end of each webdataset pass) also adds them to a shared table
+   (``open_clip_c2lip.counters``), which the training process logs at the end of every epoch.
 """
 import copy
 import functools
