@@ -269,7 +269,7 @@ class PassLog:
         self.start()
 
     def start(self) -> None:
-        self.shards: List[str] = []
+        self.shards: Dict[str, None] = {}  # distinct URLs read in this pass, in order (bounded by the list)
         self.usable = 0           # samples that reached the batcher
         self.left_buffer = 0      # samples that left the sample shuffle buffer (judged downstream)
         self.batches = 0
@@ -285,11 +285,13 @@ class PassLog:
         for shard in shards:
             if self.resampled_shards is not None:
                 self._check_resampled()
-            self.shards.append(shard.get("url"))
+            self.shards[shard.get("url")] = None
             yield shard
 
     def _check_resampled(self) -> None:
-        if self.usable or not self.resampled_shards.issubset(self.shards):
+        # cheap while a resampled pass trains (usable > 0): this runs once per shard drawn
+        if (self.usable or len(self.shards) < len(self.resampled_shards)
+                or not self.resampled_shards.issubset(self.shards)):
             return
         read = self.counts().get("samples_read", 0)
         if self._read_at_coverage is None:
@@ -301,7 +303,7 @@ class PassLog:
 
     def describe(self, what: str) -> str:
         counts = self.counts()
-        shards = list(dict.fromkeys(self.shards))
+        shards = list(self.shards)
         listing = ", ".join(str(url) for url in shards[:10]) + (f" and {len(shards) - 10} more" if len(shards) > 10 else "")
         hint = "; or lower --batch-size" if self.usable else ""
         if self.num_workers > 1 and self.resampled_shards is None:
