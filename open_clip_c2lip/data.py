@@ -13,19 +13,27 @@ bootstrap calls it when that module is imported; it is idempotent):
    tokenizer's place, so every sample's text is ``[1 + 2P, L]`` (``open_clip_c2lip.layout``):
 
    - webdataset: concepts come from ``json[concepts_key]`` (else the authors' ``nounphrases``).
-     Three stages of the train pipeline are located by identity (an error names any that moved):
+     Five stages of the train pipeline are located by identity (an error names any that moved):
      the concepts stage ``AttachConcepts`` is inserted before the ``map_dict`` stage, the decode
-     stage runs with a handler that names the shard and key of a sample it skips, and the shard
-     reader also warns about empty shards. Bad samples are skipped as upstream's nothrow policy
-     does, but each skip is logged with its shard and key and counted.
+     stage runs with a handler that names the shard and key of a sample it skips, the shard
+     reader names and counts missing / unreadable / empty shards, ``select(filter_no_caption_or_no_image)``
+     becomes ``DropIncomplete`` (names and counts what it drops) and ``batched`` runs inside
+     ``FullBatchGuard``: a pass that cannot fill one batch raises (naming its shards and counts)
+     instead of being restarted forever by ``with_epoch``; ``PassLog`` does the same for a
+     ``--dataset-resampled`` pass, which never ends by itself. Bad samples are skipped as upstream's
+     nothrow policy does, but each skip is logged with its shard and key and counted.
    - CSV: ``ConceptCsvDataset`` replaces ``CsvDataset`` for the train build only; the concepts
      column holds a JSON list of strings per row and is validated when the dataset is built
      (errors name the file and row).
    - synthetic: concepts are extracted on the fly.
 
    A sample without concepts has them extracted on the fly with spaCy (slow: warned once per
-   process, counted). Counters live in the packer of each DataLoader worker (``TextPacker.stats``,
-   logged every ``log_every`` samples; webdataset workers also log them at the end of each pass).
+   process, counted); whenever that can happen, the model is loaded and tried at start-up
+   (``check_concept_extraction``). Missing local shards are named at start-up
+   (``check_local_shards``); a train split without one full batch is an error (``check_batches``).
+   Counters: each DataLoader worker's packer (``TextPacker.stats``, logged every ``log_every``
+   samples and at the end of each webdataset pass) also adds them to a shared table
+   (``open_clip_c2lip.counters``), which the training process logs at the end of every epoch.
 """
 import copy
 import functools
@@ -33,13 +41,17 @@ import inspect
 import json
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import os
+import re
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
 
 from . import runtime
 from .concepts import MAX_PARSE_CHARS
+from .counters import CountingPacker, ReportingLoader, SharedCounters, process_label
 from .packing import SpacyConceptExtractor, TextPacker
 
 AUTHORS_CONCEPTS_KEY = "nounphrases"
@@ -62,36 +74,68 @@ def _eof_kwargs(tar_file_expander) -> Tuple[Tuple[str, Any], ...]:
     return (("eof_value", None),) if "eof_value" in parameters else ()
 
 
-def tarfile_to_samples_nothrow(src, handler=None, stats: Optional[TextPacker] = None):
+def tarfile_to_samples_nothrow(src, handler=None, stats: Optional[TextPacker] = None,
+                               passes: Optional["PassLog"] = None):
     """open_clip_train's ``tarfile_to_samples_nothrow`` without webdataset's end-of-shard marker.
 
-    With ``stats`` (a packer: C2LIP train pipelines), each shard is expanded on its own so that a
-    shard without a single file is logged by name and counted (``empty_shards``).
+    With ``stats`` (a packer: C2LIP train pipelines), each shard is opened and expanded on its own so
+    that a missing, unreadable or empty shard is logged by name and counted (``missing_shards``,
+    ``unreadable_shards``, ``empty_shards``; ``shards_read``, ``samples_read``); ``passes`` (a
+    ``PassLog``) records the shards of the current pass and stops a resampled pass that can never
+    yield a sample.
     """
     from open_clip_train import data as upstream
 
     handler = handler or upstream.log_and_continue
     eof = dict(_eof_kwargs(upstream.tar_file_expander))
-    streams = upstream.url_opener(src, handler=handler)
     if stats is None:
+        streams = upstream.url_opener(src, handler=handler)
         files = upstream.tar_file_expander(streams, handler=handler, **eof)
-    else:
-        files = _expand_each_shard(streams, handler, eof, stats)
-    return upstream.group_by_keys_nothrow(files, handler=handler)
+        return upstream.group_by_keys_nothrow(files, handler=handler)
+    shards = passes.track(src) if passes is not None else src
+    files = _expand_each_shard(shards, eof, stats)
+    return _count(upstream.group_by_keys_nothrow(files, handler=handler), stats, "samples_read")
 
 
-def _expand_each_shard(streams, handler, eof, stats: TextPacker):
+def _count(samples, stats: TextPacker, key: str):
+    for sample in samples:
+        stats.count(key)
+        yield sample
+
+
+def _expand_each_shard(shards, eof, stats: TextPacker):
+    """Open and expand shard by shard; count and name each shard that is missing, unreadable or empty."""
     from open_clip_train import data as upstream
 
-    for stream in streams:
+    for shard in shards:
+        url = shard.get("url")
+        failure: List[Exception] = []
+
+        def record(exc: Exception) -> bool:
+            if not failure:  # one count per shard, however many errors it raises
+                failure.append(exc)
+            return True
+
         num_files = 0
-        for filesample in upstream.tar_file_expander([stream], handler=handler, **eof):
+        streams = upstream.url_opener([shard], handler=record)
+        for filesample in upstream.tar_file_expander(streams, handler=record, **eof):
             num_files += 1
             yield filesample
+        if failure:
+            exc = failure[0]
+            missing = isinstance(exc, FileNotFoundError) and num_files == 0
+            stats.count("missing_shards" if missing else "unreadable_shards")
+            if missing:
+                _logger.warning(f"C2LIP: shard {url} does not exist; skipped")
+            else:
+                _logger.warning(
+                    f"C2LIP: shard {url} is unreadable ({type(exc).__name__}: {exc.args[0] if exc.args else ''}); "
+                    f"{num_files} files were read from it before the error, the rest of it is skipped")
+            continue
         stats.count("shards_read")
         if num_files == 0:
             stats.count("empty_shards")
-            _logger.warning(f"C2LIP: shard {stream.get('url')} holds no samples (empty or unreadable)")
+            _logger.warning(f"C2LIP: shard {url} holds no samples (empty or unreadable)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,8 +175,8 @@ class AttachConcepts:
     """wds stage before ``map_dict``: ``sample["text"]`` -> ``(caption, concepts)`` for the packer.
 
     Bad samples are skipped (upstream's nothrow policy for train shards), logged with shard and key
-    and counted (``skipped_bad_samples``). At the end of a pass the worker's counters are logged;
-    a pass without one sample raises (upstream would otherwise loop forever on empty data).
+    and counted (``skipped_bad_samples``). At the end of a pass the worker's counters are logged
+    (a pass that cannot fill one batch is stopped by ``FullBatchGuard``).
     """
 
     def __init__(self, packer: TextPacker, concepts_key: str):
@@ -140,7 +184,6 @@ class AttachConcepts:
         self.concepts_key = concepts_key
 
     def __call__(self, src):
-        yielded = 0
         for sample in src:
             try:
                 sample["text"] = sample_text(sample, self.concepts_key)
@@ -151,13 +194,8 @@ class AttachConcepts:
             if sample["text"][1] is None and len(sample["text"][0]) > MAX_PARSE_CHARS:
                 _logger.warning(f"C2LIP: {_where(sample)}: caption of {len(sample['text'][0])} characters; "
                                 f"its concepts are parsed from the first {MAX_PARSE_CHARS} after cleaning")
-            yielded += 1
             yield sample
         self.packer.log_summary("end of this worker's pass over its shards")
-        if yielded == 0:
-            raise RuntimeError(
-                "C2LIP: a full pass over this worker's training shards gave no usable sample (empty shards "
-                f"or only bad samples; see the warnings above). Counters: {self.packer.stats}")
 
 
 def _skip_and_report(exc: Exception, current: Dict[str, Any], stats: TextPacker, stage: str) -> bool:
@@ -214,6 +252,133 @@ def _is_filter(stage, function) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
+# Passes: no input may make training hang
+
+class PassLog:
+    """What one worker's current pass over its shards has read; shared by the reader, ``DropIncomplete``
+    and ``FullBatchGuard`` of one pipeline (so of one process), reset when a pass starts.
+
+    ``resampled_shards``: for ``--dataset-resampled``, the distinct shard URLs the sampler draws from
+    (weight > 0). Such a pass never ends by itself: once every one of them has been read in the pass,
+    no sample was usable and every sample read by then has left the shuffle buffer (so has been
+    judged), ``track`` raises instead of drawing shards forever.
+    """
+
+    def __init__(self, stats: TextPacker, batch_size: int, num_workers: int = 0,
+                 resampled_shards: Optional[Sequence[str]] = None):
+        self.stats = stats
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.resampled_shards = frozenset(resampled_shards) if resampled_shards else None
+        self.start()
+
+    def start(self) -> None:
+        self.shards: Dict[str, None] = {}  # distinct URLs read in this pass, in order (bounded by the list)
+        self.usable = 0           # samples that reached the batcher
+        self.left_buffer = 0      # samples that left the sample shuffle buffer (judged downstream)
+        self.batches = 0
+        self._at_start = dict(self.stats.stats)
+        self._read_at_coverage: Optional[int] = None
+
+    def counts(self) -> Dict[str, int]:
+        """The worker's counters for this pass only."""
+        return {key: value - self._at_start.get(key, 0) for key, value in self.stats.stats.items()}
+
+    def track(self, shards):
+        """Pass-through of the shard dicts that records their URLs (and stops a hopeless resampled pass)."""
+        for shard in shards:
+            if self.resampled_shards is not None:
+                self._check_resampled()
+            self.shards[shard.get("url")] = None
+            yield shard
+
+    def _check_resampled(self) -> None:
+        # cheap while a resampled pass trains (usable > 0): this runs once per shard drawn
+        if (self.usable or len(self.shards) < len(self.resampled_shards)
+                or not self.resampled_shards.issubset(self.shards)):
+            return
+        read = self.counts().get("samples_read", 0)
+        if self._read_at_coverage is None:
+            self._read_at_coverage = read
+        if read == 0 or self.left_buffer >= self._read_at_coverage:
+            raise RuntimeError(self.describe(
+                f"every one of the {len(self.resampled_shards)} shards of --train-data was drawn "
+                "(--dataset-resampled) and not one sample was usable"))
+
+    def describe(self, what: str) -> str:
+        counts = self.counts()
+        shards = list(self.shards)
+        listing = ", ".join(str(url) for url in shards[:10]) + (f" and {len(shards) - 10} more" if len(shards) > 10 else "")
+        hint = "; or lower --batch-size" if self.usable else ""
+        if self.num_workers > 1 and self.resampled_shards is None:
+            hint += "; or use fewer --workers (each worker reads only its share of the shards)"
+        return (
+            f"C2LIP: training cannot fill a batch [{process_label()}]: {what}. This pass read {len(shards)} "
+            f"shard(s): {listing}. Shards: missing={counts.get('missing_shards', 0)}, "
+            f"unreadable={counts.get('unreadable_shards', 0)}, empty={counts.get('empty_shards', 0)}. "
+            f"Samples: read={counts.get('samples_read', 0)}, skipped incomplete="
+            f"{counts.get('skipped_incomplete', 0)}, undecodable={counts.get('skipped_undecodable', 0)}, "
+            f"bad={counts.get('skipped_bad_samples', 0)}, usable={self.usable}; --batch-size {self.batch_size} "
+            "(open_clip_train drops a short last batch and would restart this pass forever). Fix or remove "
+            f"the shards and samples named in the warnings above{hint}.")
+
+
+class DropIncomplete:
+    """Upstream's ``select(filter_no_caption_or_no_image)`` stage, naming and counting what it drops
+    (``skipped_incomplete``); it is the stage right after the sample shuffle buffer, so it also
+    counts the samples that left that buffer (``PassLog.left_buffer``)."""
+
+    def __init__(self, predicate: Callable[[Dict[str, Any]], bool], stats: TextPacker, passes: PassLog):
+        self.predicate = predicate
+        self.stats = stats
+        self.passes = passes
+
+    def __call__(self, src):
+        for sample in src:
+            self.passes.left_buffer += 1
+            if self.predicate(sample):
+                yield sample
+                continue
+            self.stats.count("skipped_incomplete")
+            files = sorted(k for k in sample if not k.startswith("__"))
+            _logger.warning(f"C2LIP: skipping sample ({_where(sample)}): no image (jpg/jpeg/png/webp) or no "
+                            f"caption (txt) file; it has {files}")
+
+
+class FullBatchGuard:
+    """Runs upstream's train ``batched`` stage; a pass that ends without one full batch raises.
+
+    open_clip_train batches train data with ``partial=False`` and repeats passes until the epoch's
+    batch count (``with_epoch``), so a pass without a full batch would be restarted forever. A pass
+    that ends after at least one batch is counted (``rollovers``): the epoch goes on with repeated
+    samples, as upstream.
+    """
+
+    def __init__(self, stage, passes: PassLog):
+        self.stage = stage
+        self.passes = passes
+
+    def __call__(self, src):
+        passes = self.passes
+        passes.start()
+
+        def tap(samples):
+            for sample in samples:
+                passes.usable += 1
+                yield sample
+
+        for batch in self.stage(tap(src)):
+            passes.batches += 1
+            yield batch
+        if passes.batches == 0:
+            what = ("a full pass over this worker's shards gave no usable sample" if not passes.usable else
+                    f"a full pass over this worker's shards gave {passes.usable} usable sample(s), fewer "
+                    f"than one batch")
+            raise RuntimeError(passes.describe(what))
+        passes.stats.count("rollovers")
+
+
+# ------------------------------------------------------------------------------------------------
 # Train builders, one per upstream dataset function
 
 def _build_wds_train(upstream, args, preprocess, epoch, packer: TextPacker, config) -> Any:
@@ -221,8 +386,18 @@ def _build_wds_train(upstream, args, preprocess, epoch, packer: TextPacker, conf
 
     info = upstream.get_wds_dataset(args, preprocess, is_train=True, epoch=epoch, tokenizer=packer)
     stages = _sample_stages(info)
+    resampled = None
+    if getattr(args, "dataset_resampled", False):
+        urls, weights = upstream.expand_urls(args.train_data, args.train_data_upsampling_factors)
+        resampled = [url for i, url in enumerate(urls) if weights is None or weights[i] > 0]
+    passes = PassLog(packer, args.batch_size, args.workers, resampled)
     reader = _stage_index(stages, lambda s: s is upstream.tarfile_to_samples_nothrow, "tarfile_to_samples_nothrow")
-    stages[reader] = functools.partial(tarfile_to_samples_nothrow, stats=packer)
+    stages[reader] = functools.partial(tarfile_to_samples_nothrow, stats=packer, passes=passes)
+    select = _stage_index(stages, lambda s: _is_filter(s, filters._select)
+                          and s.args[:1] == (upstream.filter_no_caption_or_no_image,), "select(filter_no_caption_or_no_image)")
+    stages[select] = DropIncomplete(upstream.filter_no_caption_or_no_image, packer, passes)
+    batched = _stage_index(stages, lambda s: _is_filter(s, filters._batched), "batched")
+    stages[batched] = FullBatchGuard(stages[batched], passes)
     decode = _stage_index(stages, lambda s: _is_filter(s, filters._decode), "decode")
     stages[decode] = ReportSkips(stages[decode], packer, "decode")
     map_dict = _stage_index(stages, lambda s: _is_filter(s, filters._map_dict), "map_dict")
@@ -254,8 +429,8 @@ TRAIN_BUILDERS: Dict[str, Callable] = {
 
 def make_packer(tokenizer, config: runtime.C2LIPConfig) -> TextPacker:
     """The train-split packer for the runtime config (spaCy extraction for samples without concepts)."""
-    return TextPacker(tokenizer, max_concepts=config.max_concepts,
-                      concept_extractor=SpacyConceptExtractor(config.spacy_model))
+    return CountingPacker(tokenizer, max_concepts=config.max_concepts,
+                          concept_extractor=SpacyConceptExtractor(config.spacy_model))
 
 
 def get_c2lip_data(upstream, original_get_data, args, preprocess_fns, epoch=0, tokenizer=None) -> Dict[str, Any]:
@@ -272,13 +447,89 @@ def get_c2lip_data(upstream, original_get_data, args, preprocess_fns, epoch=0, t
             raise NotImplementedError(
                 f"C2LIP cannot pack train data built by {getattr(dataset_fn, '__name__', dataset_fn)!r}; "
                 f"supported: {', '.join(TRAIN_BUILDERS)}")
+        if dataset_fn is upstream.get_wds_dataset:
+            check_local_shards(upstream, args.train_data)
         packer = make_packer(tokenizer, config)
-        data["train"] = builder(upstream, args, preprocess_fns[0], epoch, packer, config)
-        data["train"].c2lip_packer = packer  # this process's counters (each worker has its own copy)
+        packer.counters = SharedCounters(args.workers)
+        info = builder(upstream, args, preprocess_fns[0], epoch, packer, config)
+        check_batches(info, args)
+        if may_extract_concepts(info):
+            check_concept_extraction(packer, config)
+        info.c2lip_packer = packer  # this process's counters (each worker has its own copy)
+        info.c2lip_counters = packer.counters  # all processes' counters
+        info.dataloader = ReportingLoader(info.dataloader, packer.counters, epoch)
+        data["train"] = info
         _logger.info(
             f"C2LIP: train texts packed as [1 + 2*{config.max_concepts}, L] rows; concepts from "
             f"{config.concepts_key!r} (or {AUTHORS_CONCEPTS_KEY!r}), spaCy {config.spacy_model!r} when missing")
     return dict(sorted(data.items(), key=lambda item: item[0] != "train"))  # train first, as upstream
+
+
+# ------------------------------------------------------------------------------------------------
+# Start-up checks (main process, once per get_data call)
+
+_REMOTE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # pipe:, s3:, http(s): ... (2+ letters: not C:)
+PROBE_CAPTION = "a brown dog runs on the green grass."
+
+
+def check_local_shards(upstream, train_data: str) -> List[str]:
+    """Local shard files of ``--train-data`` that do not exist (remote URLs are not checked).
+
+    Policy (as open_clip_train's nothrow reader, which img2dataset-style gapped shard lists rely on):
+    missing shards are skipped, but loudly — named here at start-up, counted as ``missing_shards`` at
+    every pass and in each epoch's data report. When every local shard is missing there is nothing to
+    train on: ``FileNotFoundError``.
+    """
+    urls, _ = upstream.expand_urls(train_data)
+    local = [url[len("file:"):] if url.startswith("file:") else url for url in urls
+             if url.startswith("file:") or not _REMOTE_URL.match(url)]
+    missing = [path for path in local if not os.path.isfile(path)]
+    if missing and len(missing) == len(urls):
+        raise FileNotFoundError(
+            f"C2LIP: none of the {len(urls)} shard(s) of --train-data {train_data!r} exists "
+            f"(first: {missing[0]})")
+    if missing:
+        listing = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        _logger.warning(
+            f"C2LIP: {len(missing)} of the {len(urls)} shard(s) of --train-data do not exist and will be "
+            f"skipped: {listing}. Each epoch's batches (--train-num-samples / sizes.json) are then made up by "
+            "repeating samples of the other shards; the epoch data report counts them as missing_shards.")
+    return missing
+
+
+def check_batches(info, args) -> None:
+    """A train split that cannot yield a single full batch is an error (open_clip_train drops the
+    short last batch: CSV gives 0 steps, webdataset would loop)."""
+    num_batches = getattr(info.dataloader, "num_batches", None)
+    if num_batches == 0:
+        num_samples = getattr(info.dataloader, "num_samples", "?")
+        raise ValueError(
+            f"C2LIP: --train-data {args.train_data!r} gives no full training batch: {num_samples} samples, "
+            f"--batch-size {args.batch_size} x world size {args.world_size} (the last, short batch is dropped)")
+
+
+def may_extract_concepts(info) -> bool:
+    """Whether samples without concepts can reach the packer (CSV: a row without concepts; else: yes)."""
+    dataset = getattr(info.dataloader, "dataset", None)
+    rows = getattr(dataset, "concepts", None)
+    if isinstance(dataset, ConceptCsvDataset) and isinstance(rows, list):
+        return any(concepts is None for concepts in rows)
+    return True
+
+
+def check_concept_extraction(packer: TextPacker, config: runtime.C2LIPConfig) -> None:
+    """Extract the concepts of one caption now, so that a missing or broken spaCy model is an error at
+    start-up, not at the first sample without concepts (hours in, in a worker). Loads spaCy once in
+    this process; forked DataLoader workers inherit it."""
+    start = time.perf_counter()
+    try:
+        concepts = packer.concept_extractor([PROBE_CAPTION])
+    except Exception as exc:
+        raise RuntimeError(
+            f"C2LIP: concepts missing from the training data are extracted on the fly with spaCy "
+            f"(--c2lip-spacy-model {config.spacy_model!r}), and that fails: {exc}") from exc
+    _logger.info(f"C2LIP: on-the-fly concept extraction ready (spaCy {config.spacy_model!r}, "
+                 f"{time.perf_counter() - start:.1f} s; {PROBE_CAPTION!r} -> {concepts[0]})")
 
 
 # ------------------------------------------------------------------------------------------------

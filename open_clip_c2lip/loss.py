@@ -305,6 +305,9 @@ class C2LIPLoss(nn.Module):
             raise ValueError(f"xac_chunk_size must be >= 1, got {xac_chunk_size}")
         if not math.isfinite(xac_temperature):
             raise ValueError(f"xac_temperature must be finite, got {xac_temperature}")
+        for name, weight in (("npc_weight", npc_weight), ("xac_weight", xac_weight)):
+            if not (math.isfinite(weight) and weight >= 0):  # inf trains NaN (inf * 0 terms)
+                raise ValueError(f"{name} must be finite and >= 0, got {weight}")
         self.npc_weight = float(npc_weight)
         self.xac_weight = float(xac_weight)
         self.xac_temperature = float(xac_temperature)

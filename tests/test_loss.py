@@ -325,5 +325,11 @@ def test_bad_configuration_is_rejected():
         C2LIPLoss(rank=2, world_size=2)
     with pytest.raises(ValueError, match="xac_chunk_size"):
         C2LIPLoss(xac_chunk_size=0)
+    for name in ("npc_weight", "xac_weight"):
+        for bad in (float("inf"), float("nan"), -0.5):
+            with pytest.raises(ValueError, match=f"{name} must be finite and >= 0"):
+                C2LIPLoss(**{name: bad})
+    with pytest.raises(ValueError, match="xac_temperature must be finite"):
+        C2LIPLoss(xac_temperature=float("inf"))
     with pytest.raises(RuntimeError, match="torch.distributed"):
         call(C2LIPLoss(rank=0, world_size=2), make_batch())

