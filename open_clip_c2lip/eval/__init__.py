@@ -1,0 +1,51 @@
+"""Compositionality evaluation suite: SugarCrepe, SugarCrepe++, ARO VG-R / VG-A, Winoground.
+
+Reads the benchmarks' official files from local folders (never downloads) under one ``--data-root``::
+
+    val2017/                                    COCO 2017 val images (SugarCrepe, SugarCrepe++)
+    sugarcrepe/<split>.json                     RAIVNLab/sugar-crepe data/*.json
+    sugarcrepe_pp/<split>.json                  Sri-Harsha/scpp data/*.json
+    aro_vgr/visual_genome_relation.json + aro_vgr/images/
+    aro_vga/visual_genome_attribution.json + aro_vga/images/
+    winoground/examples.jsonl + winoground/images/
+
+Every distinct image (with its crop box) and every distinct caption is encoded once across all
+requested benchmarks; scores are cosine similarities of L2-normalized features. All comparisons
+are strict (``>``), as in the official scripts, so a tie counts as wrong.
+
+Output (values are fractions in [0, 1], ``n`` counts items)::
+
+    {"<benchmark>": {"<split>": {"<metric>": value, "n": items}, "_average": {...}}}
+
+- ``sugarcrepe``: ``acc`` per split; ``_average`` has ``micro`` (all items pooled), ``macro`` (mean
+  of split accuracies) and ``add`` / ``replace`` / ``swap``, each the *micro* average over the
+  items of that category's splits (the SugarCrepe authors' tables use micro averages).
+- ``sugarcrepe_pp``: ``itt`` and ``tot`` per split; ``_average`` holds their macro averages
+  (``itt``, ``tot``) and micro averages (``itt_micro``, ``tot_micro``).
+- ``aro_vgr`` / ``aro_vga``: ``acc`` per relation / attribute pair (``attr0_attr1``) on the image
+  cropped to the item's bbox; ``_average`` has ``acc`` (macro over the kept splits, the ARO
+  number) and ``acc_micro``. Splits with fewer than ``min_samples`` items are dropped (counted
+  and logged): 25 for VG-A (the ARO repository's ``VG_Attribution.evaluate_scores``), 0 for VG-R
+  (its ``VG_Relation.evaluate_scores`` keeps every relation); ``--aro-min-samples`` sets both.
+- ``winoground``: ``text``, ``image``, ``group`` per ``collapsed_tag`` (``all`` without tags);
+  ``_average`` is over all items (the official Winoground scores).
+
+CLI: ``python -m open_clip_c2lip.eval --model NAME --pretrained FILE --benchmark all
+--data-root DIR --output results.json``.
+
+One module per benchmark (``sugarcrepe``, ``sugarcrepe_pp``, ``aro``, ``winoground``), each
+registering its loader in the shared core (``core.BENCHMARKS``); ``encode`` computes features,
+``suite`` runs benchmarks, ``cli`` is the command line. The names below are the public API.
+"""
+from ..loading import (SIGLIP_PREPROCESS, add_model_args, is_plugin_model, load_model, model_kwargs,
+                       plugin_entry, plugin_preprocess_cfg, resolve_preprocess_cfg, tag_preprocess_cfg)
+from .core import (BENCHMARKS, ImageRef, Scorer, Vocabulary, list_benchmarks, register_benchmark,
+                   selection_correct)
+from .encode import PRECISIONS, autocast, encode_images, encode_texts
+# benchmark modules register themselves on import, in this order (the order of results)
+from .sugarcrepe import SUGARCREPE_SPLITS, load_sugarcrepe
+from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS, load_sugarcrepe_pp, sugarcrepe_pp_correct
+from .aro import load_aro_vga, load_aro_vgr
+from .winoground import load_winoground, winoground_correct
+from .suite import evaluate, expand_benchmarks, format_markdown
+from .cli import atomic_write_text, main, parse_args
