@@ -33,10 +33,11 @@ def test_cli_with_tiny_model_checkpoint(data_root, tmp_path, capsys):
             assert isinstance(metrics["n"], int) and metrics["n"] > 0
             if split != "_average":
                 assert set(metrics) == metric_keys[benchmark] | {"n"}
-            assert all(0 <= v <= 1 for k, v in metrics.items() if k != "n")
+            assert all(0 <= v <= 1 for k, v in metrics.items() if k != "n" and not k.startswith("n_"))
     assert set(results["sugarcrepe"]["_average"]) == {"micro", "macro", "add", "replace", "swap", "n"}
+    assert set(results["aro_vgr"]["_average"]) == {"acc", "acc_micro", "n", "acc_all_relations", "n_all_relations"}
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
-    assert len(rows) == sum(r["_average"]["n"] for r in results.values())
+    assert len(rows) == sum(r["_average"].get("n_all_relations", r["_average"]["n"]) for r in results.values())
     # the plain per-item check with the real model: SugarCrepe add_att through one encode per item
     loaded, preprocess, tokenizer = c2eval.load_model("C2LIP-Tiny", str(checkpoint))
     assert loaded.visual.preprocess_cfg["resize_mode"] == "squash"
@@ -52,3 +53,4 @@ def test_cli_with_tiny_model_checkpoint(data_root, tmp_path, capsys):
             assert by_id[key]["neg"] == pytest.approx(float(v @ t[1]), abs=1e-5)
     printed = capsys.readouterr().out
     assert "### sugarcrepe" in printed and "| swap_att |" in printed and "### winoground" in printed
+    assert "| acc | acc_micro | acc_all_relations | n | n_all_relations |" in printed

@@ -23,10 +23,14 @@ Output (values are fractions in [0, 1], ``n`` counts items)::
 - ``sugarcrepe_pp``: ``itt`` and ``tot`` per split; ``_average`` holds their macro averages
   (``itt``, ``tot``) and micro averages (``itt_micro``, ``tot_micro``).
 - ``aro_vgr`` / ``aro_vga``: ``acc`` per relation / attribute pair (``attr0_attr1``) on the image
-  cropped to the item's bbox; ``_average`` has ``acc`` (macro over the kept splits, the ARO
-  number) and ``acc_micro``. Splits with fewer than ``min_samples`` items are dropped (counted
-  and logged): 25 for VG-A (the ARO repository's ``VG_Attribution.evaluate_scores``), 0 for VG-R
-  (its ``VG_Relation.evaluate_scores`` keeps every relation); ``--aro-min-samples`` sets both.
+  cropped to the item's bbox. ``_average`` follows the published protocol (the ARO authors'
+  replication notebook): ``acc`` is the macro mean over splits, ``acc_micro`` the pooled items of
+  the same splits, ``n`` their items. VG-R leaves out the authors' fixed list of 157 relations
+  ("by", "near", "next to", "with", ...; ``aro_vgr_excluded_relations.json``) from those and also
+  reports ``acc_all_relations`` (macro over every relation) with ``n_all_relations``. VG-A leaves
+  out attribute pairs with fewer than 25 items (``VG_Attribution.evaluate_scores``); VG-R keeps
+  relations of any size. ``--aro-min-samples`` sets that threshold for both (dropped splits are
+  counted and logged).
 - ``winoground``: ``text``, ``image``, ``group`` per ``collapsed_tag`` (``all`` without tags);
   ``_average`` is over all items (the official Winoground scores).
 

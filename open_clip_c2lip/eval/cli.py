@@ -47,7 +47,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--aro-min-samples", type=int, default=None,
                         help="drop ARO relations / attribute pairs with fewer items from the averages "
-                             "(default: 0 for aro_vgr, 25 for aro_vga, as the ARO repository's code)")
+                             "(default: 0 for aro_vgr, 25 for aro_vga, as the ARO authors' published protocol)")
     parser.add_argument("--sugarcrepe-splits", nargs="+", default=None, choices=SUGARCREPE_SPLITS)
     parser.add_argument("--sugarcrepe-pp-splits", nargs="+", default=None, choices=SUGARCREPE_PP_SPLITS)
     parser.add_argument("--no-progress", action="store_true")

@@ -60,17 +60,24 @@ def evaluate(model, preprocess: Callable, tokenizer: Callable, benchmarks: Seque
     return (results, records) if return_scores else results
 
 
+def _is_count(key: str) -> bool:
+    return key == "n" or key.startswith("n_")
+
+
 def format_markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """Markdown tables (one per benchmark) of a results dict; metric values as percentages."""
+    """Markdown tables (one per benchmark) of a results dict; metric values as percentages, item
+    counts (``n``, ``n_*``) as they are."""
     lines = []
     for benchmark, splits in results.items():
-        metrics = []
+        metrics, counts = [], ["n"]
         for values in splits.values():
-            metrics += [k for k in values if k != "n" and k not in metrics]
-        lines += [f"### {benchmark}", "", "| split | " + " | ".join(metrics) + " | n |",
-                  "|---" * (len(metrics) + 2) + "|"]
+            metrics += [k for k in values if not _is_count(k) and k not in metrics]
+            counts += [k for k in values if _is_count(k) and k not in counts]
+        lines += [f"### {benchmark}", "", "| split | " + " | ".join(metrics + counts) + " |",
+                  "|---" * (len(metrics) + len(counts) + 1) + "|"]
         for split, values in splits.items():
             cells = [f"{100 * values[m]:.2f}" if values.get(m) is not None else "" for m in metrics]
-            lines.append(f"| {split} | " + " | ".join(cells) + f" | {values.get('n', '')} |")
+            cells += [str(values.get(c, "")) for c in counts]
+            lines.append(f"| {split} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
