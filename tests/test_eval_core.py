@@ -20,13 +20,20 @@ def test_selection_is_strict():
 def test_missing_and_bad_files_give_clear_errors(stub, data_root, tmp_path):
     model, preprocess, tokenizer = stub
     run = lambda root, names, **kw: c2eval.evaluate(model, preprocess, tokenizer, names, root, progress=False, **kw)
+    # a benchmark asked for by name whose files are all absent: which files were expected
+    with pytest.raises(FileNotFoundError, match=r"sugarcrepe: not found under .* \(expected sugarcrepe/add_att.json, "):
+        run(tmp_path, ["sugarcrepe"])
+    # annotations present but the image folder absent: a broken root, not a partial one
+    write_json(tmp_path / "sugarcrepe" / "add_att.json", {"7": {"filename": "x.jpg", "caption": "a",
+                                                                "negative_caption": "b"}})
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "val2017")):
         run(tmp_path, ["sugarcrepe"])
     (tmp_path / "val2017").mkdir()
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "sugarcrepe" / "add_att.json")):
-        run(tmp_path, ["sugarcrepe"])
+    # an explicitly requested split that is absent
+    with pytest.raises(FileNotFoundError, match=r"sugarcrepe: requested split file\(s\) not found under .*: "
+                                                r"sugarcrepe/swap_obj.json$"):
+        run(tmp_path, ["sugarcrepe"], options={"sugarcrepe": {"splits": ["add_att", "swap_obj"]}})
     # a 0-byte annotation (what clip_benchmark's failed wget leaves behind)
-    (tmp_path / "sugarcrepe").mkdir()
     (tmp_path / "sugarcrepe" / "swap_att.json").write_text("")
     with pytest.raises(ValueError, match="0-byte"):
         run(tmp_path, ["sugarcrepe"], options={"sugarcrepe": {"splits": ["swap_att"]}})

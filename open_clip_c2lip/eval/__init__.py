@@ -34,6 +34,11 @@ Output (values are fractions in [0, 1], ``n`` counts items)::
 - ``winoground``: ``text``, ``image``, ``group`` per ``collapsed_tag`` (``all`` without tags);
   ``_average`` is over all items (the official Winoground scores).
 
+A partial data root is fine: ``all`` (and a benchmark without a split list) evaluates what is
+present, logs what is absent and lists it under a top-level ``"_skipped": {"<benchmark>":
+["<absent annotation file>", ...]}``; a benchmark named explicitly, or a split given explicitly,
+that is absent is an error, and so is a request of which nothing is present.
+
 CLI: ``python -m open_clip_c2lip.eval --model NAME --pretrained FILE --benchmark all
 --data-root DIR --output results.json``.
 
@@ -43,7 +48,7 @@ registering its loader in the shared core (``core.BENCHMARKS``); ``encode`` comp
 """
 from ..loading import (SIGLIP_PREPROCESS, add_model_args, is_plugin_model, load_model, model_kwargs,
                        plugin_entry, plugin_preprocess_cfg, resolve_preprocess_cfg, tag_preprocess_cfg)
-from .core import (BENCHMARKS, ImageRef, Scorer, Vocabulary, list_benchmarks, register_benchmark,
+from .core import (BENCHMARK_FILES, BENCHMARKS, ImageRef, Scorer, Vocabulary, list_benchmarks, register_benchmark,
                    selection_correct)
 from .encode import PRECISIONS, autocast, encode_images, encode_texts
 # benchmark modules register themselves on import, in this order (the order of results)
@@ -51,5 +56,5 @@ from .sugarcrepe import SUGARCREPE_SPLITS, load_sugarcrepe
 from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS, load_sugarcrepe_pp, sugarcrepe_pp_correct
 from .aro import load_aro_vga, load_aro_vgr
 from .winoground import load_winoground, winoground_correct
-from .suite import evaluate, expand_benchmarks, format_markdown
+from .suite import evaluate, expand_benchmarks, format_markdown, plan_benchmarks
 from .cli import atomic_write_text, main, parse_args

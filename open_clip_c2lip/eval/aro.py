@@ -33,6 +33,8 @@ from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, 
 
 _logger = logging.getLogger(__name__)
 
+VGR_ANNOTATION = "visual_genome_relation.json"
+VGA_ANNOTATION = "visual_genome_attribution.json"
 VGR_EXCLUDED_RELATIONS_FILE = Path(__file__).resolve().parent / "aro_vgr_excluded_relations.json"
 VGR_DEFAULT_MIN_SAMPLES = 0  # VG_Relation.evaluate_scores keeps every relation
 VGA_DEFAULT_MIN_SAMPLES = 25  # VG_Attribution.evaluate_scores drops pairs with fewer items
@@ -125,7 +127,7 @@ def _attribute_pair_of(item, source, index) -> str:
     return f"{attributes[0]}_{attributes[1]}"
 
 
-@register_benchmark("aro_vgr")
+@register_benchmark("aro_vgr", files=lambda root: {"aro_vgr": Path(root) / "aro_vgr" / VGR_ANNOTATION})
 def load_aro_vgr(data_root: Path, images: Vocabulary, texts: Vocabulary, min_samples: Optional[int] = None,
                  excluded_relations: Optional[Iterable[str]] = None) -> Scorer:
     """ARO VG-Relation: ``aro_vgr/visual_genome_relation.json`` + ``aro_vgr/images/``; splits = relations.
@@ -133,13 +135,13 @@ def load_aro_vgr(data_root: Path, images: Vocabulary, texts: Vocabulary, min_sam
     ``excluded_relations`` (default: the published list, :func:`vgr_excluded_relations`; ``()``
     for none) are left out of ``acc``."""
     excluded = vgr_excluded_relations() if excluded_relations is None else excluded_relations
-    return _load_aro("aro_vgr", "visual_genome_relation.json", _relation_of, VGR_DEFAULT_MIN_SAMPLES,
+    return _load_aro("aro_vgr", VGR_ANNOTATION, _relation_of, VGR_DEFAULT_MIN_SAMPLES,
                      data_root, images, texts, min_samples, excluded)
 
 
-@register_benchmark("aro_vga")
+@register_benchmark("aro_vga", files=lambda root: {"aro_vga": Path(root) / "aro_vga" / VGA_ANNOTATION})
 def load_aro_vga(data_root: Path, images: Vocabulary, texts: Vocabulary,
                  min_samples: Optional[int] = None) -> Scorer:
     """ARO VG-Attribution: ``aro_vga/visual_genome_attribution.json`` + ``aro_vga/images/``; splits = attribute pairs."""
-    return _load_aro("aro_vga", "visual_genome_attribution.json", _attribute_pair_of, VGA_DEFAULT_MIN_SAMPLES,
+    return _load_aro("aro_vga", VGA_ANNOTATION, _attribute_pair_of, VGA_DEFAULT_MIN_SAMPLES,
                      data_root, images, texts, min_samples)

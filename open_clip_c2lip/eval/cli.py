@@ -17,7 +17,7 @@ from .core import BENCHMARKS
 from .encode import PRECISIONS
 from .sugarcrepe import SUGARCREPE_SPLITS
 from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS
-from .suite import evaluate, format_markdown
+from .suite import evaluate, format_markdown, plan_benchmarks
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -39,7 +39,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m open_clip_c2lip.eval", description=__doc__.split("\n")[0])
     add_model_args(parser)
     parser.add_argument("--benchmark", nargs="+", default=["all"], choices=list(BENCHMARKS) + ["all"])
-    parser.add_argument("--data-root", required=True, type=Path, help="folder holding the benchmarks' files")
+    parser.add_argument("--data-root", required=True, type=Path,
+                        help="folder holding the benchmarks' files, any subset of: val2017/ (COCO 2017 val), "
+                             "sugarcrepe/<split>.json, sugarcrepe_pp/<split>.json, "
+                             "aro_vgr/visual_genome_relation.json + aro_vgr/images/, "
+                             "aro_vga/visual_genome_attribution.json + aro_vga/images/, "
+                             "winoground/examples.jsonl + winoground/images/ (the demo's <output>/world/eval "
+                             "is one). With --benchmark all, absent benchmarks and splits are skipped and listed")
     parser.add_argument("--output", required=True, type=Path, help="results JSON (written atomically)")
     parser.add_argument("--save-scores", type=Path, default=None, help="per-item scores as JSON Lines")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
@@ -69,6 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("open_clip_c2lip").setLevel(logging.INFO)
+    if not args.data_root.is_dir():
+        raise FileNotFoundError(f"--data-root folder not found: {args.data_root}")
+    plan_benchmarks(args.benchmark, args.data_root, _options(args))  # data problems before the model load
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, **model_kwargs(args))
     results, records = evaluate(
         model, preprocess, tokenizer, args.benchmark, args.data_root, device=args.device,

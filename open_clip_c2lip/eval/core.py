@@ -45,13 +45,26 @@ class Vocabulary:
 Scorer = Callable[[torch.Tensor, torch.Tensor], Tuple[Dict[str, Dict[str, float]], List[Dict[str, Any]]]]
 BenchmarkLoader = Callable[..., Scorer]
 
+# files(data_root) -> {split: annotation file}; one entry (the benchmark's name) without splits
+AnnotationFiles = Callable[[Path], Mapping[str, Path]]
+
 BENCHMARKS: "OrderedDict[str, BenchmarkLoader]" = OrderedDict()
+BENCHMARK_FILES: Dict[str, AnnotationFiles] = {}
+SPLIT_OPTION = "splits"  # the loader option that selects splits (benchmarks registered with splits=True)
+SPLIT_BENCHMARKS: List[str] = []
 
 
-def register_benchmark(name: str):
-    """Register ``loader(data_root, images, texts, **options) -> Scorer`` under ``name``."""
+def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False):
+    """Register ``loader(data_root, images, texts, **options) -> Scorer`` under ``name``.
+
+    ``files`` names the annotation file of each split (how a partial data root is told apart from
+    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them."""
     def decorator(loader: BenchmarkLoader) -> BenchmarkLoader:
         BENCHMARKS[name] = loader
+        if files is not None:
+            BENCHMARK_FILES[name] = files
+        if splits and name not in SPLIT_BENCHMARKS:
+            SPLIT_BENCHMARKS.append(name)
         return loader
     return decorator
 

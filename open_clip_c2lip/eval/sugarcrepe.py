@@ -16,7 +16,11 @@ from .core import (Scorer, Vocabulary, coco_caption_splits, fraction, mean, pair
 SUGARCREPE_SPLITS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
 
-@register_benchmark("sugarcrepe")
+def sugarcrepe_files(data_root: Path) -> "OrderedDict[str, Path]":
+    return OrderedDict((split, Path(data_root) / "sugarcrepe" / f"{split}.json") for split in SUGARCREPE_SPLITS)
+
+
+@register_benchmark("sugarcrepe", files=sugarcrepe_files, splits=True)
 def load_sugarcrepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
                     splits: Optional[Sequence[str]] = None) -> Scorer:
     """SugarCrepe: ``acc`` per split; ``_average`` has ``micro`` (all items pooled), ``macro`` (mean

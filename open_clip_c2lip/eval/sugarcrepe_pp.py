@@ -28,7 +28,11 @@ def sugarcrepe_pp_correct(image_p1: np.ndarray, image_p2: np.ndarray, image_neg:
     return itt, tot
 
 
-@register_benchmark("sugarcrepe_pp")
+def sugarcrepe_pp_files(data_root: Path) -> "OrderedDict[str, Path]":
+    return OrderedDict((split, Path(data_root) / "sugarcrepe_pp" / f"{split}.json") for split in SUGARCREPE_PP_SPLITS)
+
+
+@register_benchmark("sugarcrepe_pp", files=sugarcrepe_pp_files, splits=True)
 def load_sugarcrepe_pp(data_root: Path, images: Vocabulary, texts: Vocabulary,
                        splits: Optional[Sequence[str]] = None) -> Scorer:
     """SugarCrepe++: ``itt`` and ``tot`` per split; ``_average`` holds their macro averages

@@ -14,6 +14,8 @@ import numpy as np
 from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, pair_similarity, register_benchmark,
                    require_dir, require_file, resolve_image)
 
+ANNOTATION = "examples.jsonl"
+
 
 def winoground_correct(c0_i0: np.ndarray, c0_i1: np.ndarray, c1_i0: np.ndarray,
                        c1_i1: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -23,12 +25,12 @@ def winoground_correct(c0_i0: np.ndarray, c0_i1: np.ndarray, c1_i0: np.ndarray,
     return text, image, text & image
 
 
-@register_benchmark("winoground")
+@register_benchmark("winoground", files=lambda root: {"winoground": Path(root) / "winoground" / ANNOTATION})
 def load_winoground(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer:
     """Winoground: ``text``, ``image``, ``group`` per ``collapsed_tag`` (``all`` without tags);
     ``_average`` is over all items (the official Winoground scores)."""
     name = "winoground"
-    source = require_file(data_root / name / "examples.jsonl", name)
+    source = require_file(data_root / name / ANNOTATION, name)
     image_dir = require_dir(data_root / name / "images", name)
     rows = {key: [] for key in ("id", "tag", "i0", "i1", "c0", "c1")}
     paths = []
