@@ -24,7 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
-from .eval import is_plugin_model, plugin_entry, resolve_preprocess_cfg
+from .loading import is_plugin_model, plugin_entry, resolve_preprocess_cfg
 
 _logger = logging.getLogger(__name__)
 

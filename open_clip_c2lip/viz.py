@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .eval import add_model_args, load_model, model_kwargs
+from .loading import add_model_args, load_model, model_kwargs
 
 
 def token_grid(model, image_size, num_tokens: int):

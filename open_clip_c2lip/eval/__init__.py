@@ -1,0 +1,60 @@
+"""Compositionality evaluation suite: SugarCrepe, SugarCrepe++, ARO VG-R / VG-A, Winoground.
+
+Reads the benchmarks' official files from local folders (never downloads) under one ``--data-root``::
+
+    val2017/                                    COCO 2017 val images (SugarCrepe, SugarCrepe++)
+    sugarcrepe/<split>.json                     RAIVNLab/sugar-crepe data/*.json
+    sugarcrepe_pp/<split>.json                  Sri-Harsha/scpp data/*.json
+    aro_vgr/visual_genome_relation.json + aro_vgr/images/
+    aro_vga/visual_genome_attribution.json + aro_vga/images/
+    winoground/examples.jsonl + winoground/images/
+
+Every distinct image (with its crop box) and every distinct caption is encoded once across all
+requested benchmarks; scores are cosine similarities of L2-normalized features. All comparisons
+are strict (``>``), as in the official scripts, so a tie counts as wrong.
+
+Output (values are fractions in [0, 1], ``n`` counts items)::
+
+    {"<benchmark>": {"<split>": {"<metric>": value, "n": items}, "_average": {...}}}
+
+- ``sugarcrepe``: ``acc`` per split; ``_average`` has ``micro`` (all items pooled), ``macro`` (mean
+  of split accuracies) and ``add`` / ``replace`` / ``swap``, each the *micro* average over the
+  items of that category's splits (the SugarCrepe authors' tables use micro averages).
+- ``sugarcrepe_pp``: ``itt`` and ``tot`` per split; ``_average`` holds their macro averages
+  (``itt``, ``tot``) and micro averages (``itt_micro``, ``tot_micro``).
+- ``aro_vgr`` / ``aro_vga``: ``acc`` per relation / attribute pair (``attr0_attr1``) on the image
+  cropped to the item's bbox. ``_average`` follows the published protocol (the ARO authors'
+  replication notebook): ``acc`` is the macro mean over splits, ``acc_micro`` the pooled items of
+  the same splits, ``n`` their items. VG-R leaves out the authors' fixed list of 157 relations
+  ("by", "near", "next to", "with", ...; ``aro_vgr_excluded_relations.json``) from those and also
+  reports ``acc_all_relations`` (macro over every relation) with ``n_all_relations``. VG-A leaves
+  out attribute pairs with fewer than 25 items (``VG_Attribution.evaluate_scores``); VG-R keeps
+  relations of any size. ``--aro-min-samples`` sets that threshold for both (dropped splits are
+  counted and logged).
+- ``winoground``: ``text``, ``image``, ``group`` per ``collapsed_tag`` (``all`` without tags);
+  ``_average`` is over all items (the official Winoground scores).
+
+A partial data root is fine: ``all`` (and a benchmark without a split list) evaluates what is
+present, logs what is absent and lists it under a top-level ``"_skipped": {"<benchmark>":
+["<absent annotation file>", ...]}``; a benchmark named explicitly, or a split given explicitly,
+that is absent is an error, and so is a request of which nothing is present.
+
+CLI: ``python -m open_clip_c2lip.eval --model NAME --pretrained FILE --benchmark all
+--data-root DIR --output results.json``.
+
+One module per benchmark (``sugarcrepe``, ``sugarcrepe_pp``, ``aro``, ``winoground``), each
+registering its loader in the shared core (``core.BENCHMARKS``); ``encode`` computes features,
+``suite`` runs benchmarks, ``cli`` is the command line. The names below are the public API.
+"""
+from ..loading import (SIGLIP_PREPROCESS, add_model_args, is_plugin_model, load_model, model_kwargs,
+                       plugin_entry, plugin_preprocess_cfg, resolve_preprocess_cfg, tag_preprocess_cfg)
+from .core import (BENCHMARK_FILES, BENCHMARKS, ImageRef, Scorer, Vocabulary, list_benchmarks, register_benchmark,
+                   selection_correct)
+from .encode import PRECISIONS, autocast, encode_images, encode_texts
+# benchmark modules register themselves on import, in this order (the order of results)
+from .sugarcrepe import SUGARCREPE_SPLITS, load_sugarcrepe
+from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS, load_sugarcrepe_pp, sugarcrepe_pp_correct
+from .aro import load_aro_vga, load_aro_vgr
+from .winoground import load_winoground, winoground_correct
+from .suite import evaluate, expand_benchmarks, format_markdown, plan_benchmarks
+from .cli import atomic_write_text, main, parse_args

@@ -1,0 +1,196 @@
+"""The scoring core shared by every benchmark: interned images / captions, the benchmark registry,
+file checks with clear errors, cosine scores of item pairs and the aggregate helpers."""
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+_IMAGE_SUFFIXES = ("", ".png", ".jpg", ".jpeg")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loaded benchmarks: distinct images / captions, interned across benchmarks
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image file, optionally cropped to a PIL box ``(left, upper, right, lower)``."""
+    path: Path
+    box: Optional[Tuple[float, float, float, float]] = None
+
+
+class Vocabulary:
+    """Interns hashable items (image refs, captions) so each distinct one is encoded once."""
+
+    def __init__(self):
+        self.items: List[Any] = []
+        self._index: Dict[Any, int] = {}
+
+    def add(self, item) -> int:
+        index = self._index.get(item)
+        if index is None:
+            index = self._index[item] = len(self.items)
+            self.items.append(item)
+        return index
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# A scorer maps (image_features [N_img, D], text_features [N_txt, D]), both L2-normalized,
+# to (results {split: {metric: value, "n": n}, "_average": {...}}, per-item score rows).
+Scorer = Callable[[torch.Tensor, torch.Tensor], Tuple[Dict[str, Dict[str, float]], List[Dict[str, Any]]]]
+BenchmarkLoader = Callable[..., Scorer]
+
+# files(data_root) -> {split: annotation file}; one entry (the benchmark's name) without splits
+AnnotationFiles = Callable[[Path], Mapping[str, Path]]
+
+BENCHMARKS: "OrderedDict[str, BenchmarkLoader]" = OrderedDict()
+BENCHMARK_FILES: Dict[str, AnnotationFiles] = {}
+SPLIT_OPTION = "splits"  # the loader option that selects splits (benchmarks registered with splits=True)
+SPLIT_BENCHMARKS: List[str] = []
+
+
+def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False):
+    """Register ``loader(data_root, images, texts, **options) -> Scorer`` under ``name``.
+
+    ``files`` names the annotation file of each split (how a partial data root is told apart from
+    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them."""
+    def decorator(loader: BenchmarkLoader) -> BenchmarkLoader:
+        BENCHMARKS[name] = loader
+        if files is not None:
+            BENCHMARK_FILES[name] = files
+        if splits and name not in SPLIT_BENCHMARKS:
+            SPLIT_BENCHMARKS.append(name)
+        return loader
+    return decorator
+
+
+def list_benchmarks() -> List[str]:
+    return list(BENCHMARKS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the official files, with errors that name the file and the item
+
+def require_file(path: Path, benchmark: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{benchmark}: expected file not found: {path}")
+    return path
+
+
+def require_dir(path: Path, benchmark: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{benchmark}: expected image folder not found: {path}")
+    return path
+
+
+def load_json(path: Path, benchmark: str):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        size = path.stat().st_size
+        hint = " (0-byte file: a failed download?)" if size == 0 else ""
+        raise ValueError(f"{benchmark}: {path} is not valid JSON{hint}: {e}") from e
+
+
+def field(item: Mapping, key: str, source: Path, item_id) -> Any:
+    if not isinstance(item, Mapping):
+        raise ValueError(f"{source}: item {item_id!r} is not an object: {item!r:.80}")
+    if key not in item:
+        raise ValueError(f"{source}: item {item_id!r} lacks field {key!r} (has {sorted(item)})")
+    return item[key]
+
+
+def check_images(paths: Sequence[Path], folder: Path, source: Path) -> None:
+    missing = sorted({p.name for p in paths if not p.is_file()})
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(missing)} image(s) referenced by {source} are missing from {folder}: {shown}")
+
+
+def resolve_image(folder: Path, name: str) -> Path:
+    """``folder/name``, trying common suffixes for names stored without one (Winoground)."""
+    for suffix in _IMAGE_SUFFIXES:
+        path = folder / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return folder / name
+
+
+def split_names(requested: Optional[Sequence[str]], known: Sequence[str], benchmark: str) -> Sequence[str]:
+    if requested is None:
+        return known
+    unknown = [s for s in requested if s not in known]
+    if unknown:
+        raise ValueError(f"{benchmark}: unknown split(s) {unknown}; known: {list(known)}")
+    return list(requested)
+
+
+def items_of(data, source: Path):
+    """(item id, item) pairs of a JSON dict keyed by id (SugarCrepe) or a list (SugarCrepe++, ARO)."""
+    if isinstance(data, Mapping):
+        return list(data.items())
+    if isinstance(data, list):
+        return [(item.get("id", i) if isinstance(item, Mapping) else i, item) for i, item in enumerate(data)]
+    raise ValueError(f"{source}: expected a JSON object or list, got {type(data).__name__}")
+
+
+def coco_caption_splits(data_root: Path, name: str, splits: Sequence[str], images: Vocabulary,
+                        texts: Vocabulary, caption_fields: Dict[str, str]) -> "OrderedDict[str, Dict[str, list]]":
+    """Rows of each SugarCrepe(++)-style split file ``<data_root>/<name>/<split>.json``: item ``id``,
+    ``image`` index (COCO files in ``<data_root>/val2017``) and, per key of ``caption_fields``, the
+    text index of that item field."""
+    image_dir = require_dir(data_root / "val2017", name)
+    per_split = OrderedDict()
+    for split in splits:
+        source = require_file(data_root / name / f"{split}.json", name)
+        rows = {"id": [], "image": [], **{key: [] for key in caption_fields}}
+        paths = []
+        for item_id, item in items_of(load_json(source, name), source):
+            path = image_dir / field(item, "filename", source, item_id)
+            paths.append(path)
+            rows["id"].append(item_id)
+            rows["image"].append(images.add(ImageRef(path)))
+            for key, item_field in caption_fields.items():
+                rows[key].append(texts.add(field(item, item_field, source, item_id)))
+        check_images(paths, image_dir, source)
+        per_split[split] = rows
+    return per_split
+
+
+# ------------------------------------------------------------------------------------------------
+# Scores and aggregates (strict comparisons as in the official scripts: a tie counts as wrong)
+
+def pair_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
+                    image_index: np.ndarray, text_index: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each (image, text) index pair -> ``[N]`` float64."""
+    image_index = torch.as_tensor(image_index, dtype=torch.long)
+    text_index = torch.as_tensor(text_index, dtype=torch.long)
+    sims = (image_features[image_index] * text_features[text_index]).sum(-1)
+    return sims.double().numpy()
+
+
+def text_similarity(text_features: torch.Tensor, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each (text, text) index pair -> ``[N]`` float64."""
+    return pair_similarity(text_features, text_features, a, b)
+
+
+def selection_correct(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """SugarCrepe / ARO: correct iff sim(image, positive) > sim(image, negative). ``[N]`` bool."""
+    return np.asarray(positive) > np.asarray(negative)
+
+
+def fraction(correct: np.ndarray) -> Optional[float]:
+    """Fraction of true entries; ``None`` (JSON null) when there are no items."""
+    return float(np.mean(correct)) if len(correct) else None
+
+
+def mean(values: Sequence[float]) -> Optional[float]:
+    """Mean of ``values``; ``None`` (JSON null) when there are none."""
+    return float(np.mean(values)) if len(values) else None

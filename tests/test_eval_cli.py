@@ -1,0 +1,56 @@
+"""Tests for open_clip_c2lip.eval.cli (``python -m open_clip_c2lip.eval``) with a real tiny model."""
+import json
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from eval_fixtures import TINY_CONFIG, c2eval, data_root  # noqa: F401
+
+
+def test_cli_with_tiny_model_checkpoint(data_root, tmp_path, capsys):
+    open_clip.add_model_config(TINY_CONFIG)
+    torch.manual_seed(0)
+    model = open_clip.create_model("C2LIP-Tiny")
+    checkpoint = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+               checkpoint)
+    output, scores = tmp_path / "out" / "results.json", tmp_path / "scores.jsonl"
+    results = c2eval.main(["--model", "C2LIP-Tiny", "--pretrained", str(checkpoint), "--benchmark", "all",
+                           "--data-root", str(data_root), "--output", str(output), "--save-scores", str(scores),
+                           "--aro-min-samples", "1", "--batch-size", "7", "--no-progress", "--device", "cpu"])
+    assert json.loads(output.read_text()) == results
+    assert not [p for p in output.parent.iterdir() if p.name != "results.json"]  # no temp files left
+    # contract: benchmark -> split -> metric in [0, 1] plus n; _average present
+    assert list(results) == ["sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga", "winoground"]
+    metric_keys = {"sugarcrepe": {"acc"}, "sugarcrepe_pp": {"itt", "tot"}, "aro_vgr": {"acc"}, "aro_vga": {"acc"},
+                   "winoground": {"text", "image", "group"}}
+    for benchmark, splits in results.items():
+        assert "_average" in splits
+        for split, metrics in splits.items():
+            assert isinstance(metrics["n"], int) and metrics["n"] > 0
+            if split != "_average":
+                assert set(metrics) == metric_keys[benchmark] | {"n"}
+            assert all(0 <= v <= 1 for k, v in metrics.items() if k != "n" and not k.startswith("n_"))
+    assert set(results["sugarcrepe"]["_average"]) == {"micro", "macro", "add", "replace", "swap", "n"}
+    assert set(results["aro_vgr"]["_average"]) == {"acc", "acc_micro", "n", "acc_all_relations", "n_all_relations"}
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert len(rows) == sum(r["_average"].get("n_all_relations", r["_average"]["n"]) for r in results.values())
+    # the plain per-item check with the real model: SugarCrepe add_att through one encode per item
+    loaded, preprocess, tokenizer = c2eval.load_model("C2LIP-Tiny", str(checkpoint))
+    assert loaded.visual.preprocess_cfg["resize_mode"] == "squash"
+    assert tuple(loaded.visual.preprocess_cfg["mean"]) == (0.5, 0.5, 0.5)
+    data = json.loads((data_root / "sugarcrepe" / "add_att.json").read_text())
+    by_id = {r["id"]: r for r in rows if r["benchmark"] == "sugarcrepe" and r["split"] == "add_att"}
+    with torch.no_grad():
+        for key, item in data.items():
+            image = preprocess(Image.open(data_root / "val2017" / item["filename"]).convert("RGB"))[None]
+            v = F.normalize(loaded.encode_image(image), dim=-1)[0]
+            t = F.normalize(loaded.encode_text(tokenizer([item["caption"], item["negative_caption"]])), dim=-1)
+            assert by_id[key]["pos"] == pytest.approx(float(v @ t[0]), abs=1e-5)
+            assert by_id[key]["neg"] == pytest.approx(float(v @ t[1]), abs=1e-5)
+    printed = capsys.readouterr().out
+    assert "### sugarcrepe" in printed and "| swap_att |" in printed and "### winoground" in printed
+    assert "| acc | acc_micro | acc_all_relations | n | n_all_relations |" in printed

@@ -1,0 +1,50 @@
+"""Tests for open_clip_c2lip.eval.core: interning, strict comparisons, file checks with clear errors."""
+import numpy as np
+import pytest
+
+from eval_fixtures import c2eval, data_root, stub, write_json  # noqa: F401
+
+
+def test_vocabulary_interns():
+    vocabulary = c2eval.Vocabulary()
+    assert [vocabulary.add(x) for x in ("a", "b", "a", "c", "b")] == [0, 1, 0, 2, 1]
+    assert vocabulary.items == ["a", "b", "c"] and len(vocabulary) == 3
+
+
+def test_selection_is_strict():
+    pos = np.array([0.3, 0.2, 0.5])
+    neg = np.array([0.1, 0.2, 0.6])
+    assert c2eval.selection_correct(pos, neg).tolist() == [True, False, False]  # tie is wrong
+
+
+def test_missing_and_bad_files_give_clear_errors(stub, data_root, tmp_path):
+    model, preprocess, tokenizer = stub
+    run = lambda root, names, **kw: c2eval.evaluate(model, preprocess, tokenizer, names, root, progress=False, **kw)
+    # a benchmark asked for by name whose files are all absent: which files were expected
+    with pytest.raises(FileNotFoundError, match=r"sugarcrepe: not found under .* \(expected sugarcrepe/add_att.json, "):
+        run(tmp_path, ["sugarcrepe"])
+    # annotations present but the image folder absent: a broken root, not a partial one
+    write_json(tmp_path / "sugarcrepe" / "add_att.json", {"7": {"filename": "x.jpg", "caption": "a",
+                                                                "negative_caption": "b"}})
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "val2017")):
+        run(tmp_path, ["sugarcrepe"])
+    (tmp_path / "val2017").mkdir()
+    # an explicitly requested split that is absent
+    with pytest.raises(FileNotFoundError, match=r"sugarcrepe: requested split file\(s\) not found under .*: "
+                                                r"sugarcrepe/swap_obj.json$"):
+        run(tmp_path, ["sugarcrepe"], options={"sugarcrepe": {"splits": ["add_att", "swap_obj"]}})
+    # a 0-byte annotation (what clip_benchmark's failed wget leaves behind)
+    (tmp_path / "sugarcrepe" / "swap_att.json").write_text("")
+    with pytest.raises(ValueError, match="0-byte"):
+        run(tmp_path, ["sugarcrepe"], options={"sugarcrepe": {"splits": ["swap_att"]}})
+    write_json(tmp_path / "sugarcrepe" / "swap_att.json", {"7": {"filename": "x.jpg", "caption": "a"}})
+    with pytest.raises(ValueError, match=r"swap_att.json: item '7' lacks field 'negative_caption'"):
+        run(tmp_path, ["sugarcrepe"], options={"sugarcrepe": {"splits": ["swap_att"]}})
+    write_json(tmp_path / "sugarcrepe" / "swap_att.json",
+               {"7": {"filename": "x.jpg", "caption": "a", "negative_caption": "b"}})
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) referenced by .*swap_att.json are missing .*x.jpg"):
+        run(tmp_path, ["sugarcrepe"], options={"sugarcrepe": {"splits": ["swap_att"]}})
+    with pytest.raises(FileNotFoundError, match="visual_genome_relation.json"):
+        run(tmp_path, ["aro_vgr"])
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        run(data_root, ["valse"])

@@ -1,0 +1,126 @@
+"""Tests for open_clip_c2lip.eval.suite: all benchmarks in one run, each distinct input encoded once."""
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from eval_fixtures import StubModel, c2eval, data_root, stub  # noqa: F401
+
+
+def test_all_equals_each_benchmark_alone(stub, data_root):
+    model, preprocess, tokenizer = stub
+    options = {"aro_vga": {"min_samples": 2}}
+    results, records = c2eval.evaluate(model, preprocess, tokenizer, ["all"], data_root, batch_size=5,
+                                       options=options, progress=False, return_scores=True)
+    assert list(results) == c2eval.list_benchmarks() == ["sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga",
+                                                         "winoground"]
+    for name in results:  # shared encoding across benchmarks changes no number
+        alone = c2eval.evaluate(model, preprocess, tokenizer, [name], data_root, batch_size=3, options=options,
+                                progress=False)
+        assert alone[name] == results[name], name
+    # one score row per item, every item of every file (+ the VG-A item below min_samples)
+    assert len(records) == sum(r["_average"].get("n_all_relations", r["_average"]["n"])
+                               for r in results.values()) + 1
+
+
+def test_distinct_images_and_captions_encoded_once(stub, data_root):
+    model, preprocess, tokenizer = stub
+    calls = {"images": 0, "texts": 0}
+
+    class Counting(StubModel):
+        def encode_image(self, images):
+            calls["images"] += images.shape[0]
+            return super().encode_image(images)
+
+        def encode_text(self, tokens):
+            calls["texts"] += tokens.shape[0]
+            return super().encode_text(tokens)
+
+    counting = Counting(model.table.shape[0])
+    c2eval.evaluate(counting, preprocess, tokenizer, ["sugarcrepe", "sugarcrepe_pp"], data_root,
+                    batch_size=4, progress=False)
+    filenames, captions = set(), set()
+    for folder in ("sugarcrepe", "sugarcrepe_pp"):
+        for path in (data_root / folder).glob("*.json"):
+            data = json.loads(path.read_text())
+            for d in (data.values() if isinstance(data, dict) else data):
+                filenames.add(d["filename"])
+                captions |= {d[k] for k in ("caption", "caption2", "negative_caption") if k in d}
+    assert calls == {"images": len(filenames), "texts": len(captions)}
+
+
+def _partial_root(full, root):
+    """val2017 + three SugarCrepe splits + Winoground, nothing else (symlinks into ``full``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "val2017").symlink_to(full / "val2017")
+    (root / "winoground").symlink_to(full / "winoground")
+    (root / "sugarcrepe").mkdir()
+    for split in ("add_obj", "replace_obj", "swap_att"):
+        (root / "sugarcrepe" / f"{split}.json").symlink_to(full / "sugarcrepe" / f"{split}.json")
+    return root
+
+
+def test_partial_root_evaluates_what_is_present_and_lists_the_rest(stub, data_root, tmp_path, caplog):
+    model, preprocess, tokenizer = stub
+    root = _partial_root(data_root, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="open_clip_c2lip.eval"):
+        results = c2eval.evaluate(model, preprocess, tokenizer, ["all"], root, progress=False)
+    assert list(results) == ["sugarcrepe", "winoground", "_skipped"]
+    assert list(results["sugarcrepe"]) == ["add_obj", "replace_obj", "swap_att", "_average"]
+    skipped = results["_skipped"]
+    assert skipped["sugarcrepe"] == [f"sugarcrepe/{s}.json" for s in ("add_att", "replace_att", "replace_rel",
+                                                                       "swap_obj")]
+    assert skipped["sugarcrepe_pp"] == [f"sugarcrepe_pp/{s}.json" for s in c2eval.SUGARCREPE_PP_SPLITS]
+    assert skipped["aro_vgr"] == ["aro_vgr/visual_genome_relation.json"]
+    assert skipped["aro_vga"] == ["aro_vga/visual_genome_attribution.json"]
+    # the warnings name what is absent and how to select
+    assert "sugarcrepe: 4 of 7 splits are absent" in caplog.text and "--sugarcrepe-splits" in caplog.text
+    assert "aro_vgr (aro_vgr/visual_genome_relation.json)" in caplog.text and "--benchmark" in caplog.text
+    # the present parts give the numbers a full root gives for them
+    full = c2eval.evaluate(model, preprocess, tokenizer, ["sugarcrepe", "winoground"], data_root, progress=False,
+                           options={"sugarcrepe": {"splits": ["add_obj", "replace_obj", "swap_att"]}})
+    assert results["sugarcrepe"] == full["sugarcrepe"] and results["winoground"] == full["winoground"]
+    markdown = c2eval.format_markdown(results)
+    assert "not evaluated (absent from the data root): aro_vgr: aro_vgr/visual_genome_relation.json" in markdown
+    # one benchmark named, some of its splits present: the same
+    only = c2eval.evaluate(model, preprocess, tokenizer, ["sugarcrepe"], root, progress=False)
+    assert only["sugarcrepe"] == results["sugarcrepe"] and list(only["_skipped"]) == ["sugarcrepe"]
+
+
+def test_partial_root_errors_for_what_was_named_exactly(stub, data_root, tmp_path):
+    model, preprocess, tokenizer = stub
+    root = _partial_root(data_root, tmp_path / "root")
+    run = lambda names, **kw: c2eval.evaluate(model, preprocess, tokenizer, names, root, progress=False, **kw)
+    with pytest.raises(FileNotFoundError, match=r"aro_vgr: not found under .*aro_vgr/visual_genome_relation.json"):
+        run(["sugarcrepe", "aro_vgr"])
+    with pytest.raises(FileNotFoundError, match=r"requested split file\(s\) not found .*sugarcrepe/swap_obj.json"):
+        run(["all"], options={"sugarcrepe": {"splits": ["swap_att", "swap_obj"]}})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"none of the requested benchmarks is under .*sugarcrepe \(expected "
+                                                r"sugarcrepe/add_att.json, .*winoground \(expected winoground/"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["all"], tmp_path / "empty", progress=False)
+
+
+def test_demo_eval_folder_is_a_ready_eval_root(stub, tmp_path):
+    """The demo writes <output>/world/eval in this layout; --benchmark all evaluates its splits."""
+    from open_clip_c2lip.demo import evalsets
+    from open_clip_c2lip.demo.world import WorldSpec
+    model, preprocess, tokenizer = stub
+    counts = evalsets.write_eval_sets(str(tmp_path), WorldSpec(), 12, seed=3)
+    results = c2eval.evaluate(model, preprocess, tokenizer, ["all"], tmp_path, progress=False)
+    written = [s for s in c2eval.SUGARCREPE_SPLITS if counts.get(s)]
+    assert written and list(results["sugarcrepe"]) == written + ["_average"]
+    assert results["sugarcrepe"]["_average"]["n"] == sum(counts[s] for s in written)
+    assert set(results["_skipped"]) == {"sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga", "winoground"}
+
+
+def test_cli_exits_with_an_error_before_loading_a_model_when_nothing_is_present(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "open_clip_c2lip.eval", "--model", "C2LIP-Tiny", "--data-root",
+                             str(tmp_path), "--output", str(tmp_path / "r.json"), "--benchmark", "aro_vga",
+                             "winoground"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1
+    assert "error: aro_vga: not found under" in result.stderr and not (tmp_path / "r.json").exists()
