@@ -20,6 +20,7 @@ HOOKS = {
     "open_clip": "patch_open_clip",
     "open_clip_train.params": "patch_params",
     "open_clip_train.data": "patch_data",
+    "open_clip_train.train": "patch_train",
 }
 
 # set on a module once its hook ran (idempotency across install() calls, reloads, finder copies)

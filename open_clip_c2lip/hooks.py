@@ -8,6 +8,9 @@ All are attribute replacements at import time (nothing is edited on disk), each 
 | ``open_clip`` | register the C2 configs + pretrained-tag aliases (``registry.register``); wrap ``create_model`` and ``create_loss`` in ``open_clip.factory`` and the ``open_clip`` package (``open_clip_train.main`` from-imports them, so the package bindings matter) |
 | ``open_clip_train.params`` | ``argparse`` -> ``params.argparse_proxy()`` (C2LIP flags); CPU-DDP ``device_ids`` fix |
 | ``open_clip_train.data`` | ``open_clip_c2lip.data.patch_train_data`` (webdataset EOF fix, packed train texts); ``open_clip_c2lip.data_order.patch_data_order`` (train data order a function of ``--seed``, epoch, rank, worker) |
+| ``open_clip_train.train`` | ``train_one_epoch`` -> ``fixes.wrap_train_one_epoch`` (exact gradient accumulation) |
+
+The upstream bug fixes (CPU-DDP, accumulation) live in ``fixes``, which ``params`` imports too.
 
 Without ``--c2lip-loss`` the wrappers only (a) default SigLIP preprocessing and (b) run the
 registry's init hook for C2 names created without pretrained weights; every other call passes
@@ -20,10 +23,9 @@ import sys
 from typing import Any, Dict
 
 from . import params, registry, runtime
+from .fixes import WRAPPED, patch_ddp_cpu_device_ids, wrap_train_one_epoch
 
 _logger = logging.getLogger(__name__)
-
-WRAPPED = "__c2lip_wrapped__"
 
 
 def _flush_messages() -> None:
@@ -106,40 +108,6 @@ def patch_open_clip(open_clip_module) -> None:
     open_clip_module.create_loss = factory.create_loss
 
 
-def patch_ddp_cpu_device_ids() -> None:
-    """Let ``DistributedDataParallel(cpu_module, device_ids=[cpu])`` work (gloo CPU training).
-
-    open_clip_train/main.py:302 always passes ``device_ids=[device]``; for a module on CPU torch
-    raises ValueError ("device_ids ... only work with ... GPU modules"). This swaps
-    ``torch.nn.parallel.DistributedDataParallel`` (looked up at call time by main.py) for a subclass
-    that drops ``device_ids``/``output_device`` when every parameter is on CPU — a path that
-    otherwise crashes, so behaviour elsewhere is unchanged. Upstream-ready fix:
-    ``patches/open_clip_train-ddp-cpu-device-ids.diff``. Idempotent.
-    """
-    import torch.nn.parallel
-
-    ddp_class = torch.nn.parallel.DistributedDataParallel
-    if getattr(ddp_class, WRAPPED, False):
-        return
-
-    class DistributedDataParallel(ddp_class):
-        __doc__ = ddp_class.__doc__
-
-        def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
-            if device_ids is not None and _on_cpu(module):
-                device_ids, output_device = None, None
-            super().__init__(module, device_ids, output_device, *args, **kwargs)
-
-    DistributedDataParallel.__qualname__ = "DistributedDataParallel"
-    setattr(DistributedDataParallel, WRAPPED, True)
-    torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
-
-
-def _on_cpu(module) -> bool:
-    devices = {p.device.type for p in module.parameters()}
-    return devices == {"cpu"}
-
-
 def patch_params(params_module) -> None:
     """Hook for ``open_clip_train.params``: C2LIP flags via the argparse proxy; CPU-DDP fix.
 
@@ -159,3 +127,15 @@ def patch_data(data_module) -> None:
 
     patch_train_data(data_module)
     patch_data_order(data_module)
+
+
+def patch_train(train_module) -> None:
+    """Hook for ``open_clip_train.train``: exact gradient accumulation (``fixes.wrap_train_one_epoch``).
+
+    ``open_clip_train.main`` from-imports ``train_one_epoch``; its binding is updated too when main
+    was imported before the hook ran.
+    """
+    train_module.train_one_epoch = wrap_train_one_epoch(train_module.train_one_epoch)
+    main_module = sys.modules.get("open_clip_train.main")
+    if main_module is not None and getattr(main_module, "train_one_epoch", None) is not None:
+        main_module.train_one_epoch = wrap_train_one_epoch(main_module.train_one_epoch)

@@ -238,17 +238,22 @@ def xac_similarity(image_tokens: torch.Tensor, concepts: torch.Tensor, temperatu
     dtype = torch.promote_types(torch.promote_types(image_tokens.dtype, concepts.dtype), torch.float32)
     plan = xac_memory_plan(image_tokens.shape[0], image_tokens.shape[1], concepts.shape[0],
                            memory_budget_mb, torch.finfo(dtype).bits // 8, chunk_size)
-    return _XACSimilarity.apply(image_tokens.to(dtype).contiguous(), concepts.to(dtype).contiguous(),
-                                float(temperature), plan)
+    # an active autocast would run the GEMMs in bf16/fp16 (and clash with the fp32 out= buffers)
+    with torch.autocast(device_type=image_tokens.device.type, enabled=False):
+        return _XACSimilarity.apply(image_tokens.to(dtype).contiguous(), concepts.to(dtype).contiguous(),
+                                    float(temperature), plan)
 
 
 def xac_logits(image_tokens: torch.Tensor, concepts: torch.Tensor, logit_scale: torch.Tensor,
                logit_bias: Optional[torch.Tensor] = None, temperature: float = 1.0,
                chunk_size: Optional[int] = None,
                memory_budget_mb: float = XAC_MEMORY_BUDGET_MB) -> torch.Tensor:
-    """xac logits ``[R, N] = logit_scale * xac_similarity(image_tokens [R,T,D], concepts [N,D]) + bias``."""
-    logits = logit_scale * xac_similarity(image_tokens, concepts, temperature, chunk_size, memory_budget_mb)
-    return logits if logit_bias is None else logits + logit_bias
+    """xac logits ``[R, N] = logit_scale * xac_similarity(image_tokens [R,T,D], concepts [N,D]) + bias``,
+    in at least fp32 (also inside autocast)."""
+    with torch.autocast(device_type=image_tokens.device.type, enabled=False):
+        similarity = xac_similarity(image_tokens, concepts, temperature, chunk_size, memory_budget_mb)
+        logits = _upcast(logit_scale) * similarity
+        return logits if logit_bias is None else logits + _upcast(logit_bias)
 
 
 def _upcast(tensor: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ returns the upstream keys plus
 
 Each tower runs once: the trunk's tokens give both the pooled feature and ``image_tokens``; in
 ``text`` concept mode the captions and the distinct concept rows share one ``encode_text`` pass
-(identical rows, including a concept equal to its caption, are encoded once), in ``span`` mode the
-caption pass also yields the token states that the spans average.
+(identical rows, including a concept equal to its caption, are encoded once unless the text tower
+has active dropout), in ``span`` mode the caption pass also yields the token states that the spans
+average.
 
 Everything else (eval mode, 2-D texts, ``encode_image`` / ``encode_text``) is the base class's.
 """
@@ -33,6 +34,7 @@ from .runtime import CONCEPT_MODES
 __all__ = [
     "C2LIPMixin", "C2CLIP", "C2CustomTextCLIP", "register_c2lip_class", "enable_c2lip", "disable_c2lip",
     "is_c2lip", "check_c2lip_compatible", "map_value_path", "image_token_features", "encode_packed_text",
+    "text_tower_is_stochastic",
 ]
 
 
@@ -141,8 +143,8 @@ def _text_mode_features(model: nn.Module, caption_ids: torch.Tensor, concept_ids
     stats = _concept_stats(caption_ids, concept_mask)
     rows = torch.cat([caption_ids, concept_ids.reshape(batch_size * num_slots, context_length)])
     if dedup:
-        # the text tower has no dropout, so encoding a repeated row once is exact; all padding rows
-        # collapse into one zero row whose (finite) features get masked out
+        # exact when the text tower is deterministic (the caller checks its dropout); all padding
+        # rows collapse into one zero row whose (finite) features get masked out
         unique_rows, inverse = torch.unique(rows, dim=0, return_inverse=True)
         features = model.encode_text(unique_rows, normalize=True)[inverse]
         stats["encoded_text_rows"] = unique_rows.shape[0]
@@ -207,11 +209,49 @@ def _check_patch_dropout(model: nn.Module) -> None:
             "corrupts C2LIP's image_tokens; train C2LIP without --force-patch-dropout / patch_dropout.")
 
 
+# names of numeric attributes / HF config fields that hold a dropout-like probability
+# (nn.MultiheadAttention.dropout, HF ``attention_dropout`` / ``activation_dropout`` / ``layerdrop``,
+# timm DropPath ``drop_prob``); decoder / classifier fields never act in a text encoder
+_DROP_MARKERS = ("drop",)
+_DROP_IGNORED = ("decoder", "classifier")
+
+
+def _drop_probabilities(attributes: Dict[str, object]):
+    for name, value in attributes.items():
+        lowered = name.lower()
+        if (any(m in lowered for m in _DROP_MARKERS) and not any(m in lowered for m in _DROP_IGNORED)
+                and isinstance(value, (int, float)) and not isinstance(value, bool)):
+            yield float(value)
+
+
+def text_tower_is_stochastic(model: nn.Module) -> bool:
+    """Whether the text tower can encode the same row twice differently: any of its modules (every
+    child of ``model`` but ``visual``) in training mode with a positive dropout probability —
+    ``nn.Dropout*`` modules, float attributes such as ``nn.MultiheadAttention.dropout`` or HF's
+    ``attention_dropout`` / ``layerdrop``, and the fields of an HF ``config``."""
+    for name, child in model.named_children():
+        if name == "visual":
+            continue
+        for module in child.modules():
+            if not module.training:
+                continue
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                if module.p > 0:
+                    return True
+                continue
+            config = getattr(module, "config", None)
+            fields = vars(config) if hasattr(config, "__dict__") else {}
+            if any(p > 0 for p in _drop_probabilities(vars(module))) or \
+                    any(p > 0 for p in _drop_probabilities(fields)):
+                return True
+    return False
+
+
 class C2LIPMixin:
     """Concept-aware training forward for open_clip models; see the module docstring.
 
     Plain attributes (not state): ``c2lip_concept_mode`` ('text' | 'span'), ``c2lip_dedup_concepts``
-    (encode identical text rows once), ``c2lip_last_stats``: ints of the last packed forward,
+    (encode identical text rows once; skipped while ``text_tower_is_stochastic``), ``c2lip_last_stats``: ints of the last packed forward,
     ``captions`` (B), ``concept_slots`` (B*P), ``concepts`` (valid slots) and ``encoded_text_rows``
     (rows the text tower actually encoded; without dedup a text-mode step would encode
     ``captions + concept_slots``, with the ideal skip of padding ``captions + concepts``).
@@ -238,7 +278,9 @@ class C2LIPMixin:
             _check_patch_dropout(self)
         # text first, so its host syncs (concept count, torch.unique) happen before the image
         # tower's kernels are queued and never wait for them
-        text_out = encode_packed_text(self, text, self.c2lip_concept_mode, dedup=self.c2lip_dedup_concepts)
+        # encoding a repeated row once is exact only without active dropout in the text tower
+        dedup = self.c2lip_dedup_concepts and not text_tower_is_stochastic(self)
+        text_out = encode_packed_text(self, text, self.c2lip_concept_mode, dedup=dedup)
         image_features, image_tokens = image_token_features(self, image)
         self.c2lip_last_stats = text_out["stats"]
         out = {

@@ -190,7 +190,7 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     """
     global _parsed
     if "torch" in sys.modules:  # in open_clip_train.main: torch is imported before parse_args runs
-        from .hooks import patch_ddp_cpu_device_ids
+        from .fixes import patch_ddp_cpu_device_ids
 
         patch_ddp_cpu_device_ids()
     if not args.c2lip_loss:

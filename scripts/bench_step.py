@@ -5,8 +5,10 @@ Every variant trains the same randomly initialised model on the same batch: ``si
 open_clip model with ``open_clip.loss.SigLipLoss`` on the caption rows ``[B, L]``; ``c2lip-text`` and
 ``c2lip-span`` swap the class with ``enable_c2lip`` and use ``C2LIPLoss`` on the packed texts
 ``[B, 1+2P, L]``. One step = forward, loss, backward, AdamW step, zero_grad. Each variant runs in a
-fresh subprocess (so its peak RSS is its own), variants are interleaved over ``--rounds`` and the
-reported time is the median over all timed steps of all rounds.
+fresh subprocess (so its peak RSS is its own), variants are interleaved over ``--rounds`` (the order
+rotates every round) and the reported time is the median over all timed steps of all rounds. The
+spread is reported per round: each round's median step time of a variant over siglip's in the same
+round (min-max over rounds), which is what a shared, noisy machine can still compare.
 
 CPU, real data (default): COCO val2017 captions from ``../shared/data``, concepts from
 ``extract_concepts``, packed by the real ``TextPacker``::
@@ -272,23 +274,48 @@ def _ms(values: List[float]) -> float:
     return statistics.median(values) * 1e3
 
 
+def ratio_key(args: argparse.Namespace) -> str:
+    """Which times the ratios use: process CPU time on CPU (robust on a shared machine, where wall
+    time includes waiting for a core), wall time on CUDA."""
+    return "times" if args.device.startswith("cuda") else "cpu_times"
+
+
+def round_ratios(round_results: Dict[str, Dict], key: str) -> Dict[str, float]:
+    """One round's median step time of each variant over siglip's median in the same round."""
+    if "siglip" not in round_results:
+        return {}
+    base = statistics.median(round_results["siglip"][key])
+    return {variant: statistics.median(result[key]) / base for variant, result in round_results.items()}
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{value:.1f}" for value in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def format_table(args: argparse.Namespace, results: Dict[str, Dict], stats: Dict[str, int]) -> str:
-    """Markdown table. The ratio uses process CPU time on CPU (robust on a shared machine, where wall
-    time includes waiting for a core) and wall time on CUDA."""
+    """Markdown table: times, the ratio to siglip (pooled medians and per-round min-max), images/s
+    (batch / median wall step time) and peak memory."""
     on_cuda = args.device.startswith("cuda")
-    ratio_key = "times" if on_cuda else "cpu_times"
+    key = ratio_key(args)
     base = results.get("siglip")
     memory_cols = ["peak GPU mem allocated (MiB)"] if on_cuda else \
         ["peak RSS (MiB)", "peak RSS - RSS after model build (MiB)"]
     time_cols = ["wall (ms, median)", "wall (ms, min)"] + ([] if on_cuda else ["CPU time (ms, median)"])
-    header = ["variant"] + time_cols + [f"vs siglip ({'wall' if on_cuda else 'CPU time'})"] + memory_cols
+    what = "wall" if on_cuda else "CPU time"
+    header = (["variant"] + time_cols + [f"vs siglip ({what})", f"vs siglip per round (min-max, {what})",
+                                         "images/s (wall)"] + memory_cols)
     data = "synthetic token ids" if args.synthetic else "COCO val2017 captions, spaCy concepts, TextPacker"
     lines = [
         f"Machine: {args.machine}. Model `{args.model}` (siglip baseline: `{args.base_model}`, plain class), "
         f"random init, batch {args.batch_size}, max concepts {args.max_concepts}, precision {args.precision}, "
         f"device {args.device}, {args.threads} thread(s); data: {data}.",
         f"Step = forward + loss + backward + AdamW step. Medians over {args.steps} timed steps x {args.rounds} "
-        f"interleaved rounds after {args.warmup} warmup steps per round; each variant in a fresh subprocess.",
+        f"interleaved rounds (order rotated every round) after {args.warmup} warmup steps per round; each "
+        f"variant in a fresh subprocess. Load average (1/5/15 min) at start {args.load_start}, at end "
+        f"{args.load_end}.",
         f"Concept rows in the batch: {stats['total']} non-empty, {stats['unique']} unique "
         f"(text-mode dedup encodes {stats['unique']}/{stats['total']} = "
         f"{stats['unique'] / max(stats['total'], 1):.2f} of them).",
@@ -301,7 +328,10 @@ def format_table(args: argparse.Namespace, results: Dict[str, Dict], stats: Dict
         row = [variant, f"{_ms(result['times']):.1f}", f"{min(result['times']) * 1e3:.1f}"]
         if not on_cuda:
             row.append(f"{_ms(result['cpu_times']):.1f}")
-        row.append(f"{_ms(result[ratio_key]) / _ms(base[ratio_key]):.2f}x" if base else "-")
+        row.append(f"{_ms(result[key]) / _ms(base[key]):.2f}x" if base else "-")
+        per_round = result.get("round_ratios") or []
+        row.append(f"{min(per_round):.2f}-{max(per_round):.2f}x" if per_round else "-")
+        row.append(f"{args.batch_size / statistics.median(result['times']):.1f}")
         row.append(f"{result['peak_mem_mib']:.0f}")
         if not on_cuda:
             row.append(f"{result['step_mem_mib']:.0f}")
@@ -416,13 +446,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     stats = concept_row_stats(texts)
     results: Dict[str, Dict] = {}
+    args.load_start = _load()
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
         workdir = Path(tmp)
         inputs = workdir / "inputs.pt"
         torch.save({"texts": texts}, inputs)
         for round_index in range(args.rounds):
-            for variant in args.variants:
+            shift = round_index % len(args.variants)
+            round_results = {}
+            for variant in args.variants[shift:] + args.variants[:shift]:
                 result = spawn_variant(args, variant, inputs, workdir)
+                round_results[variant] = result
                 merged = results.setdefault(variant, {"times": [], "cpu_times": [], "peak_mem_mib": 0.0,
                                                       "step_mem_mib": 0.0})
                 merged["times"] += result["times"]
@@ -432,8 +466,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 merged["step_mem_mib"] = max(merged["step_mem_mib"], step_mem)
                 merged["model_stats"] = result["model_stats"]
                 print(f"round {round_index} {variant}: median wall {_ms(result['times']):.1f} ms, "
-                      f"CPU {_ms(result['cpu_times']):.1f} ms, peak {result['peak_mem_mib']:.0f} MiB",
-                      file=sys.stderr)
+                      f"CPU {_ms(result['cpu_times']):.1f} ms, peak {result['peak_mem_mib']:.0f} MiB, "
+                      f"load {_load()}", file=sys.stderr)
+            for variant, ratio in round_ratios(round_results, ratio_key(args)).items():
+                results[variant].setdefault("round_ratios", []).append(ratio)
+    args.load_end = _load()
     table = format_table(args, results, stats)
     print(table)
     if args.output:

@@ -1,5 +1,5 @@
 """The open_clip / open_clip_train patches: wrapped bindings, create_loss / create_model wrappers,
-the CPU-DDP fix, and upstream behaviour without --c2lip-loss."""
+and upstream behaviour without --c2lip-loss (the bug fixes themselves: test_fixes.py)."""
 import argparse
 import json
 import os
@@ -111,43 +111,6 @@ def test_create_model_without_parse_swaps_when_runtime_configured(recorded_enabl
     runtime.configure(runtime.C2LIPConfig(concept_mode="text"))
     open_clip.create_model("C2LIP-Tiny")
     assert recorded_enable == [("CustomTextCLIP", "text")]
-
-
-def test_cpu_ddp_device_ids_fix(tmp_path):
-    import torch.distributed as dist
-    from torch.nn.parallel.distributed import DistributedDataParallel as UpstreamDDP
-
-    hooks.patch_ddp_cpu_device_ids()
-    patched = torch.nn.parallel.DistributedDataParallel
-    hooks.patch_ddp_cpu_device_ids()
-    assert torch.nn.parallel.DistributedDataParallel is patched and issubclass(patched, UpstreamDDP)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        module = torch.nn.Linear(3, 2)
-        with pytest.raises(ValueError, match="device_ids"):  # what open_clip_train/main.py:302 hits
-            UpstreamDDP(module, device_ids=[torch.device("cpu")])
-        ddp = patched(module, device_ids=[torch.device("cpu")])
-        assert isinstance(ddp, UpstreamDDP) and ddp.device_ids is None
-        ddp(torch.randn(4, 3)).sum().backward()
-        assert module.weight.grad is not None
-    finally:
-        dist.destroy_process_group()
-
-
-def test_ddp_diff_applies_to_upstream_main(tmp_path):
-    import shutil
-    import open_clip_train
-
-    if shutil.which("patch") is None:
-        pytest.skip("the `patch` tool is not installed")
-    target = tmp_path / "open_clip_train"
-    target.mkdir()
-    shutil.copyfile(Path(open_clip_train.__file__).parent / "main.py", target / "main.py")
-    diff = REPO / "patches" / "open_clip_train-ddp-cpu-device-ids.diff"
-    result = subprocess.run(["patch", "-p1", "-i", str(diff)], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    patched = (target / "main.py").read_text()
-    assert "device_ids=[device]" not in patched and "ddp_device_ids = None if device.type == 'cpu'" in patched
 
 
 _UPSTREAM_PROBE = r"""

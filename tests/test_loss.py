@@ -281,6 +281,36 @@ def test_fp32_inside_bf16_autocast():
         assert torch.equal(from_bf16[key], expected_bf16[key]), key
 
 
+@pytest.mark.parametrize("backward_in_autocast", [False, True])
+def test_public_xac_functions_are_fp32_inside_bf16_autocast(backward_in_autocast):
+    """``xac_similarity`` / ``xac_logits`` called (and differentiated) inside an active autocast give
+    exactly the fp32 results outside it; bf16 inputs are cast to fp32."""
+    batch = make_batch(dtype=torch.float32)
+    tokens, concepts = batch["image_tokens"], batch["concept_features"][0]
+    scale, bias = torch.tensor(6.5), torch.tensor(-2.0)
+
+    def run(autocast, dtype=torch.float32):
+        leaves = [x.to(dtype).detach().requires_grad_() for x in (tokens, concepts, scale, bias)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            similarity = xac_similarity(leaves[0], leaves[1], temperature=3.0)
+            logits = xac_logits(*leaves, temperature=3.0, chunk_size=1)
+            total = similarity.sum() + (logits * torch.linspace(-1, 1, logits.shape[1])).sum()
+            if backward_in_autocast:
+                total.backward()
+        if not backward_in_autocast:
+            total.backward()
+        return [similarity, logits] + [leaf.grad for leaf in leaves]
+
+    plain, autocast = run(False), run(True)
+    for expected, got in zip(plain, autocast):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, expected)
+    from_bf16 = run(True, torch.bfloat16)
+    rounded = [x.bfloat16().float() for x in (tokens, concepts)]
+    assert from_bf16[0].dtype == torch.float32
+    assert torch.equal(from_bf16[0], xac_similarity(*rounded, temperature=3.0))
+
+
 def test_accumulated_chunks_equal_one_big_batch():
     """open_clip's accum path: cached micro-batches (no grad) concatenated with a fresh one."""
     union = leaves(make_batch(valid=((1, 1), (1, 0), (0, 0), (1, 1), (0, 1), (1, 0)), seed=3))

@@ -19,7 +19,7 @@ from open_clip.model import CLIP, CustomTextCLIP
 from open_clip_c2lip.layout import pack_rows
 from open_clip_c2lip.model import (
     C2CLIP, C2CustomTextCLIP, check_c2lip_compatible, disable_c2lip, enable_c2lip, image_token_features,
-    is_c2lip, map_value_path, register_c2lip_class,
+    is_c2lip, map_value_path, register_c2lip_class, text_tower_is_stochastic,
 )
 
 torch.set_num_threads(1)
@@ -301,6 +301,74 @@ def test_dedup_is_exact(models, packed, images):
     assert naive.c2lip_last_stats["encoded_text_rows"] == 3 + 3 * MAX_CONCEPTS
     assert dedup.c2lip_last_stats["encoded_text_rows"] == 3 + 5 + 1
     assert dedup.c2lip_last_stats["concepts"] == 6
+
+
+def _set_text_attention_dropout(model: nn.Module, p: float) -> None:
+    """Attention dropout of the first text block (nn.MultiheadAttention's float ``dropout``)."""
+    transformer = model.text.transformer if hasattr(model, "text") else model.transformer
+    transformer.resblocks[0].attn.dropout = p
+
+
+@pytest.mark.parametrize("variant", ["cls_excluded", "clip_layout"])
+def test_text_dropout_detection(models, variant):
+    model = copy.deepcopy(models[variant]).train()
+    assert not text_tower_is_stochastic(model)
+    model.visual.trunk.blocks[0].attn.attn_drop.p = 0.5  # the image tower does not count
+    assert not text_tower_is_stochastic(model)
+    _set_text_attention_dropout(model, 0.1)
+    assert text_tower_is_stochastic(model)
+    assert not text_tower_is_stochastic(model.eval())
+    _set_text_attention_dropout(model, 0.0)
+    text = model.text if hasattr(model, "text") else model
+    text.ln_final = nn.Sequential(text.ln_final, nn.Dropout(0.0))
+    assert not text_tower_is_stochastic(model.train())
+    text.ln_final[1].p = 0.1
+    assert text_tower_is_stochastic(model)
+
+
+@pytest.mark.parametrize("fields, stochastic", [
+    (dict(), True),  # NLLB-200's values: dropout 0.1, attention_dropout 0.1, layerdrop 0.05
+    (dict(dropout=0.0, encoder_layerdrop=0.0), True),  # attention dropout alone
+    (dict(dropout=0.0, attention_dropout=0.0), True),  # layer drop alone
+    (dict(dropout=0.0, attention_dropout=0.0, encoder_layerdrop=0.0), False),
+])
+def test_text_dropout_detection_hf_nllb_encoder(fields, stochastic):
+    """The HF text tower of the ``nllb-clip-*-siglip-C2`` twins (M2M100 encoder, tiny here)."""
+    transformers = pytest.importorskip("transformers")
+    from open_clip.hf_model import HFTextEncoder
+
+    nllb = dict(dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.05,
+                decoder_layerdrop=0.05)
+    config = transformers.M2M100Config(
+        vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
+        **{**nllb, **fields})
+    model = nn.Module()
+    model.text = HFTextEncoder("nllb-tiny", output_dim=8, config=config, pooler_type="mean_pooler",
+                               proj_type="linear")
+    model.text.transformer = model.text.transformer.get_encoder()  # what open_clip keeps of NLLB
+    assert text_tower_is_stochastic(model.train()) is stochastic
+    assert not text_tower_is_stochastic(model.eval())
+    holder = nn.Module()  # an implementation that reads the probability from its config at call time
+    holder.text = nn.Module()
+    holder.text.config = transformers.M2M100Config(dropout=0.0, attention_dropout=0.1, encoder_layerdrop=0.0,
+                                                   decoder_layerdrop=0.0)
+    assert text_tower_is_stochastic(holder.train())
+
+
+def test_dedup_is_skipped_while_the_text_tower_has_dropout(models, packed, images):
+    model = c2_copy(models["cls_excluded"], "text", dedup_concepts=True)
+    _set_text_attention_dropout(model, 0.5)
+    torch.manual_seed(0)
+    out = model(images, packed)
+    # every row encoded on its own: 3 captions + 3 x 3 slots (padding included)
+    assert model.c2lip_last_stats["encoded_text_rows"] == 3 + 3 * MAX_CONCEPTS
+    # "a dog" (sample 0 slot 0, sample 2 slot 0) drew its own dropout noise each time
+    assert not torch.allclose(out["concept_features"][0, 0], out["concept_features"][2, 0])
+    _set_text_attention_dropout(model, 0.0)
+    out = model(images, packed)
+    assert model.c2lip_last_stats["encoded_text_rows"] == 3 + 5 + 1
+    assert torch.equal(out["concept_features"][0, 0], out["concept_features"][2, 0])
 
 
 @pytest.mark.parametrize("variant", ["cls_excluded", "clip_layout"])

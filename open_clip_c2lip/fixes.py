@@ -1,0 +1,131 @@
+"""Fixes for open_clip_train 3.3.0 bugs, applied whenever the plugin is active (with or without
+``--c2lip-loss``). Each is an attribute replacement, idempotent, and ships as an upstream-ready diff
+in ``patches/``. Both ``hooks`` and ``params`` import from here; this module imports nothing from the
+package.
+
+- ``patch_ddp_cpu_device_ids``: ``DistributedDataParallel(cpu_module, device_ids=[cpu])`` crash
+  (CPU / gloo training); ``patches/open_clip_train-ddp-cpu-device-ids.diff``.
+- ``wrap_train_one_epoch``: gradient accumulation gives the logit scale and bias ``accum_freq``
+  times their one-big-batch gradient; ``patches/open_clip_train-accum-shared-grad.diff``.
+"""
+import functools
+import inspect
+from typing import Any, Callable
+
+WRAPPED = "__c2lip_wrapped__"
+
+# the loss inputs that open_clip_train's accumulation branch passes as they come out of each
+# micro-batch forward instead of concatenating them over the micro-batches (train.py,
+# ``inputs_no_accum``); any other input that is not per-sample is treated the same way
+ACCUM_SHARED_INPUTS = ("logit_scale", "logit_bias")
+
+
+# ----------------------------------------------------------------------------- CPU DDP device_ids
+
+def patch_ddp_cpu_device_ids() -> None:
+    """Let ``DistributedDataParallel(cpu_module, device_ids=[cpu])`` work (gloo CPU training).
+
+    open_clip_train/main.py:302 always passes ``device_ids=[device]``; for a module on CPU torch
+    raises ValueError ("device_ids ... only work with ... GPU modules"). This swaps
+    ``torch.nn.parallel.DistributedDataParallel`` (looked up at call time by main.py) for a subclass
+    that drops ``device_ids``/``output_device`` when every parameter is on CPU — a path that
+    otherwise crashes, so behaviour elsewhere is unchanged. Upstream-ready fix:
+    ``patches/open_clip_train-ddp-cpu-device-ids.diff``. Idempotent.
+    """
+    import torch.nn.parallel
+
+    ddp_class = torch.nn.parallel.DistributedDataParallel
+    if getattr(ddp_class, WRAPPED, False):
+        return
+
+    class DistributedDataParallel(ddp_class):
+        __doc__ = ddp_class.__doc__
+
+        def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
+            if device_ids is not None and _on_cpu(module):
+                device_ids, output_device = None, None
+            super().__init__(module, device_ids, output_device, *args, **kwargs)
+
+    DistributedDataParallel.__qualname__ = "DistributedDataParallel"
+    setattr(DistributedDataParallel, WRAPPED, True)
+    torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
+
+
+def _on_cpu(module) -> bool:
+    devices = {p.device.type for p in module.parameters()}
+    return devices == {"cpu"}
+
+
+# ----------------------------------------------------------------------------- exact accumulation
+
+def scale_grad(x, factor: float):
+    """``x`` unchanged in the forward pass (bit for bit); ``factor`` × its gradient in the backward.
+
+    ``detach(x) + (x - detach(x)) * factor``: the second term is exactly 0 for finite ``x``.
+    """
+    detached = x.detach()
+    return detached + (x - detached) * factor
+
+
+class AccumulationExactLoss:
+    """The loss of an ``--accum-freq k`` run, with each shared (non-per-sample) input's gradient ÷ k.
+
+    open_clip_train 3.3.0 ``train_one_epoch`` (accumulation branch) re-runs each of the ``k``
+    micro-batches with grad and calls ``loss(**inputs)`` on the features of all ``k·B`` samples,
+    only the fresh chunk carrying grad, then backpropagates. Per-sample inputs thus get each
+    chunk's gradient once — exactly the one-big-batch gradient — but the logit scale and bias enter
+    every one of the ``k`` losses with grad, so they get ``k`` × theirs. Here every tensor input that
+    requires grad and is not per-sample (named in ``ACCUM_SHARED_INPUTS``, 0-d, or whose first
+    dimension differs from ``image_features``') has its gradient scaled by ``1/k``; values are
+    unchanged, so the logged losses are upstream's.
+    """
+
+    def __init__(self, loss: Callable, accum_freq: int):
+        self.loss = loss
+        self.accum_freq = int(accum_freq)
+
+    def _shared(self, name: str, value: Any, num_rows) -> bool:
+        import torch
+
+        if not (torch.is_tensor(value) and value.requires_grad and value.is_floating_point()):
+            return False
+        return (name in ACCUM_SHARED_INPUTS or value.ndim == 0
+                or (num_rows is not None and value.shape[0] != num_rows))
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        if torch.is_grad_enabled() and self.accum_freq > 1:
+            rows = kwargs.get("image_features")
+            num_rows = rows.shape[0] if torch.is_tensor(rows) and rows.ndim > 0 else None
+            kwargs = {name: scale_grad(value, 1.0 / self.accum_freq)
+                      if self._shared(name, value, num_rows) else value
+                      for name, value in kwargs.items()}
+        return self.loss(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["loss"], name)
+
+
+def wrap_train_one_epoch(train_one_epoch: Callable) -> Callable:
+    """``open_clip_train.train.train_one_epoch`` whose loss is ``AccumulationExactLoss`` when
+    ``args.accum_freq > 1`` (otherwise the call is passed through unchanged). Idempotent.
+
+    Upstream-ready fix: ``patches/open_clip_train-accum-shared-grad.diff`` (applying it upstream
+    makes this wrapper obsolete: drop it then, or the scale and bias would get 1/k of their
+    gradient — ``tests/test_fixes.py`` checks which one holds for the installed source).
+    """
+    if getattr(train_one_epoch, WRAPPED, False):
+        return train_one_epoch
+    signature = inspect.signature(train_one_epoch)
+
+    @functools.wraps(train_one_epoch)
+    def c2lip_train_one_epoch(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        accum_freq = getattr(bound.arguments["args"], "accum_freq", 1)
+        if accum_freq > 1 and not isinstance(bound.arguments["loss"], AccumulationExactLoss):
+            bound.arguments["loss"] = AccumulationExactLoss(bound.arguments["loss"], accum_freq)
+        return train_one_epoch(*bound.args, **bound.kwargs)
+
+    setattr(c2lip_train_one_epoch, WRAPPED, True)
+    return c2lip_train_one_epoch
