@@ -43,8 +43,10 @@ import argparse
 import collections
 import concurrent.futures
 import functools
+import html
 import json
 import os
+import string
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -128,14 +130,45 @@ DEFAULT_CLEAN = "lower"
 MAX_PARSE_CHARS = 10_000
 
 
+# The three cleanings, as open_clip 3.3's ``open_clip.tokenizer`` composes them (``basic_clean``:
+# ftfy.fix_text, html.unescape twice, strip; ``whitespace_clean``; ``canonicalize_text``: "_" -> " ",
+# string.punctuation removed, lower case, whitespace collapsed). Written here so the concepts CLI does
+# not import open_clip (and torch: ~5 CPU s); tests assert they equal open_clip's own functions.
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def _basic_clean(text: str) -> str:
+    import ftfy
+
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+def clean_lower(text: str) -> str:
+    """open_clip's ``lower`` cleaning (CLIP BPE ``SimpleTokenizer`` default)."""
+    return " ".join(_basic_clean(text).split()).lower()
+
+
+def clean_whitespace(text: str) -> str:
+    """open_clip's ``whitespace`` cleaning (``HFTokenizer`` default)."""
+    return " ".join(_basic_clean(text).split())
+
+
+def clean_canonicalize(text: str) -> str:
+    """open_clip's ``canonicalize`` cleaning (what ``SigLipTokenizer`` applies)."""
+    return " ".join(_basic_clean(text).replace("_", " ").translate(_PUNCTUATION).lower().split())
+
+
+CLEAN_FUNCTIONS: Dict[str, Callable[[str], str]] = {
+    "lower": clean_lower, "whitespace": clean_whitespace, "canonicalize": clean_canonicalize}
+
+
 def get_clean_fn(clean: Optional[Union[str, Callable[[str], str]]]) -> Optional[Callable[[str], str]]:
-    """open_clip's cleaning function for a name in ``CLEAN_NAMES`` (a callable passes through; None: none)."""
+    """The cleaning function for a name in ``CLEAN_NAMES`` (a callable passes through; None: none)."""
     if clean is None or callable(clean):
         return clean
-    if clean not in CLEAN_NAMES:
+    if clean not in CLEAN_FUNCTIONS:
         raise ValueError(f"unknown text cleaning {clean!r}; expected one of {', '.join(CLEAN_NAMES)}")
-    from open_clip.tokenizer import get_clean_fn as open_clip_clean_fn
-    return open_clip_clean_fn(clean)
+    return CLEAN_FUNCTIONS[clean]
 
 
 def has_text(text: str) -> bool:
