@@ -1,9 +1,18 @@
 """Concepts of a caption: its spaCy noun phrases, normalized.
 
 A concept is a ``doc.noun_chunks`` span of ``en_core_web_sm``, lower-cased with whitespace
-collapsed. Chunks whose root is a pronoun ("it", "they", "itself") are dropped, exact duplicates
-within a caption are dropped (first occurrence order kept), and a caption left with no concept
-gets its whole normalized caption as its single concept (the fallback, counted in the stats).
+collapsed. Chunks whose root is a pronoun ("it", "they", "itself") or without a letter or digit
+are dropped, exact duplicates within a caption are dropped (first occurrence order kept), and a
+caption left with no concept gets its whole normalized caption as its single concept (the
+fallback, counted in the stats).
+
+spaCy parses the caption *as the model's tokenizer sees it* (``concept_source``): open_clip's
+cleaning of the tokenizer (``--clean``: ``lower``, CLIP BPE's default; ``canonicalize``, SigLIP's;
+``whitespace``, other HF tokenizers': ftfy, HTML unescape, whitespace, and case / punctuation),
+cut at the last space before ``MAX_PARSE_CHARS`` characters (more than any open_clip text tower
+sees; spaCy refuses over 1,000,000). So "Fish &amp; chips" gives "fish", "chips", never "amp". The
+training packer's on-the-fly extraction applies the same rule with its tokenizer's own cleaning.
+A caption with no letter or digit left after cleaning has no concept: a failure of that sample.
 
 Python API::
 
@@ -28,23 +37,32 @@ Command line (adds the concepts to existing data, one output per input)::
   member, that field of the sample's json.
 - tables (``.csv``, ``.tsv``, ``.parquet``): a column named by ``--concepts-key`` is added (replaced
   if present) holding a JSON list per row, e.g. ``["a dog", "a red ball"]``. The caption column is
-  ``--caption-key`` or, by default, ``caption`` and else open_clip's ``title``. CSV/TSV cells are
-  read and written as strings, so other columns keep their text; parquet keeps its column types.
+  ``--caption-key`` or, by default, ``caption`` and else open_clip's ``title``. Text tables are read
+  by ``open_clip_c2lip.tables`` (the reader training uses): split by ``--csv-separator`` (default a
+  tab, like open_clip_train's, whatever the extension), every cell text ("N/A", "null" are
+  captions), written back with the same separator; parquet keeps its column types.
 
 Each output keeps its input's file name under ``--output-dir``. An output is written to
 ``NAME.partial`` and renamed when complete, so an existing ``NAME`` is finished and is skipped when
 the command is re-run (resume) unless ``--overwrite`` is given. Bad input (json that is not an
-object, non-UTF-8 text, a missing or blank caption, an empty shard, an unreadable file) stops the
-run with an error naming the file and sample/row; with ``--on-error skip`` it is counted instead:
-the sample/row is kept unchanged with no concepts (a table cell is left empty) and listed in the
-closing summary. Nothing is dropped silently.
+object, non-UTF-8 text, a missing or blank caption, a caption spaCy fails on, an empty shard, an
+unreadable file) stops the run with an error naming the file and sample/row; with ``--on-error
+skip`` it is counted instead: the sample/row is kept unchanged with no concepts (a table cell is
+left empty) and listed in the closing summary. A damaged tar (cut inside a member or a header, or
+missing its end-of-archive blocks: a killed writer) is detected; with ``skip`` its complete samples
+are written and counted as salvaged. Nothing is dropped silently, and the exit status is 1 whenever
+anything failed (also with ``skip``), 0 only when every input was annotated. The spaCy model and
+the output folder are checked before any file is read. Pool workers end with the CLI, even when it
+is SIGKILLed (``die_with_parent``).
 """
 import argparse
 import collections
 import concurrent.futures
 import functools
+import html
 import json
 import os
+import string
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -128,14 +146,45 @@ DEFAULT_CLEAN = "lower"
 MAX_PARSE_CHARS = 10_000
 
 
+# The three cleanings, as open_clip 3.3's ``open_clip.tokenizer`` composes them (``basic_clean``:
+# ftfy.fix_text, html.unescape twice, strip; ``whitespace_clean``; ``canonicalize_text``: "_" -> " ",
+# string.punctuation removed, lower case, whitespace collapsed). Written here so the concepts CLI does
+# not import open_clip (and torch: ~5 CPU s); tests assert they equal open_clip's own functions.
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def _basic_clean(text: str) -> str:
+    import ftfy
+
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+def clean_lower(text: str) -> str:
+    """open_clip's ``lower`` cleaning (CLIP BPE ``SimpleTokenizer`` default)."""
+    return " ".join(_basic_clean(text).split()).lower()
+
+
+def clean_whitespace(text: str) -> str:
+    """open_clip's ``whitespace`` cleaning (``HFTokenizer`` default)."""
+    return " ".join(_basic_clean(text).split())
+
+
+def clean_canonicalize(text: str) -> str:
+    """open_clip's ``canonicalize`` cleaning (what ``SigLipTokenizer`` applies)."""
+    return " ".join(_basic_clean(text).replace("_", " ").translate(_PUNCTUATION).lower().split())
+
+
+CLEAN_FUNCTIONS: Dict[str, Callable[[str], str]] = {
+    "lower": clean_lower, "whitespace": clean_whitespace, "canonicalize": clean_canonicalize}
+
+
 def get_clean_fn(clean: Optional[Union[str, Callable[[str], str]]]) -> Optional[Callable[[str], str]]:
-    """open_clip's cleaning function for a name in ``CLEAN_NAMES`` (a callable passes through; None: none)."""
+    """The cleaning function for a name in ``CLEAN_NAMES`` (a callable passes through; None: none)."""
     if clean is None or callable(clean):
         return clean
-    if clean not in CLEAN_NAMES:
+    if clean not in CLEAN_FUNCTIONS:
         raise ValueError(f"unknown text cleaning {clean!r}; expected one of {', '.join(CLEAN_NAMES)}")
-    from open_clip.tokenizer import get_clean_fn as open_clip_clean_fn
-    return open_clip_clean_fn(clean)
+    return CLEAN_FUNCTIONS[clean]
 
 
 def has_text(text: str) -> bool:

@@ -27,11 +27,16 @@ one fewer), and are written to ``NAME.partial`` then renamed, so a listed shard 
 Tar headers are fixed (mtime 0, mode 0644, owner 0), so the same samples give identical bytes. A bad
 sample (corrupt image, missing/blank caption) raises ``BadSampleError`` naming it, or with
 ``skip_bad=True`` is counted and listed in ``ShardWriteStats`` instead; count in == written + skipped.
+A folder already holding ``{prefix}-NNNNNN.tar`` files is refused (a rerun with another
+``samples_per_shard`` would leave stale shards); ``overwrite=True`` deletes only the shards an earlier
+``write_shards`` listed in ``{prefix}.shards.json``, its manifest (written before each shard is created).
 
 Readers: ``samples_from_folder`` (``img.jpg`` + ``img.txt`` side by side), ``samples_from_csv``
 (image path + caption columns, open_clip's ``filepath`` / ``title`` by default), ``read_shard`` and
 ``iter_tar_samples`` (members with their exact tar bytes, used by the concepts CLI to rewrite
-shards byte-for-byte), plus ``member_bytes`` / ``end_of_archive`` to write such a rewrite.
+shards byte-for-byte; a tar cut inside a member or header, or without its end-of-archive blocks,
+raises ``TruncatedTarError`` after the complete samples before the damage), plus ``member_bytes`` /
+``end_of_archive`` to write such a rewrite.
 """
 import io
 import json

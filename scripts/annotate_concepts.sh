@@ -13,6 +13,8 @@
 #
 # Environment (required): SHARDS (brace pattern or single file), OUTPUT_DIR.
 # Environment (optional): PROCESSES [1]  SPACY_MODEL [en_core_web_sm]  PYTHON [python]
+#   CLEAN [canonicalize]: the text cleaning of the tokenizer you train with (the recipe's SigLIP
+#   models: canonicalize; CLIP BPE models: lower; other HF tokenizers: whitespace).
 #   DRY_RUN=1: print the command instead of running it.
 set -euo pipefail
 
@@ -21,10 +23,11 @@ set -euo pipefail
 
 PROCESSES="${PROCESSES:-1}"
 SPACY_MODEL="${SPACY_MODEL:-en_core_web_sm}"
+CLEAN="${CLEAN:-canonicalize}"
 PYTHON="${PYTHON:-python}"
 
 cmd=("$PYTHON" -m open_clip_c2lip.concepts "$SHARDS" --output-dir "$OUTPUT_DIR"
-     --processes "$PROCESSES" --spacy-model "$SPACY_MODEL" "$@")
+     --processes "$PROCESSES" --spacy-model "$SPACY_MODEL" --clean "$CLEAN" "$@")
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
     printf '%q ' "${cmd[@]}"

@@ -5,11 +5,15 @@ Every row is the wall time of a fresh subprocess (interpreter start + spaCy load
 rows pay the same fixed costs; the load time is reported separately. Rows:
 
 - ``raw nlp.pipe``: the same model and components as the CLI (noun-chunk components only), the same
-  batch size, iterating ``doc.noun_chunks`` of every caption; spaCy's ``n_process`` = processes.
+  batch size, iterating ``doc.noun_chunks`` of every raw caption; spaCy's ``n_process`` = processes.
+  It does not clean the captions; the CLI parses each caption as the tokenizer cleans it (open_clip's
+  ``lower`` cleaning: ftfy, HTML unescape, whitespace, case), so the CLI pays that cleaning on top; the
+  cleaning alone is timed in the same process and reported.
 - ``CLI csv``: ``python -m open_clip_c2lip.concepts captions.csv`` (one file: workers over batches).
 - ``CLI shards``: the same captions in ``--shards`` webdataset shards (workers over files).
-- ``naive``: ``nlp(text)`` per caption with the full default pipeline (ner, lemmatizer ...),
-  single process, over the first ``--naive-limit`` captions.
+- ``naive``: ``nlp(text)`` per caption, text cleaned like the CLI (open_clip's ``lower`` cleaning),
+  with the full default pipeline (ner, lemmatizer ...), single process, over the first
+  ``--naive-limit`` captions.
 
 The inputs (CSV, shards with 1 KB dummy images) are written before timing. The script also checks
 that the noun chunks of the reduced pipeline equal the full pipeline's on every caption, that the
@@ -53,7 +57,9 @@ work = clock()
 chunks = sum(len(list(doc.noun_chunks))
              for doc in nlp.pipe(captions, batch_size=int(sys.argv[3]), n_process=int(sys.argv[4])))
 work += clock()
-report(load, work, chunks=chunks)
+from open_clip.tokenizer import _clean_lower
+clean = clock(); cleaned = [_clean_lower(c) for c in captions]; clean += clock()
+report(load, work, chunks=chunks, clean_s=clean[2] - clean[0])
 """
 
 # The CLI's main() timed after a spaCy preload (forked workers inherit it), to compare its steady
@@ -67,6 +73,7 @@ report(load, work)
 
 NAIVE_LOOP = CLOCK + """
 import spacy
+from open_clip.tokenizer import _clean_lower
 from open_clip_c2lip.concepts import spacy_model_candidates
 captions = json.load(open(sys.argv[1]))
 load = clock()
@@ -80,11 +87,12 @@ load += clock()
 work = clock()
 out = []
 for caption in captions:
+    caption = _clean_lower(caption)  # the text CLIP's tokenizer sees
     doc = nlp(caption)
     concepts = []
     for chunk in doc.noun_chunks:
         text = " ".join(chunk.text.lower().split())
-        if chunk.root.pos_ != "PRON" and text not in concepts:
+        if chunk.root.pos_ != "PRON" and text not in concepts and any(ch.isalnum() for ch in text):
             concepts.append(text)
     out.append(concepts or [" ".join(caption.lower().split())])
 work += clock()
@@ -93,8 +101,9 @@ report(load, work, concepts=out)
 
 IDENTITY = """
 import json, sys
+from open_clip.tokenizer import _clean_lower
 from open_clip_c2lip.concepts import load_spacy
-captions = json.load(open(sys.argv[1]))
+captions = [_clean_lower(c) for c in json.load(open(sys.argv[1]))]  # what the CLI parses
 fast, full = load_spacy(sys.argv[2]), load_spacy(sys.argv[2], full_pipeline=True)
 key = lambda doc: [(c.start, c.end, c.root.pos_) for c in doc.noun_chunks]
 diff = [i for i, (a, b) in enumerate(zip(fast.pipe(captions, batch_size=256), full.pipe(captions, batch_size=256)))
@@ -133,7 +142,7 @@ def write_inputs(captions: List[str], folder: Path, num_shards: int) -> Dict[str
 
     (folder / "captions.json").write_text(json.dumps(captions))
     pd.DataFrame({"filepath": [f"{i}.jpg" for i in range(len(captions))], "caption": captions}).to_csv(
-        folder / "captions.csv", index=False)
+        folder / "captions.csv", sep="\t", index=False)  # open_clip_train's (and the CLI's) default separator
     from PIL import Image
     import io
     buffer = io.BytesIO()
@@ -167,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             load = os.getloadavg()[0]
             rows.append({"row": name, "processes": processes, "captions": count, "wall_s": wall,
                          "work_s": result["work_s"], "work_cpu_s": result["work_cpu_s"],
-                         "load_s": result["load_s"], "load1": load, "note": note})
+                         "load_s": result["load_s"], "load1": load, "note": note,
+                         "clean_s": result.get("clean_s")})
             print(f"{name:<16} p={processes} {count} captions: wall {wall:6.1f} s ({count / wall:6.0f}/s), "
                   f"after load {result['work_s']:6.1f} s ({count / result['work_s']:6.0f}/s), "
                   f"{result['work_cpu_s']:6.1f} CPU s ({count / result['work_cpu_s']:6.0f}/CPU s), "
@@ -197,7 +207,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         naive = record("naive nlp(text)", 1, len(naive_captions), wall, out, "full default pipeline, per caption")
 
         import pandas as pd
-        cli = [json.loads(c) for c in pd.read_csv(tmp / f"csv-{args.processes[0]}" / "captions.csv")["concepts"]]
+        cli = [json.loads(c) for c in pd.read_csv(tmp / f"csv-{args.processes[0]}" / "captions.csv",
+                                                   sep="\t")["concepts"]]
         cli_equals_naive = cli[: len(naive_captions)] == naive["concepts"]
         shard_paths = sorted((tmp / f"shards-{args.processes[0]}").glob("*.tar"))
         shard_concepts = [json.loads(s["json"])["concepts"] for path in shard_paths for s in read_shard(str(path))]
@@ -264,8 +275,16 @@ def render(rows, summary, cli_equals_naive, shards_equal_csv, outputs_equal, ide
             f"{ratio(r, naive, 'rate')} | {r['cpu_rate']:.0f} | {ratio(r, base, 'cpu_rate')} | "
             f"{ratio(r, naive, 'cpu_rate')} | {r['e2e_rate']:.0f} | {ratio(r, naive, 'e2e_rate')} | "
             f"{r['load1']:.2f} | {r['note']} |")
+    cleans = [r for r in rows if r.get("clean_s") is not None and r["processes"] == 1]
+    for r in cleans:
+        lines.append("")
+        lines.append(f"Cleaning alone (open_clip `lower`: ftfy, HTML unescape, whitespace, case; timed in the raw "
+                     f"row's process after its parse): {r['clean_s']:.2f} s for {r['captions']} captions = "
+                     f"{1e6 * r['clean_s'] / r['captions']:.0f} µs per caption, "
+                     f"{100 * r['clean_s'] / r['work_s']:.1f}% of the raw parse time (1 process).")
     lines += ["", "Checks:",
-              f"- CLI concepts == naive full-pipeline loop on the first {num_naive} captions: {cli_equals_naive}",
+              f"- CLI concepts == naive full-pipeline loop (on the cleaned captions) on the first {num_naive} captions: "
+              f"{cli_equals_naive}",
               f"- CLI shard output == CLI csv output (all captions): {shards_equal_csv}",
               f"- CLI outputs byte-identical across process counts: {outputs_equal}"]
     if identity is not None:

@@ -793,3 +793,18 @@ def test_sigkill_of_the_cli_ends_its_workers(tmp_path, coco, inputs):
         for pid in [parent.pid] + workers:  # only the processes this test started
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("clean", C.CLEAN_NAMES)
+def test_cleanings_equal_open_clips_own(clean, coco_all):
+    """The CLI's cleanings (written out so it need not import torch) equal open_clip's functions."""
+    from open_clip.tokenizer import get_clean_fn
+
+    import random
+    rng = random.Random(0)
+    alphabet = string.printable + "\u00a0\u2013\u2019\u00e9\u00c3\u00a9&;#_\u3000\u200b\ufb01"
+    fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    entities = [f"a &{e}; b &amp;{e}; c" for e in ("amp", "lt", "gt", "quot", "nbsp", "#39", "#x27", "eacute")]
+    texts = coco_all[::5] + MESSY_CAPTIONS + fuzz + entities
+    ours, theirs = C.get_clean_fn(clean), get_clean_fn(clean)
+    assert [ours(t) for t in texts] == [theirs(t) for t in texts]

@@ -191,7 +191,8 @@ def test_webdataset_train_is_packed_and_val_is_plain(good_shards, c2lip_off, cap
     stats = data["train"].c2lip_packer.stats
     assert stats["samples"] == 12 and stats["shards_read"] == 3
     assert stats["extracted_on_the_fly"] == 2  # the two samples without json
-    assert stats["concepts_over_max"] == 10  # 4 concepts, 3 slots, for ten samples
+    # "a red dog" given twice: one slot (3 distinct concepts fill the 3 slots), for ten samples
+    assert stats["duplicate_concepts"] == 10 and stats["concepts_over_max"] == 0
     assert any("end of this worker's pass" in r.getMessage() for r in caplog.records)
 
     val = [(images, texts) for images, texts in data["val"].dataloader]
@@ -453,3 +454,41 @@ def test_end_of_shard_fix_with_current_webdataset(tmp_path):
     assert report["diff"] == [[4, CONTEXT_LENGTH]] * 3
     assert report["plugin"] == [[4, CONTEXT_LENGTH]] * 3
     assert report["plugin_c2lip"] == [[4, 1 + 2 * MAX_CONCEPTS, CONTEXT_LENGTH]] * 3
+
+
+def test_on_the_fly_extraction_of_a_huge_caption_trains_and_names_it(tmp_path, c2lip_off, caplog):
+    """A caption over spaCy's max_length without concepts: parsed up to MAX_PARSE_CHARS, counted, the
+    sample named in a warning (it used to kill the DataLoader worker with spaCy's E088)."""
+    from open_clip_c2lip.concepts import MAX_PARSE_CHARS
+
+    long = "a brown dog runs on the green grass " * 30_000
+    members = [("big.jpg", _jpeg(1)), ("big.txt", long.encode())]
+    for index in range(3):
+        members += [(f"g{index}.jpg", _jpeg(index)), (f"g{index}.txt", CAPTIONS[index].encode()),
+                    (f"g{index}.json", json.dumps({"concepts": ["a tree"]}).encode())]
+    shard = _write_tar(tmp_path / "long-000000.tar", members)
+    args = _args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "4")
+    tokenizer = _tokenizer()
+    with caplog.at_level(logging.WARNING):
+        data = upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=tokenizer)
+        batches = [texts for _, texts in data["train"].dataloader]
+    assert len(batches) == 1 and batches[0].shape[0] == 4
+    stats = data["train"].c2lip_packer.stats
+    assert stats["captions_cut_for_parsing"] == 1 and stats["extracted_on_the_fly"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"shard {shard}, key 'big'" in m and str(MAX_PARSE_CHARS) in m for m in messages), messages
+
+
+def test_csv_reader_reads_na_like_captions_as_text(tmp_path):
+    """One reading rule with the concepts CLI: "N/A", "null" ... are captions; only empty cells are empty."""
+    image = tmp_path / "img.jpg"
+    image.write_bytes(_jpeg(0))
+    captions = ["N/A", "NA", "None", "null", "nan", "#N/A", "1e3"]
+    path = tmp_path / "t.csv"
+    path.write_text("filepath\ttitle\n" + "".join(f"{image}\t{c}\n" for c in captions))
+    ds = ConceptCsvDataset(str(path), lambda im: im, "filepath", "title", tokenizer=None)
+    assert ds.captions == captions and ds.concepts == [None] * len(captions)
+    comma = tmp_path / "c.csv"
+    comma.write_text(f"filepath,title\n{image},a dog\n")
+    with pytest.raises(ValueError, match=r"c\.csv: no column\(s\).*separated by ',', not '\\t'.*--csv-separator ','"):
+        ConceptCsvDataset(str(comma), lambda im: im, "filepath", "title", tokenizer=None)

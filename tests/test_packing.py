@@ -374,3 +374,83 @@ def test_equal_concept_rows_are_equal_cleaned_texts(make_tokenizer, coco_concept
     # longer than the context: texts differing only after the kept tokens share a row
     long = ["a " + "very " * 20 + "big dog", "a " + "very " * 20 + "small cat"]
     assert torch.equal(*tokenizer(long)) and not torch.equal(*untruncated(long))
+
+
+# ------------------------------------------------------------------------------------------------
+# Concepts as the tokenizer sees them (issue 11)
+
+from open_clip.tokenizer import _clean_lower  # noqa: E402
+
+from open_clip_c2lip.concepts import MAX_PARSE_CHARS  # noqa: E402
+
+# the cleaning each test tokenizer applies, named independently of the code under test
+CLEANING = {"simple": _clean_lower, "hf": _clean_canonicalize, "siglip": _clean_canonicalize}
+GARBAGE = ["-", "!!!", "...", "   ", "", "&amp;", "&quot;&quot;", "\u00a0", "--- ;"]
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_garbage_and_duplicate_concepts_are_dropped_and_counted(kind, make_tokenizer):
+    tokenizer = make_tokenizer(kind, 32)
+    packer = TextPacker(tokenizer, max_concepts=4, concept_extractor=_no_extraction)
+    caption = "A dog's ball & a dog on the grass."
+    given = ["a dog", *GARBAGE, "A  Dog", "a dog", "the grass", "a &amp; b", "the  grass"]
+    clean = CLEANING[kind]
+    expected, seen = [], set()  # the rule written out: distinct after cleaning, a letter or digit left
+    for concept in given:
+        text = clean(concept)
+        if any(ch.isalnum() for ch in text) and text not in seen:
+            seen.add(text)
+            expected.append(concept)
+    assert expected == ["a dog", "the grass", "a &amp; b"]
+    _, concept_ids, _ = unpack_texts(packer((caption, given)))
+    assert torch.equal(concept_ids[0, :3], tokenizer(expected))
+    assert not concept_ids[0, 3].any()  # no slot for garbage or repeats
+    assert packer.stats["blank_concepts"] == len(GARBAGE)
+    assert packer.stats["duplicate_concepts"] == 3 and packer.stats["concepts"] == 3
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_only_garbage_falls_back_to_caption_and_textless_caption_packs_nothing(kind, make_tokenizer):
+    tokenizer = make_tokenizer(kind, 24)
+    packer = TextPacker(tokenizer, max_concepts=2, concept_extractor=_no_extraction)
+    packed = packer([("a red kite", ["-", "..."]), ("!!! ...", ["-"]), ("-- ?", [])])
+    _, concept_ids, span_masks = unpack_texts(packed)
+    assert torch.equal(concept_ids[0, 0], tokenizer(["a red kite"])[0])
+    assert not concept_ids[1:].any() and not span_masks[1:].any()  # nothing trained as a concept
+    assert torch.equal(packed[1:, 0], tokenizer(["!!! ...", "-- ?"]))  # the captions themselves unchanged
+    assert packer.stats["whole_caption_fallback"] == 1 and packer.stats["captions_without_text"] == 2
+    assert packer.stats["blank_concepts"] == 3
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_on_the_fly_extraction_parses_the_cleaned_caption(kind, make_tokenizer):
+    received = []
+
+    def extractor(texts):
+        received.extend(texts)
+        return [[t.split()[0]] for t in texts]
+
+    packer = TextPacker(make_tokenizer(kind, 32), max_concepts=2, concept_extractor=extractor)
+    long = "a kite over the sea " * 60_000  # 1.2M characters
+    captions = ["Fish &amp; chips on a  white plate.", "Caf\u00c3\u00a9 &lt;tables&gt;", long, "!!!"]
+    packer(captions)
+    clean = CLEANING[kind]
+    assert received[:2] == [clean(c) for c in captions[:2]]
+    assert "amp" not in received[0] and "&lt;" not in received[1]
+    assert len(received) == 3  # "!!!" has nothing to parse
+    assert len(received[2]) <= MAX_PARSE_CHARS and clean(long).startswith(received[2])
+    assert packer.stats["captions_cut_for_parsing"] == 1 and packer.stats["captions_without_text"] == 1
+    assert packer.stats["extracted_on_the_fly"] == 4
+
+
+def test_real_spacy_on_the_fly_survives_a_caption_over_max_length():
+    """The issue's E088 case: 1.1M characters, extracted on the fly with the real spaCy extractor."""
+    from open_clip_c2lip.packing import SpacyConceptExtractor
+
+    tokenizer = _make_simple(32)
+    packer = TextPacker(tokenizer, max_concepts=2, concept_extractor=SpacyConceptExtractor())
+    long = "A brown dog runs on the green grass. " * 30_000
+    _, concept_ids, span_masks = unpack_texts(packer([long, "a red car"]))
+    assert torch.equal(concept_ids[0], tokenizer(["a brown dog", "the green grass"]))
+    assert span_masks[0, 0].nonzero().flatten().tolist() == [1, 2, 3]
+    assert packer.stats["captions_cut_for_parsing"] == 1

@@ -138,6 +138,7 @@ def test_annotate_script_runs_the_concepts_cli():
     cli = _parse_args(argv[3:])
     assert cli.inputs == ["in/{000..001}.tar"] and cli.output_dir == "out"
     assert cli.processes == 4 and cli.overwrite
+    assert cli.clean == "canonicalize"  # the recipe trains SigLIP models
 
 
 # ------------------------------------------------------------------------------------------------

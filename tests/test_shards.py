@@ -210,3 +210,114 @@ def test_make_shards_csv(tmp_path, captions, make_shards_main, capsys):
     got = wds_samples(paths)
     assert [s["txt"].decode() for s in got] == [c.strip() for c in captions[:7]]
     assert [json.loads(s["json"])["source"] for s in got] == [f"img/{i}.jpg" for i in range(7)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Reruns into the same folder: refuse, or replace only what an earlier run created (issue 11)
+
+def _folder_of_images(tmp_path, captions, count=11):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(count):
+        image(i).save(folder / f"img{i:02d}.jpg")
+        (folder / f"img{i:02d}.txt").write_text(captions[i])
+    return folder
+
+
+def test_make_shards_rerun_refuses_or_replaces_only_its_own_shards(tmp_path, captions, make_shards_main, capsys):
+    folder = _folder_of_images(tmp_path, captions)
+    out = tmp_path / "out"
+    assert make_shards_main([str(folder), "--output-dir", str(out), "--samples-per-shard", "4"]) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"shard-00000{i}.tar" for i in range(3)]
+    (out / "notes.txt").write_text("mine")
+    (out / "other-000000.tar").write_bytes(b"another prefix: not ours to touch")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit, match=r"already holds 3 shard file\(s\) named shard-NNNNNN\.tar.*--overwrite"):
+        make_shards_main([str(folder), "--output-dir", str(out), "--samples-per-shard", "6"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused: nothing changed
+
+    assert make_shards_main([str(folder), "--output-dir", str(out), "--samples-per-shard", "6", "--overwrite"]) == 0
+    shards = sorted(out.glob("shard-*.tar"))
+    assert [p.name for p in shards] == ["shard-000000.tar", "shard-000001.tar"]  # no stale third shard
+    keys = [s["__key__"] for s in wds_samples(shards)]
+    assert len(keys) == len(set(keys)) == 11  # every sample once
+    assert (out / "notes.txt").read_text() == "mine" and (out / "other-000000.tar").exists()
+    assert json.loads((out / "shard.shards.json").read_text())["shards"] == [p.name for p in shards]
+
+
+def test_overwrite_never_deletes_shards_it_did_not_write(tmp_path, captions, make_shards_main):
+    folder = _folder_of_images(tmp_path, captions, count=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard-000000.tar").write_bytes(b"a shard from somewhere else")
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match="shard-000000.tar"):
+            make_shards_main([str(folder), "--output-dir", str(out)] + extra)
+        assert (out / "shard-000000.tar").read_bytes() == b"a shard from somewhere else"
+    # ours (listed in the manifest) plus a foreign one: still refused, nothing deleted
+    out2 = tmp_path / "out2"
+    assert make_shards_main([str(folder), "--output-dir", str(out2), "--samples-per-shard", "2"]) == 0
+    (out2 / "shard-000009.tar").write_bytes(b"foreign")
+    with pytest.raises(SystemExit, match="not written by write_shards here.*shard-000009.tar"):
+        make_shards_main([str(folder), "--output-dir", str(out2), "--overwrite"])
+    assert sorted(p.name for p in out2.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000009.tar"]
+
+
+def test_interrupted_write_is_still_ours_to_overwrite(tmp_path, captions):
+    def samples():
+        for i in range(5):
+            yield {"jpg": image(i), "txt": captions[i]}
+        raise KeyboardInterrupt  # the user stops the run in the middle of the third shard
+
+    with pytest.raises(KeyboardInterrupt):
+        S.write_shards(samples(), tmp_path, "w", samples_per_shard=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w-000000.tar", "w-000001.tar", "w.shards.json"]
+    manifest = json.loads((tmp_path / "w.shards.json").read_text())
+    assert manifest["complete"] is False and manifest["shards"] == ["w-000000.tar", "w-000001.tar"]
+    # a SIGKILLed writer leaves its .partial, already listed in the manifest before it was created
+    (tmp_path / "w-000002.tar.partial").write_bytes(b"half")
+    manifest["shards"].append("w-000002.tar")
+    (tmp_path / "w.shards.json").write_text(json.dumps(manifest))
+    with pytest.raises(S.ShardDirError, match="already holds 3 shard file"):
+        S.write_shards([{"jpg": image(0), "txt": "a"}], tmp_path, "w")
+    paths = S.write_shards([{"jpg": image(0), "txt": "a"}], tmp_path, "w", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w-000000.tar", "w.shards.json"]
+    assert len(wds_samples(paths)) == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--samples-per-shard", "0"], "--samples-per-shard must be >= 1"),
+    (["--samples-per-shard", "-3"], "--samples-per-shard must be >= 1"),
+    (["--jpeg-quality", "0"], "--jpeg-quality must be in 1..100"),
+    (["--jpeg-quality", "101"], "--jpeg-quality must be in 1..100"),
+    (["--csv-separator", "ab"], "--csv-separator must be one character"),
+])
+def test_make_shards_rejects_bad_arguments(tmp_path, make_shards_main, capsys, flags, message):
+    with pytest.raises(SystemExit) as info:
+        make_shards_main([str(tmp_path), "--output-dir", str(tmp_path / "out")] + flags)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_shards_output_dir_that_is_a_file(tmp_path, captions, make_shards_main):
+    folder = _folder_of_images(tmp_path, captions, count=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="--output-dir .*file exists and is not a folder"):
+        make_shards_main([str(folder), "--output-dir", str(tmp_path / "file")])
+    with pytest.raises(S.ShardDirError, match="is not a folder"):
+        S.write_shards([{"jpg": image(0), "txt": "a"}], str(tmp_path / "file"))
+    with pytest.raises(ValueError, match="samples_per_shard must be >= 1"):
+        S.write_shards([], str(tmp_path / "o"), samples_per_shard=0)
+
+
+def test_make_shards_csv_list_separator_like_open_clip(tmp_path, captions, make_shards_main):
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        image(i).save(tmp_path / "img" / f"{i}.jpg")
+    (tmp_path / "list.csv").write_text("filepath,title\nimg/0.jpg,N/A\nimg/1.jpg,a dog\n")
+    with pytest.raises(SystemExit, match=r"no column\(s\).*--csv-separator ','"):
+        make_shards_main([str(tmp_path / "list.csv"), "--output-dir", str(tmp_path / "out")])
+    assert make_shards_main([str(tmp_path / "list.csv"), "--output-dir", str(tmp_path / "out"),
+                             "--csv-separator", ","]) == 0
+    got = wds_samples(sorted((tmp_path / "out").glob("*.tar")))
+    assert [s["txt"].decode() for s in got] == ["N/A", "a dog"]  # "N/A" is a caption, as in training
