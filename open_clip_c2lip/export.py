@@ -11,27 +11,41 @@ writes::
 so that plain open_clip (and clip_benchmark) load it with ``--model local-dir:DIR`` and the model's
 real preprocessing (SigLIP: mean = std = 0.5, ``squash``, bicubic), no plugin needed. The bundle is
 built in a temporary sibling folder, verified by re-loading it and comparing embeddings, and only
-then moved into place.
+then moved into place, with the user's umask (folder ``0777 & ~umask``, files ``0666 & ~umask``).
+
+``--overwrite`` replaces only a previous export: a folder whose ``export_info.json`` lists the files
+it wrote, holding nothing else (exports before 0.2 have no list: the bundle and tokenizer file names
+stand in). Anything else (a foreign file, a subfolder, a symlink, a folder without export info) is
+refused and nothing is deleted; an empty folder is replaced. A bad checkpoint (missing, empty,
+truncated, foreign, no state dict, another architecture) fails before anything is written, with
+an error that says which (:mod:`open_clip_c2lip.checkpoint`).
 """
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from .loading import is_plugin_model, plugin_entry, resolve_preprocess_cfg
+from .checkpoint import load_checkpoint_into
+from .loading import is_plugin_model, no_random_init_warning, plugin_entry, resolve_preprocess_cfg
 
 _logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 INFO_NAME = "export_info.json"
+EXPORTED_BY = "open_clip_c2lip.export"
 _VERIFY_TEXTS = ("a photo of a dog", "two red apples on a wooden table")
+# what HF save_pretrained may write: the names a pre-0.2 export (no file list) may hold besides the bundle
+_LEGACY_TOKENIZER_FILES = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja"})
 
 
 def base_model_name(model_name: str) -> str:
@@ -82,25 +96,79 @@ def _tokenizer(name: str, model_cfg: Mapping[str, Any], tokenizer_source: Option
     return tokenizer
 
 
-def _load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> Dict[str, Any]:
-    """Strictly load ``checkpoint`` (state dict, ``{"state_dict": ...}``, ``module.`` keys) into ``model``;
-    return the checkpoint's scalar metadata (``epoch``, ``name``) when present."""
-    import open_clip
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def previous_export_files(folder: Path) -> List[Path]:
+    """The entries of ``folder`` if it may be replaced (a previous export holding only what the export
+    wrote, or an empty folder); raises ``FileExistsError`` saying why not otherwise."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise FileExistsError(f"refusing to replace {folder}: it is a symbolic link; remove it yourself or "
+                              f"choose another --output")
+    if not folder.is_dir():
+        raise FileExistsError(f"refusing to replace {folder}: it exists and is not a folder")
+    entries = list(folder.iterdir())
+    if not entries:
+        return []
     try:
-        incompatible = open_clip.load_checkpoint(model, str(checkpoint), strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"{checkpoint} does not match the base architecture's state dict: {e}") from e
-    if incompatible is not None and (incompatible.missing_keys or incompatible.unexpected_keys):
-        raise RuntimeError(f"{checkpoint}: missing keys {incompatible.missing_keys}, "
-                           f"unexpected keys {incompatible.unexpected_keys}")
-    meta = {}
-    if checkpoint.suffix != ".safetensors":
-        raw = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        if isinstance(raw, dict):
-            meta = {k: raw[k] for k in ("epoch", "name") if isinstance(raw.get(k), (int, str))}
-    return meta
+        info = json.loads((folder / INFO_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or "base_model" not in info:
+        held = _listing(e.name + ("/" if e.is_dir() else "") for e in entries)
+        raise FileExistsError(f"refusing to replace {folder}: it is not a previous export (no readable {INFO_NAME}) "
+                              f"and holds {held}; choose another --output or remove it yourself")
+    written = info.get("files")
+    allowed = set(written) if isinstance(written, list) else {CONFIG_NAME, WEIGHTS_NAME} | _LEGACY_TOKENIZER_FILES
+    allowed.add(INFO_NAME)
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
+               if e.name not in allowed or e.is_symlink() or not e.is_file()]
+    if foreign:
+        raise FileExistsError(f"refusing to replace {folder}: besides a previous export it holds "
+                              f"{_listing(foreign)}, which the export did not write; move them away or "
+                              f"choose another --output")
+    return entries
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the staged bundle the permissions a plain ``mkdir`` / ``open`` would (tempfile and
+    safetensors create 0700 / 0600)."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.iterdir():
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _replace(staging: Path, output_dir: Path) -> None:
+    """Move ``staging`` to ``output_dir``; a previous export there is removed file by file (only the
+    entries :func:`previous_export_files` vouched for, checked again now)."""
+    if not os.path.lexists(output_dir):
+        staging.rename(output_dir)
+        return
+    entries = previous_export_files(output_dir)
+    aside = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.replaced.", dir=output_dir.parent))
+    aside.rmdir()
+    output_dir.rename(aside)
+    try:
+        staging.rename(output_dir)
+    except BaseException:
+        aside.rename(output_dir)
+        raise
+    for entry in entries:
+        (aside / entry.name).unlink()
+    try:
+        aside.rmdir()
+    except OSError:  # something appeared in the old folder meanwhile: keep it
+        _logger.warning("the previous export's folder was moved to %s and kept (it is not empty)", aside)
 
 
 @torch.no_grad()
@@ -145,8 +213,10 @@ def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: 
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+    if os.path.lexists(output_dir):
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+        previous_export_files(output_dir)  # refuse before any work; checked again before replacing
     base = base_model_name(model_name)
     model_cfg = _model_config(base)
     # the base's tags (SigLIP for every twin) or, for the plugin's own architectures, the plugin's
@@ -155,8 +225,9 @@ def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: 
         preprocess_cfg = resolve_preprocess_cfg(model_name, None, preprocess_overrides)
     tokenizer = _tokenizer(base, model_cfg, tokenizer_source)
 
-    model = open_clip.create_model(base, pretrained=None, pretrained_text=False).eval()
-    meta = _load_checkpoint(model, checkpoint)
+    with no_random_init_warning():  # the trained weights are loaded next
+        model = open_clip.create_model(base, pretrained=None, pretrained_text=False).eval()
+    meta = load_checkpoint_into(model, checkpoint, base)
     full_preprocess = merge_preprocess_dict(PreprocessCfg(), {**preprocess_cfg, "size": model.visual.image_size})
     open_clip.set_model_preprocess_cfg(model, full_preprocess)
 
@@ -169,14 +240,14 @@ def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: 
         save_config_for_hf(model, staging / CONFIG_NAME, model_config=model_cfg)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        files = sorted(p.name for p in staging.iterdir()) + [INFO_NAME]
         info = {"model": model_name, "base_model": base, "checkpoint": checkpoint.name, **meta,
-                "open_clip_version": open_clip.__version__}
+                "open_clip_version": open_clip.__version__, "exported_by": EXPORTED_BY, "files": files}
         (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
         if verify:
             _verify(staging, model, {k: full_preprocess[k] for k in ("mean", "std", "interpolation", "resize_mode")})
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
+        _apply_umask(staging)
+        _replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

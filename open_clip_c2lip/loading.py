@@ -6,6 +6,8 @@ resolve what a name's pretrained tags (or the plugin registry) say and force it 
 ``open_clip.create_model_and_transforms``.
 """
 import argparse
+import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -99,13 +101,65 @@ def load_model(model_name: str, pretrained: Optional[str] = None, *, device: str
     forced = resolve_preprocess_cfg(model_name, pretrained, {
         "mean": image_mean, "std": image_std, "interpolation": image_interpolation,
         "resize_mode": image_resize_mode})
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, device=device, image_mean=forced.get("mean"),
-        image_std=forced.get("std"), image_interpolation=forced.get("interpolation"),
-        image_resize_mode=forced.get("resize_mode"))
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, image_mean=forced.get("mean"),
+            image_std=forced.get("std"), image_interpolation=forced.get("interpolation"),
+            image_resize_mode=forced.get("resize_mode"))
+    except Exception as e:
+        _diagnose_checkpoint(model_name, pretrained, e)  # raises CheckpointError when the file is at fault
+        raise
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     return model, preprocess, tokenizer
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def no_random_init_warning():
+    """Silence open_clip's "No pretrained weights loaded ... initialized randomly" (logged on the root
+    logger by ``create_model(pretrained=None)``) where trained weights are loaded right after."""
+    drop = _DropRecords("No pretrained weights loaded for model")
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def _bundle_weights(model_name: str) -> Optional[Path]:
+    folder = Path(model_name[len("local-dir:"):])
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _diagnose_checkpoint(model_name: str, pretrained: Optional[str], error: BaseException) -> None:
+    """After open_clip failed to build ``model_name``: raise ``CheckpointError`` saying what is wrong
+    with the checkpoint file (empty, truncated, foreign, another architecture), else return."""
+    import open_clip
+    from .checkpoint import mismatch_error, read_checkpoint
+    if model_name.startswith("local-dir:"):
+        weights = _bundle_weights(model_name)
+        if weights is not None:
+            read_checkpoint(weights)  # file faults; a bundle's architecture comes with it
+        return
+    if model_name.startswith("hf-hub:") or not pretrained or not os.path.isfile(pretrained):
+        return
+    state_dict, _ = read_checkpoint(pretrained)
+    with no_random_init_warning():
+        bare = open_clip.create_model(model_name, pretrained=None)
+    raise mismatch_error(bare, state_dict, pretrained, model_name, error) from error
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -54,3 +54,21 @@ def test_cli_with_tiny_model_checkpoint(data_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "### sugarcrepe" in printed and "| swap_att |" in printed and "### winoground" in printed
     assert "| acc | acc_micro | acc_all_relations | n | n_all_relations |" in printed
+
+
+def test_cli_on_a_partial_root_reports_each_absence_once(data_root, tmp_path, capsys, caplog):
+    import logging
+    root = tmp_path / "root"
+    (root / "sugarcrepe").mkdir(parents=True)
+    (root / "val2017").symlink_to(data_root / "val2017")
+    (root / "sugarcrepe" / "swap_att.json").symlink_to(data_root / "sugarcrepe" / "swap_att.json")
+    output = tmp_path / "results.json"
+    with caplog.at_level(logging.WARNING, logger="open_clip_c2lip.eval"):
+        results = c2eval.main(["--model", "C2LIP-Tiny", "--data-root", str(root), "--output", str(output),
+                               "--no-progress", "--device", "cpu"])
+    assert json.loads(output.read_text()) == results and list(results) == ["sugarcrepe", "_skipped"]
+    assert list(results["sugarcrepe"]) == ["swap_att", "_average"]
+    assert results["_skipped"]["winoground"] == ["winoground/examples.jsonl"]
+    assert caplog.text.count("sugarcrepe: 6 of 7 splits are absent") == 1
+    assert caplog.text.count("skipped: sugarcrepe_pp") == 1
+    assert "not evaluated (absent from the data root): aro_vga" in capsys.readouterr().out

@@ -17,6 +17,7 @@ import open_clip
 
 from open_clip_c2lip import eval as c2eval
 from open_clip_c2lip import export
+from open_clip_c2lip.checkpoint import CheckpointError
 
 torch.set_num_threads(1)
 
@@ -144,11 +145,23 @@ def test_export_errors_leave_nothing_behind(tiny, tmp_path):
     state_dict["extra.weight"] = torch.zeros(2)
     bad = tmp_path / "bad.pt"
     torch.save({"epoch": 1, "state_dict": state_dict}, bad)
-    with pytest.raises(RuntimeError, match=r"(?s)bad.pt does not match the base architecture.*extra.weight"):
+    with pytest.raises(CheckpointError, match=r"(?s)bad.pt is not a checkpoint of C2LIP-Tiny: .*extra.weight"):
         export.export_bundle("C2LIP-Tiny", bad, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         export.export_bundle("C2LIP-Tiny", tmp_path / "missing.pt", tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+    # truncated, empty and foreign files: the kind is named, nothing is written
+    data = checkpoint.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(999))
+    torch.save({"epoch": 1, "optimizer": {}}, tmp_path / "nostate.pt")
+    for name, kind in (("cut.pt", "is truncated"), ("empty.pt", r"is empty \(0 bytes\)"),
+                       ("noise.pt", "is not a PyTorch checkpoint"),
+                       ("nostate.pt", "holds a dict with keys .* but no 'state_dict' entry")):
+        with pytest.raises(CheckpointError, match=f"{name} {kind}"):
+            export.main(["--model", "C2LIP-Tiny", "--checkpoint", str(tmp_path / name),
+                         "--output", str(tmp_path / "out")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "cut.pt", "empty.pt", "noise.pt", "nostate.pt"]
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError, match="--overwrite"):
         export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "taken")
@@ -189,3 +202,85 @@ def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path):
                    stdout=subprocess.DEVNULL)
     result = json.loads((tmp_path / "cb_sugar_crepe_swap_att.json").read_text())
     assert result["metrics"]["acc"] == pytest.approx(acc, abs=1e-6)
+
+
+def _tree(folder: Path):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refuses_what_is_not_a_previous_export(tiny, tmp_path):
+    _, checkpoint = tiny
+    cases = {}
+    thesis = cases["thesis"] = tmp_path / "thesis"  # the reported case
+    (thesis / "sub").mkdir(parents=True)
+    (thesis / "thesis.txt").write_text("chapter 1")
+    (thesis / "sub" / "results.json").write_text("{}")
+    bundle = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "bundle", verify=False)
+    for name, extra in (("added_file", "notes.txt"), ("added_folder", "runs/")):
+        folder = cases[name] = tmp_path / name
+        folder.mkdir()
+        for p in bundle.iterdir():
+            (folder / p.name).write_bytes(p.read_bytes())
+        (folder / extra.rstrip("/")).mkdir() if extra.endswith("/") else (folder / extra).write_text("mine")
+    fake = cases["fake_info"] = tmp_path / "fake_info"
+    fake.mkdir()
+    (fake / export.INFO_NAME).write_text("not json")
+    (fake / "data.csv").write_text("1,2")
+    linked = cases["symlink"] = tmp_path / "symlink"
+    linked.symlink_to(thesis, target_is_directory=True)
+    plain_file = cases["file"] = tmp_path / "file.txt"
+    plain_file.write_text("keep me")
+    before = {name: _tree(path) if path.is_dir() else path.read_bytes() for name, path in cases.items()}
+    for name, path in cases.items():
+        with pytest.raises(FileExistsError, match=f"refusing to replace {path}"):
+            export.main(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(path),
+                         "--overwrite", "--no-verify"])
+    after = {name: _tree(path) if path.is_dir() else path.read_bytes() for name, path in cases.items()}
+    assert after == before and linked.is_symlink()
+    with pytest.raises(FileExistsError, match=r"holds runs/, which the export did not write"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, cases["added_folder"], overwrite=True, verify=False)
+    with pytest.raises(FileExistsError, match=r"not a previous export .* holds sub/, thesis.txt"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, thesis, overwrite=True, verify=False)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_overwrite_replaces_a_previous_export(tiny, tmp_path, caplog):
+    import logging
+    model, checkpoint = tiny
+    first = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "b", verify=False)
+    info = json.loads((first / export.INFO_NAME).read_text())
+    assert info["exported_by"] == "open_clip_c2lip.export"
+    assert sorted(info["files"]) == sorted(p.name for p in first.iterdir())
+    # a second run from another checkpoint replaces it, in place
+    state_dict = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    other = tmp_path / "epoch_7.pt"
+    torch.save({"epoch": 7, "state_dict": state_dict}, other)
+    with caplog.at_level(logging.WARNING):
+        export.export_bundle("C2LIP-Tiny", other, first, overwrite=True, verify=False)
+    assert json.loads((first / export.INFO_NAME).read_text())["epoch"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "epoch_7.pt"]  # no staging / old folder left
+    # exporting a trained checkpoint says nothing about random initialization
+    assert "initialized randomly" not in caplog.text
+    # a pre-0.2 export (no file list) is recognized by its file names; an empty folder is replaced
+    info = json.loads((first / export.INFO_NAME).read_text())
+    del info["files"], info["exported_by"]
+    (first / export.INFO_NAME).write_text(json.dumps(info))
+    export.export_bundle("C2LIP-Tiny", checkpoint, first, overwrite=True, verify=False)
+    assert json.loads((first / export.INFO_NAME).read_text())["epoch"] == 3
+    (tmp_path / "empty").mkdir()
+    export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "empty", overwrite=True, verify=False)
+    assert (tmp_path / "empty" / export.WEIGHTS_NAME).is_file()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_bundle_gets_the_users_umask(tiny, tmp_path, umask):
+    _, checkpoint = tiny
+    previous = os.umask(umask)
+    try:
+        bundle = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "b", verify=False)
+    finally:
+        os.umask(previous)
+    assert (bundle.stat().st_mode & 0o777) == 0o777 & ~umask
+    for path in bundle.iterdir():
+        assert (path.stat().st_mode & 0o777) == 0o666 & ~umask, path.name

@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.getLogger("open_clip_c2lip").setLevel(logging.INFO)
     if not args.data_root.is_dir():
         raise FileNotFoundError(f"--data-root folder not found: {args.data_root}")
-    plan_benchmarks(args.benchmark, args.data_root, _options(args))  # data problems before the model load
+    plan_benchmarks(args.benchmark, args.data_root, _options(args), report=False)  # fail before the model load
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, **model_kwargs(args))
     results, records = evaluate(
         model, preprocess, tokenizer, args.benchmark, args.data_root, device=args.device,

@@ -38,14 +38,16 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def plan_benchmarks(benchmarks: Sequence[str], data_root, options: Optional[Mapping[str, Mapping[str, Any]]] = None):
+def plan_benchmarks(benchmarks: Sequence[str], data_root, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                    report: bool = True):
     """What of ``benchmarks`` the data root holds.
 
     Returns ``(run, skipped)``: ``run`` maps each benchmark to evaluate to its loader options (with
     ``splits`` narrowed to the present ones where splits were not given), ``skipped`` maps a
     benchmark to its absent annotation files (relative to ``data_root``). Raises
     ``FileNotFoundError`` for an explicitly named benchmark with no file present, and when
-    nothing requested is present, and for an explicitly given split that is absent."""
+    nothing requested is present, and for an explicitly given split that is absent. With ``report``
+    the absent parts are logged as warnings."""
     data_root = Path(data_root)
     options = dict(options or {})
     named = {b for b in benchmarks if b != "all"}
@@ -77,10 +79,11 @@ def plan_benchmarks(benchmarks: Sequence[str], data_root, options: Optional[Mapp
             present = [split for split in files if split not in absent]
             opts[SPLIT_OPTION] = present
             skipped[name] = expected
-            _logger.warning("%s: %d of %d splits are absent under %s (%s); evaluating %s only. Select splits "
-                            "explicitly (--%s-splits) to make a missing one an error", name, len(absent),
-                            len(files), data_root, ", ".join(expected), ", ".join(present),
-                            name.replace("_", "-"))
+            if report:
+                _logger.warning("%s: %d of %d splits are absent under %s (%s); evaluating %s only. Select "
+                                "splits explicitly (--%s-splits) to make a missing one an error", name, len(absent),
+                                len(files), data_root, ", ".join(expected), ", ".join(present),
+                                name.replace("_", "-"))
         run[name] = opts
     absent_benchmarks = [name for name in skipped if name not in run]
     if not run:
@@ -88,7 +91,7 @@ def plan_benchmarks(benchmarks: Sequence[str], data_root, options: Optional[Mapp
             f"none of the requested benchmarks is under {data_root}: "
             + "; ".join(f"{name} (expected {', '.join(files)})" for name, files in skipped.items())
             + ". See --data-root in `python -m open_clip_c2lip.eval --help` for the layout")
-    if absent_benchmarks:
+    if absent_benchmarks and report:
         _logger.warning("not under %s, skipped: %s. Evaluating %s; choose benchmarks with --benchmark",
                         data_root, "; ".join(f"{n} ({', '.join(skipped[n])})" for n in absent_benchmarks),
                         ", ".join(run))
