@@ -449,12 +449,12 @@ class ConceptExtractor:
                 else:
                     cached = self.cache.get(caption)
                     if cached is None:
-                        text, cut = self._source(caption)
-                        if text is None:  # nothing to parse: the result is known now
-                            self.cache.put(caption, cut)
-                            pending.append((context, caption, cut, _KNOWN))
+                        text, cut_or_error = self._source(caption)
+                        if text is None:  # nothing to parse: the result (an error) is known now
+                            self.cache.put(caption, cut_or_error)
+                            pending.append((context, caption, cut_or_error, _KNOWN))
                         else:
-                            holder = in_flight[caption] = [None, cut]
+                            holder = in_flight[caption] = [None, cut_or_error]
                             pending.append((context, caption, holder, _PARSE))
                             yield text
                             continue
