@@ -130,7 +130,7 @@ def _expand_each_shard(shards, eof, stats: TextPacker):
             else:
                 _logger.warning(
                     f"C2LIP: shard {url} is unreadable ({type(exc).__name__}: {exc.args[0] if exc.args else ''}); "
-                    f"{num_files} files were read from it before the error, the rest of it is skipped")
+                    f"{num_files} files were read from it; what the error cut off is skipped")
             continue
         stats.count("shards_read")
         if num_files == 0:

@@ -233,7 +233,7 @@ def test_missing_and_unreadable_shards_are_named_counted_and_reported(tmp_path, 
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"shard {missing} does not exist" in m for m in messages)
     # the two samples before the cut train; the message says how much was read
-    assert any(f"shard {tmp_path / 'm-000002.tar'} is unreadable" in m and "6 files were read" in m
+    assert any(f"shard {tmp_path / 'm-000002.tar'} is unreadable" in m and "6 files were read from it" in m
                for m in messages)
     assert totals["samples_read"] >= 10
     report = [m for m in messages if m.startswith("C2LIP data counters, epoch 0")]

@@ -141,6 +141,15 @@ def test_float_c2lip_flags_must_be_finite_and_in_range(flag, value, capsys):
     assert f"argument {flag}:" in err and ("finite" in err or "must be >" in err), err
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "1.5", "0", "=-3", "1e3"])
+def test_max_concepts_must_be_a_positive_integer(value, capsys):
+    argv = ["--c2lip-max-concepts" + value] if value.startswith("=") else ["--c2lip-max-concepts", value]
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss"] + argv)
+    assert exit_info.value.code == 2
+    assert "argument --c2lip-max-concepts:" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", FLOAT_FLAGS)
 def test_float_c2lip_flags_accept_large_finite_values(flag):
     args = parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", flag, "3e38"])
