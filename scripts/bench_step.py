@@ -314,8 +314,8 @@ def format_table(args: argparse.Namespace, results: Dict[str, Dict], stats: Dict
         f"device {args.device}, {args.threads} thread(s); data: {data}.",
         f"Step = forward + loss + backward + AdamW step. Medians over {args.steps} timed steps x {args.rounds} "
         f"interleaved rounds (order rotated every round) after {args.warmup} warmup steps per round; each "
-        f"variant in a fresh subprocess. Load average (1/5/15 min) at start {args.load_start}, at end "
-        f"{args.load_end}.",
+        f"variant in a fresh subprocess. Load average (1/5/15 min) at start {getattr(args, 'load_start', 'n/a')}, "
+        f"at end {getattr(args, 'load_end', 'n/a')}.",
         f"Concept rows in the batch: {stats['total']} non-empty, {stats['unique']} unique "
         f"(text-mode dedup encodes {stats['unique']}/{stats['total']} = "
         f"{stats['unique'] / max(stats['total'], 1):.2f} of them).",

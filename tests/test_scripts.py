@@ -190,9 +190,23 @@ def test_bench_table_ratio():
                "c2lip-text": {"times": [3.0, 3.0, 4.0], "cpu_times": [1.5, 1.0, 2.0], "peak_mem_mib": 12,
                               "step_mem_mib": 2}}
     table = bench.format_table(args, results, {"total": 10, "unique": 5})
-    # CPU: the ratio is of median CPU times
-    assert "| c2lip-text | 3000.0 | 3000.0 | 1500.0 | 1.50x | 12 | 2 |" in table
-    assert "| siglip | 2000.0 | 1000.0 | 1000.0 | 1.00x | 10 | 1 |" in table
+    # CPU: the ratio is of median CPU times; images/s = batch / median wall time
+    assert "| c2lip-text | 3000.0 | 3000.0 | 1500.0 | 1.50x | - | 1.3 | 12 | 2 |" in table
+    assert "| siglip | 2000.0 | 1000.0 | 1000.0 | 1.00x | - | 2.0 | 10 | 1 |" in table
     # CUDA: of median wall times
-    table = bench.format_table(bench.parse_args(["--device", "cuda"]), results, {"total": 10, "unique": 5})
-    assert "| c2lip-text | 3000.0 | 3000.0 | 1.50x | 12 |" in table
+    table = bench.format_table(bench.parse_args(["--device", "cuda", "--batch-size", "4"]), results,
+                               {"total": 10, "unique": 5})
+    assert "| c2lip-text | 3000.0 | 3000.0 | 1.50x | - | 1.3 | 12 |" in table
+
+
+def test_bench_per_round_ratios():
+    """Each round's ratio is of medians within that round; the table shows their min-max."""
+    bench = load_bench()
+    rounds = [{"siglip": {"cpu_times": [1.0, 2.0, 9.0]}, "c2lip-span": {"cpu_times": [2.0, 2.0, 2.0]}},
+              {"siglip": {"cpu_times": [4.0, 4.0]}, "c2lip-span": {"cpu_times": [1.0, 5.0, 6.0]}}]
+    ratios = [bench.round_ratios(r, "cpu_times") for r in rounds]
+    assert ratios == [{"siglip": 1.0, "c2lip-span": 1.0}, {"siglip": 1.0, "c2lip-span": 1.25}]
+    results = {name: {"times": [1.0], "cpu_times": [1.0], "peak_mem_mib": 1, "step_mem_mib": 1,
+                      "round_ratios": [r[name] for r in ratios]} for name in ("siglip", "c2lip-span")}
+    table = bench.format_table(bench.parse_args([]), results, {"total": 1, "unique": 1})
+    assert "| 1.00x | 1.00-1.25x |" in table
