@@ -287,8 +287,8 @@ def render(rows, summary, cli_equals_naive, shards_equal_csv, outputs_equal, ide
                      f"`_clean_lower` (same output, checked) takes {r['upstream_clean_s']:.2f} s "
                      f"({100 * r['upstream_clean_s'] / r['work_s']:.1f}%).")
     lines += ["", "Checks:",
-              f"- CLI concepts == naive full-pipeline loop (on the cleaned captions) on the first {num_naive} captions: "
-              f"{cli_equals_naive}",
+              f"- CLI concepts == naive full-pipeline loop (on the cleaned captions) on the first {num_naive} "
+              f"captions: {cli_equals_naive}",
               f"- CLI shard output == CLI csv output (all captions): {shards_equal_csv}",
               f"- CLI outputs byte-identical across process counts: {outputs_equal}"]
     if identity is not None:

@@ -431,7 +431,7 @@ def test_on_the_fly_extraction_parses_the_cleaned_caption(kind, make_tokenizer):
         return [[t.split()[0]] for t in texts]
 
     packer = TextPacker(make_tokenizer(kind, 32), max_concepts=2, concept_extractor=extractor)
-    long = "a kite over the sea " * 60_000  # 1.2M characters
+    long = "a kite over the sea " * 1_000  # 20,000 characters: over MAX_PARSE_CHARS
     captions = ["Fish &amp; chips on a  white plate.", "Caf\u00c3\u00a9 &lt;tables&gt;", long, "!!!"]
     packer(captions)
     clean = CLEANING[kind]
