@@ -59,10 +59,8 @@ import argparse
 import collections
 import concurrent.futures
 import functools
-import html
 import json
 import os
-import string
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -146,50 +144,20 @@ DEFAULT_CLEAN = "lower"
 MAX_PARSE_CHARS = 10_000
 
 
-# The three cleanings, as open_clip 3.3's ``open_clip.tokenizer`` composes them (``basic_clean``:
-# ftfy.fix_text, html.unescape twice, strip; ``whitespace_clean``; ``canonicalize_text``: "_" -> " ",
-# string.punctuation removed, lower case, whitespace collapsed). Written here so the concepts CLI does
-# not import open_clip (and torch: ~5 CPU s); tests assert they equal open_clip's own functions.
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def _basic_clean(text: str) -> str:
-    # Printable ASCII without "&" is left as is by ftfy (its fixes act on non-ASCII characters, control
-    # characters, "\r" and HTML entities) and by html.unescape: skip them (ftfy is most of the cleaning
-    # time, ~2-3% of a parse; tests compare with open_clip's functions on such texts too).
-    if text.isascii() and text.isprintable() and "&" not in text:
-        return text.strip()
-    import ftfy
-
-    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-
-
-def clean_lower(text: str) -> str:
-    """open_clip's ``lower`` cleaning (CLIP BPE ``SimpleTokenizer`` default)."""
-    return " ".join(_basic_clean(text).split()).lower()
-
-
-def clean_whitespace(text: str) -> str:
-    """open_clip's ``whitespace`` cleaning (``HFTokenizer`` default)."""
-    return " ".join(_basic_clean(text).split())
-
-
-def clean_canonicalize(text: str) -> str:
-    """open_clip's ``canonicalize`` cleaning (what ``SigLipTokenizer`` applies)."""
-    return " ".join(_basic_clean(text).replace("_", " ").translate(_PUNCTUATION).lower().split())
-
-
-CLEAN_FUNCTIONS: Dict[str, Callable[[str], str]] = {
-    "lower": clean_lower, "whitespace": clean_whitespace, "canonicalize": clean_canonicalize}
-
-
 def get_clean_fn(clean: Optional[Union[str, Callable[[str], str]]]) -> Optional[Callable[[str], str]]:
-    """The cleaning function for a name in ``CLEAN_NAMES`` (a callable passes through; None: none)."""
+    """open_clip's own cleaning function for a name in ``CLEAN_NAMES``
+    (``open_clip.tokenizer.get_clean_fn``; a callable passes through; None: none).
+
+    Raises ValueError for an unknown name. Imports open_clip (and torch, a few seconds once per
+    process) the first time a name is resolved: the cleaning must be the tokenizer's, not a copy.
+    """
     if clean is None or callable(clean):
         return clean
-    if clean not in CLEAN_FUNCTIONS:
+    if clean not in CLEAN_NAMES:
         raise ValueError(f"unknown text cleaning {clean!r}; expected one of {', '.join(CLEAN_NAMES)}")
-    return CLEAN_FUNCTIONS[clean]
+    from open_clip.tokenizer import get_clean_fn as open_clip_clean_fn
+
+    return open_clip_clean_fn(clean)
 
 
 def has_text(text: str) -> bool:
@@ -884,6 +852,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         inputs = expand_inputs(args.inputs)
         prepare_output_dir(args.output_dir)
         load_spacy(args.spacy_model)  # a missing model stops here, before any file, whatever --on-error
+        get_clean_fn(args.clean)  # imports open_clip's tokenizer once here; forked workers inherit it
     except (CaptionError, OSError) as exc:
         raise SystemExit(f"error: {exc}")
     outputs = {path: os.path.join(args.output_dir, os.path.basename(path)) for path in inputs}

@@ -796,17 +796,11 @@ def test_sigkill_of_the_cli_ends_its_workers(tmp_path, coco, inputs):
 
 
 @pytest.mark.parametrize("clean", C.CLEAN_NAMES)
-def test_cleanings_equal_open_clips_own(clean, coco_all):
-    """The CLI's cleanings (written out so it need not import torch) equal open_clip's functions."""
+def test_cleanings_are_open_clips_own(clean):
+    """The CLI cleans with open_clip's own functions (no copy that could drift from the tokenizer)."""
     from open_clip.tokenizer import get_clean_fn
 
-    import random
-    rng = random.Random(0)
-    alphabet = string.printable + "\u00a0\u2013\u2019\u00e9\u00c3\u00a9&;#_\u3000\u200b\ufb01"
-    fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
-    ascii_printable = [chr(c) for c in range(0x20, 0x7f)]  # the fast path: printable ASCII without "&"
-    fuzz += ["".join(rng.choice(ascii_printable) for _ in range(rng.randint(0, 60))) for _ in range(3000)]
-    entities = [f"a &{e}; b &amp;{e}; c" for e in ("amp", "lt", "gt", "quot", "nbsp", "#39", "#x27", "eacute")]
-    texts = coco_all[::5] + MESSY_CAPTIONS + fuzz + entities
-    ours, theirs = C.get_clean_fn(clean), get_clean_fn(clean)
-    assert [ours(t) for t in texts] == [theirs(t) for t in texts]
+    assert C.get_clean_fn(clean) is get_clean_fn(clean)
+    assert C.get_clean_fn(None) is None and C.get_clean_fn(str.lower) is str.lower
+    with pytest.raises(ValueError, match="unknown text cleaning 'upper'"):
+        C.get_clean_fn("upper")
