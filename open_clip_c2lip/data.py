@@ -234,7 +234,7 @@ def _stage_index(stages: list, matches: Callable[[Any], bool], what: str) -> int
     return found[0]
 
 
-def _sample_stages(info) -> list:
+def wds_train_stages(info) -> list:
     """The stage list of the wds train ``DataInfo`` (``WebLoader`` -> ``DataLoader`` -> ``DataPipeline``)."""
     try:
         stages = info.dataloader.pipeline[0].dataset.pipeline
@@ -385,7 +385,7 @@ def _build_wds_train(upstream, args, preprocess, epoch, packer: TextPacker, conf
     from webdataset import filters
 
     info = upstream.get_wds_dataset(args, preprocess, is_train=True, epoch=epoch, tokenizer=packer)
-    stages = _sample_stages(info)
+    stages = wds_train_stages(info)
     resampled = None
     if getattr(args, "dataset_resampled", False):
         urls, weights = upstream.expand_urls(args.train_data, args.train_data_upsampling_factors)

@@ -42,6 +42,8 @@ from typing import Any, Callable
 
 import torch
 
+from .data import wds_train_stages
+
 _PATCHED = "__open_clip_c2lip_data_order_patched__"
 
 
@@ -90,21 +92,11 @@ def resampled_worker_seed(seed: int, rank: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # webdataset
 
-def _train_stages(info) -> list:
-    try:
-        stages = info.dataloader.pipeline[0].dataset.pipeline
-    except (AttributeError, IndexError) as exc:
-        raise RuntimeError(
-            "C2LIP data order: open_clip_train's webdataset train loader no longer has the layout "
-            "WebLoader.pipeline[0].dataset.pipeline; open_clip_c2lip.data_order must follow") from exc
-    return stages
-
-
 def seed_wds_train(upstream, info, args) -> None:
     """Make a train ``DataInfo`` from ``get_wds_dataset`` reproducible (in place; see module doc)."""
     from webdataset.filters import _shuffle
 
-    stages = _train_stages(info)
+    stages = wds_train_stages(info)
     rank = getattr(args, "rank", 0)
     shuffles = [i for i, stage in enumerate(stages) if getattr(stage, "f", None) is _shuffle]
     if len(shuffles) != 1 or info.shared_epoch is None:

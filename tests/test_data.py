@@ -5,14 +5,12 @@ with args from open_clip_train's ``parse_args`` (C2LIP flags included). The webd
 runs against webdataset 1.0.2 (which yields end-of-shard markers) in a subprocess, installed with
 ``pip install --no-deps --target`` into a cache dir (``C2LIP_WDS_NEW_DIR`` overrides it).
 """
-import io
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import textwrap
 from pathlib import Path
@@ -26,7 +24,8 @@ import open_clip_train.data as upstream_data
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import image_transform
 from open_clip_train.params import parse_args
-from PIL import Image
+
+from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip import runtime
 from open_clip_c2lip.data import (
@@ -41,22 +40,6 @@ MAX_CONCEPTS = 3
 WDS_NEW_VERSION = "1.0.2"
 
 patch_train_data(upstream_data)  # normally done by the plugin's import hook; idempotent
-
-
-def _jpeg(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (seed * 37 % 256, seed * 91 % 256, 40)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def _write_tar(path: Path, members) -> str:
-    """A shard from ``(name, bytes)`` members, in order (for samples ``write_shards`` refuses)."""
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
 
 
 CAPTIONS = [f"a red dog number {i} next to a blue car near a tree" for i in range(10)] + [
@@ -74,7 +57,7 @@ def good_shards(tmp_path_factory):
 
     samples = []
     for index, caption in enumerate(CAPTIONS):
-        sample = {"jpg": _jpeg(index), "txt": caption, "key": f"s{index:03d}"}
+        sample = {"jpg": jpeg(index), "txt": caption, "key": f"s{index:03d}"}
         if index < 5:
             sample["json"] = {"concepts": _concepts_for(index), "source": "test"}
         elif index < 10:
@@ -204,7 +187,7 @@ def test_webdataset_train_is_packed_and_val_is_plain(good_shards, c2lip_off, cap
 def test_webdataset_packed_with_dataloader_workers(tmp_path, c2lip_off):
     from open_clip_c2lip.shards import write_shards
 
-    samples = [{"jpg": _jpeg(i), "txt": CAPTIONS[i], "json": {"concepts": _concepts_for(i)}} for i in range(8)]
+    samples = [{"jpg": jpeg(i), "txt": CAPTIONS[i], "json": {"concepts": _concepts_for(i)}} for i in range(8)]
     write_shards(samples, str(tmp_path), prefix="w", samples_per_shard=2)
     args = _args("--train-data", str(tmp_path / "w-{000000..000003}.tar"), "--dataset-type", "webdataset",
                  "--train-num-samples", "8")
@@ -221,7 +204,7 @@ def test_csv_train_reads_the_concepts_column(tmp_path, c2lip_off):
     image_paths = []
     for index in range(6):
         path = tmp_path / f"img{index}.jpg"
-        path.write_bytes(_jpeg(index))
+        path.write_bytes(jpeg(index))
         image_paths.append(str(path))
     rows = ["filepath\ttitle\tconcepts"]
     for index in range(6):
@@ -246,7 +229,7 @@ def test_csv_train_reads_the_concepts_column(tmp_path, c2lip_off):
 
 def test_csv_nounphrases_column_and_bad_rows(tmp_path):
     image = tmp_path / "img.jpg"
-    image.write_bytes(_jpeg(0))
+    image.write_bytes(jpeg(0))
 
     def dataset(header, *cells):
         path = tmp_path / "t.csv"
@@ -280,19 +263,19 @@ def test_synthetic_train_extracts_concepts_on_the_fly(c2lip_off, caplog):
 
 
 def test_bad_webdataset_samples_are_skipped_named_and_counted(tmp_path, c2lip_off, caplog):
-    good = [(f"g{i}.jpg", _jpeg(i)) for i in range(4)]
+    good = [(f"g{i}.jpg", jpeg(i)) for i in range(4)]
     members = [
         good[0], ("g0.txt", CAPTIONS[0].encode()), ("g0.json", json.dumps({"concepts": ["a tree"]}).encode()),
-        ("listjson.jpg", _jpeg(5)), ("listjson.txt", b"a cat"), ("listjson.json", b'["a cat"]'),
-        ("badconcepts.jpg", _jpeg(6)), ("badconcepts.txt", b"a cat"), ("badconcepts.json", b'{"concepts": "a cat"}'),
-        ("emptycaption.jpg", _jpeg(7)), ("emptycaption.txt", b"   "),
-        ("latin1.jpg", _jpeg(8)), ("latin1.txt", "un caf\xe9".encode("latin-1")),
+        ("listjson.jpg", jpeg(5)), ("listjson.txt", b"a cat"), ("listjson.json", b'["a cat"]'),
+        ("badconcepts.jpg", jpeg(6)), ("badconcepts.txt", b"a cat"), ("badconcepts.json", b'{"concepts": "a cat"}'),
+        ("emptycaption.jpg", jpeg(7)), ("emptycaption.txt", b"   "),
+        ("latin1.jpg", jpeg(8)), ("latin1.txt", "un caf\xe9".encode("latin-1")),
         ("corruptimage.jpg", b"\xff\xd8\xff not a jpeg"), ("corruptimage.txt", b"a cat"),
-        ("brokenjson.jpg", _jpeg(9)), ("brokenjson.txt", b"a cat"), ("brokenjson.json", b"{oops"),
+        ("brokenjson.jpg", jpeg(9)), ("brokenjson.txt", b"a cat"), ("brokenjson.json", b"{oops"),
         good[1], ("g1.txt", CAPTIONS[1].encode()), ("g1.json", json.dumps({"nounphrases": ["a blue car"]}).encode()),
     ]
-    bad_shard = _write_tar(tmp_path / "bad-000000.tar", members)
-    empty_shard = _write_tar(tmp_path / "bad-000001.tar", [])
+    bad_shard = write_tar(tmp_path / "bad-000000.tar", members)
+    empty_shard = write_tar(tmp_path / "bad-000001.tar", [])
     args = _args("--train-data", str(tmp_path / "bad-{000000..000001}.tar"), "--dataset-type", "webdataset",
                  "--train-num-samples", "2")
     args.batch_size = 2
@@ -318,7 +301,7 @@ def test_bad_webdataset_samples_are_skipped_named_and_counted(tmp_path, c2lip_of
 
 
 def test_only_empty_shards_fail_loudly(tmp_path, c2lip_off):
-    _write_tar(tmp_path / "e-000000.tar", [])
+    write_tar(tmp_path / "e-000000.tar", [])
     args = _args("--train-data", str(tmp_path / "e-000000.tar"), "--dataset-type", "webdataset",
                  "--train-num-samples", "4")
     data = upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=_tokenizer())
@@ -347,7 +330,7 @@ def test_pipeline_stages_are_located_or_fail_loudly(good_shards, c2lip_off):
 
     args = _args("--train-data", good_shards, "--dataset-type", "webdataset", "--train-num-samples", "12")
     info = upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=_tokenizer())["train"]
-    stages = c2lip_data._sample_stages(info)
+    stages = c2lip_data.wds_train_stages(info)
     names = [type(s).__name__ for s in stages]
     concepts_at = names.index("AttachConcepts")
     assert stages[concepts_at + 1].f.__name__ == "_map_dict"
@@ -430,7 +413,7 @@ def test_end_of_shard_fix_with_current_webdataset(tmp_path):
         pytest.skip("the `patch` program is needed to apply patches/open_clip_train-wds-eof.diff")
     new_webdataset = _new_webdataset_dir()
     # every sample carries concepts: no spaCy in the subprocess
-    samples = [{"jpg": _jpeg(i), "txt": caption, "json": {"concepts": ["a red dog"]}} for i, caption in enumerate(CAPTIONS)]
+    samples = [{"jpg": jpeg(i), "txt": caption, "json": {"concepts": ["a red dog"]}} for i, caption in enumerate(CAPTIONS)]
     write_shards(samples, str(tmp_path / "shards"), prefix="n", samples_per_shard=4)
     shards = str(tmp_path / "shards" / "n-{000000..000002}.tar")
     # the shipped diff, applied to a copy of the installed (3.3.0) open_clip_train/data.py
@@ -462,11 +445,11 @@ def test_on_the_fly_extraction_of_a_huge_caption_trains_and_names_it(tmp_path, c
     from open_clip_c2lip.concepts import MAX_PARSE_CHARS
 
     long = "a brown dog runs on the green grass " * 30_000
-    members = [("big.jpg", _jpeg(1)), ("big.txt", long.encode())]
+    members = [("big.jpg", jpeg(1)), ("big.txt", long.encode())]
     for index in range(3):
-        members += [(f"g{index}.jpg", _jpeg(index)), (f"g{index}.txt", CAPTIONS[index].encode()),
+        members += [(f"g{index}.jpg", jpeg(index)), (f"g{index}.txt", CAPTIONS[index].encode()),
                     (f"g{index}.json", json.dumps({"concepts": ["a tree"]}).encode())]
-    shard = _write_tar(tmp_path / "long-000000.tar", members)
+    shard = write_tar(tmp_path / "long-000000.tar", members)
     args = _args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "4")
     tokenizer = _tokenizer()
     with caplog.at_level(logging.WARNING):
@@ -482,7 +465,7 @@ def test_on_the_fly_extraction_of_a_huge_caption_trains_and_names_it(tmp_path, c
 def test_csv_reader_reads_na_like_captions_as_text(tmp_path):
     """One reading rule with the concepts CLI: "N/A", "null" ... are captions; only empty cells are empty."""
     image = tmp_path / "img.jpg"
-    image.write_bytes(_jpeg(0))
+    image.write_bytes(jpeg(0))
     captions = ["N/A", "NA", "None", "null", "nan", "#N/A", "1e3"]
     path = tmp_path / "t.csv"
     path.write_text("filepath\ttitle\n" + "".join(f"{image}\t{c}\n" for c in captions))

@@ -6,12 +6,10 @@ runs under ``bounded`` (SIGALRM), so a regression to upstream's endless restart 
 hanging the suite.
 """
 import contextlib
-import io
 import json
 import logging
 import re
 import signal
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,8 @@ import open_clip_train.data as upstream_data
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import image_transform
 from open_clip_train.params import parse_args
-from PIL import Image
+
+from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip import runtime
 from open_clip_c2lip.counters import DATA_KEYS, SharedCounters, format_report
@@ -59,38 +58,23 @@ def bounded(seconds: int = 60):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _jpeg(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (seed * 37 % 256, seed * 91 % 256, 40)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def _write_tar(path: Path, members) -> str:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
-
-
 def _good(key: str, index: int):
     caption = GOOD_CAPTIONS[index % len(GOOD_CAPTIONS)]
-    return [(f"{key}.jpg", _jpeg(index)), (f"{key}.txt", caption.encode()),
+    return [(f"{key}.jpg", jpeg(index)), (f"{key}.txt", caption.encode()),
             (f"{key}.json", json.dumps({"concepts": caption.split(" ")[:2]}).encode())]
 
 
 def _rejected(prefix: str):
     """The issue's five rejected kinds: invalid json, json list, concepts a string, empty caption, non-UTF-8."""
     return [
-        (f"{prefix}brokenjson.jpg", _jpeg(20)), (f"{prefix}brokenjson.txt", b"a cat"),
+        (f"{prefix}brokenjson.jpg", jpeg(20)), (f"{prefix}brokenjson.txt", b"a cat"),
         (f"{prefix}brokenjson.json", b"{oops"),
-        (f"{prefix}listjson.jpg", _jpeg(21)), (f"{prefix}listjson.txt", b"a cat"),
+        (f"{prefix}listjson.jpg", jpeg(21)), (f"{prefix}listjson.txt", b"a cat"),
         (f"{prefix}listjson.json", b'["a cat"]'),
-        (f"{prefix}strconcepts.jpg", _jpeg(22)), (f"{prefix}strconcepts.txt", b"a cat"),
+        (f"{prefix}strconcepts.jpg", jpeg(22)), (f"{prefix}strconcepts.txt", b"a cat"),
         (f"{prefix}strconcepts.json", b'{"concepts": "a cat"}'),
-        (f"{prefix}emptycaption.jpg", _jpeg(23)), (f"{prefix}emptycaption.txt", b"  "),
-        (f"{prefix}latin1.jpg", _jpeg(24)), (f"{prefix}latin1.txt", "un caf\xe9".encode("latin-1")),
+        (f"{prefix}emptycaption.jpg", jpeg(23)), (f"{prefix}emptycaption.txt", b"  "),
+        (f"{prefix}latin1.jpg", jpeg(24)), (f"{prefix}latin1.txt", "un caf\xe9".encode("latin-1")),
     ]
 
 
@@ -99,7 +83,7 @@ def _issue_shard(path: Path) -> str:
     members = []
     for index in range(3):
         members += _good(f"g{index}", index)
-    return _write_tar(path, members + _rejected(""))
+    return write_tar(path, members + _rejected(""))
 
 
 def _args(*argv, batch_size=4, workers=0):
@@ -155,8 +139,8 @@ def test_worker_whose_shards_cannot_fill_a_batch_stops_training(tmp_path):
     members = []
     for index in range(8):
         members += _good(f"g{index}", index)
-    _write_tar(tmp_path / "w-000000.tar", members)
-    bad = _write_tar(tmp_path / "w-000001.tar", _rejected("a") + _rejected("b"))
+    write_tar(tmp_path / "w-000000.tar", members)
+    bad = write_tar(tmp_path / "w-000001.tar", _rejected("a") + _rejected("b"))
     info = _train(_args("--train-data", str(tmp_path / "w-{000000..000001}.tar"), "--dataset-type", "webdataset",
                         "--train-num-samples", "16", workers=2))
     with pytest.raises(RuntimeError, match="training cannot fill a batch") as error:
@@ -166,15 +150,15 @@ def test_worker_whose_shards_cannot_fill_a_batch_stops_training(tmp_path):
 
 
 def test_only_empty_or_rejected_shards_with_resampling_stop(tmp_path):
-    _write_tar(tmp_path / "r-000000.tar", _rejected("a"))
-    _write_tar(tmp_path / "r-000001.tar", _rejected("b"))
+    write_tar(tmp_path / "r-000000.tar", _rejected("a"))
+    write_tar(tmp_path / "r-000001.tar", _rejected("b"))
     info = _train(_args("--train-data", str(tmp_path / "r-{000000..000001}.tar"), "--dataset-type", "webdataset",
                         "--train-num-samples", "8", "--dataset-resampled"))
     with pytest.raises(RuntimeError, match=r"every one of the 2 shards .* was drawn \(--dataset-resampled\)"):
         _epoch(info, seconds=120)
 
-    _write_tar(tmp_path / "e-000000.tar", [])
-    _write_tar(tmp_path / "e-000001.tar", [])
+    write_tar(tmp_path / "e-000000.tar", [])
+    write_tar(tmp_path / "e-000001.tar", [])
     info = _train(_args("--train-data", str(tmp_path / "e-{000000..000001}.tar"), "--dataset-type", "webdataset",
                         "--train-num-samples", "8", "--dataset-resampled"))
     with pytest.raises(RuntimeError, match="not one sample was usable") as error:
@@ -184,7 +168,7 @@ def test_only_empty_or_rejected_shards_with_resampling_stop(tmp_path):
 
 def test_resampling_with_few_usable_samples_trains(tmp_path):
     _issue_shard(tmp_path / "r-000000.tar")
-    _write_tar(tmp_path / "r-000001.tar", _rejected("b"))
+    write_tar(tmp_path / "r-000001.tar", _rejected("b"))
     info = _train(_args("--train-data", str(tmp_path / "r-{000000..000001}.tar"), "--dataset-type", "webdataset",
                         "--train-num-samples", "8", "--dataset-resampled"))
     assert len(_epoch(info, seconds=120)) == 2
@@ -193,7 +177,7 @@ def test_resampling_with_few_usable_samples_trains(tmp_path):
 def test_csv_smaller_than_one_batch_is_an_error(tmp_path):
     rows = ["filepath\ttitle\tconcepts"]
     for index in range(3):
-        (tmp_path / f"{index}.jpg").write_bytes(_jpeg(index))
+        (tmp_path / f"{index}.jpg").write_bytes(jpeg(index))
         rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index]}\t[\"a\"]")
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"no full training batch: 3 samples, --batch-size 4"):
@@ -208,12 +192,12 @@ def test_missing_and_unreadable_shards_are_named_counted_and_reported(tmp_path, 
         members = []
         for index in range(4):
             members += _good(f"s{shard}k{index}", index)
-        _write_tar(tmp_path / f"m-{shard:06d}.tar", members)
+        write_tar(tmp_path / f"m-{shard:06d}.tar", members)
     # a killed writer: the archive stops inside the third sample's image
     members = []
     for index in range(4):
         members += _good(f"s2k{index}", index)
-    full = Path(_write_tar(tmp_path / "full.tar", members)).read_bytes()
+    full = Path(write_tar(tmp_path / "full.tar", members)).read_bytes()
     cut_at = full.index(b"s2k2.jpg") + 512 + 100
     (tmp_path / "m-000002.tar").write_bytes(full[:cut_at])
     missing = str(tmp_path / "m-000001.tar")
@@ -251,8 +235,8 @@ def test_samples_without_image_or_caption_are_named_and_counted(tmp_path, caplog
     members = []
     for index in range(4):
         members += _good(f"g{index}", index)
-    members += [("noimage.txt", b"a cat"), ("nocaption.jpg", _jpeg(9))]
-    shard = _write_tar(tmp_path / "i-000000.tar", members)
+    members += [("noimage.txt", b"a cat"), ("nocaption.jpg", jpeg(9))]
+    shard = write_tar(tmp_path / "i-000000.tar", members)
     info = _train(_args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "4"))
     with caplog.at_level(logging.WARNING):
         _epoch(info)
@@ -268,7 +252,7 @@ def test_samples_without_image_or_caption_are_named_and_counted(tmp_path, caplog
 def test_worker_counters_reach_the_training_process_every_epoch(tmp_path, caplog):
     rows = ["filepath\ttitle\tconcepts"]
     for index in range(10):
-        (tmp_path / f"{index}.jpg").write_bytes(_jpeg(index))
+        (tmp_path / f"{index}.jpg").write_bytes(jpeg(index))
         concepts = json.dumps(GOOD_CAPTIONS[index % 8].split(" ")[:2] + [" "])  # one blank concept each
         rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index % 8]}\t{concepts}")
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
@@ -292,7 +276,7 @@ def test_webdataset_worker_counters_are_summed(tmp_path):
         members = []
         for index in range(2):
             members += _good(f"s{shard}k{index}", index)
-        _write_tar(tmp_path / f"w-{shard:06d}.tar", members)
+        write_tar(tmp_path / f"w-{shard:06d}.tar", members)
     info = _train(_args("--train-data", str(tmp_path / "w-{000000..000003}.tar"), "--dataset-type", "webdataset",
                         "--train-num-samples", "8", workers=2))
     assert len(_epoch(info, seconds=120)) == 2
@@ -330,7 +314,7 @@ def test_broken_spacy_model_fails_at_get_data_when_extraction_can_happen(tmp_pat
     members = []
     for index in range(4):
         members += _good(f"g{index}", index)
-    shard = _write_tar(tmp_path / "p-000000.tar", members)
+    shard = write_tar(tmp_path / "p-000000.tar", members)
     args = _args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "4")
     runtime.configure(runtime.C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))  # e.g. set in code
     with pytest.raises(RuntimeError, match=r"extracted on the fly with spaCy \(--c2lip-spacy-model 'en_core_web_smm'\)"):
@@ -339,7 +323,7 @@ def test_broken_spacy_model_fails_at_get_data_when_extraction_can_happen(tmp_pat
     # a CSV whose every row has concepts never extracts: no spaCy needed
     rows = ["filepath\ttitle\tconcepts"]
     for index in range(4):
-        (tmp_path / f"{index}.jpg").write_bytes(_jpeg(index))
+        (tmp_path / f"{index}.jpg").write_bytes(jpeg(index))
         rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index]}\t[\"a\"]")
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     args = _args("--train-data", str(tmp_path / "t.csv"), "--dataset-type", "csv")

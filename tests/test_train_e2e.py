@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tar_fixtures import write_tar
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -484,7 +485,6 @@ def _issue_shard(path: Path, captions: list, images: list) -> str:
     """8 samples of which 5 are rejected: invalid json, json list, concepts a string, empty caption,
     non-UTF-8 caption. The 3 good ones carry concepts."""
     import io
-    import tarfile
 
     def jpeg(image):
         buffer = io.BytesIO()
@@ -501,12 +501,7 @@ def _issue_shard(path: Path, captions: list, images: list) -> str:
     for index, (key, (text, meta)) in enumerate(bad.items()):
         members += [(f"{key}.jpg", jpeg(images[3 + index])), (f"{key}.txt", text)]
         members += [(f"{key}.json", meta)] if meta is not None else []
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
+    return write_tar(path, members)
 
 
 @pytest.fixture(scope="module")
