@@ -166,7 +166,7 @@ def load_checkpoint_into(model: torch.nn.Module, path, model_name: str) -> Dict[
     state_dict, metadata = read_checkpoint(path)
     try:
         incompatible = open_clip.load_checkpoint(model, str(path), strict=True)
-    except (RuntimeError, AttributeError, KeyError, TypeError, ValueError) as e:
+    except (RuntimeError, AttributeError, AssertionError, KeyError, TypeError, ValueError) as e:  # open_clip asserts in resize_*_pos_embed
         raise mismatch_error(model, state_dict, path, model_name, e) from e
     if incompatible is not None and (incompatible.missing_keys or incompatible.unexpected_keys):
         raise CheckpointError(f"{path}: missing keys {incompatible.missing_keys}, "

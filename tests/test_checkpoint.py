@@ -152,6 +152,19 @@ def test_checkpoint_of_another_architecture(tiny_models, tmp_path):
         load_checkpoint_into(open_clip.create_model("C2LIP-Tiny"), path, "C2LIP-Tiny")
 
 
+def test_checkpoint_whose_pos_embed_width_differs(tiny_models, tmp_path):
+    """open_clip's resize_*_pos_embed asserts on another embedding width (e.g. a ViT-S state dict
+    into C2LIP-Tiny): the same clear error, not a bare AssertionError."""
+    tiny = tiny_models["C2LIP-Tiny"]
+    state_dict = dict(tiny.state_dict())
+    key = next(k for k in state_dict if k.endswith("positional_embedding") and k.startswith("text"))
+    rows, width = state_dict[key].shape
+    state_dict[key] = torch.zeros(rows, width + 8)
+    path = _saved(tmp_path / "wider.pt", {"state_dict": state_dict})
+    with pytest.raises(CheckpointError, match=rf"(?s)wider.pt is not a checkpoint of C2LIP-Tiny: .*{key}"):
+        load_checkpoint_into(open_clip.create_model("C2LIP-Tiny"), path, "C2LIP-Tiny")
+
+
 def test_load_checkpoint_into_loads_exactly(tiny_models, tmp_path):
     tiny = tiny_models["C2LIP-Tiny"]
     path = _saved(tmp_path / "epoch_4.pt", {"epoch": 4, "name": "r", "state_dict": {f"module.{k}": v for k, v in
