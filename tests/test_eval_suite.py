@@ -2,6 +2,8 @@
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -124,3 +126,21 @@ def test_cli_exits_with_an_error_before_loading_a_model_when_nothing_is_present(
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 1
     assert "error: aro_vga: not found under" in result.stderr and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("name, annotation, content", [
+    ("sugarcrepe", "sugarcrepe/swap_att.json", "{}"),
+    ("sugarcrepe_pp", "sugarcrepe_pp/swap_obj.json", "[]"),
+    ("aro_vgr", "aro_vgr/visual_genome_relation.json", "[]"),
+    ("winoground", "winoground/examples.jsonl", ""),
+    ("winoground", "winoground/examples.jsonl", "\n\n"),
+])
+def test_empty_annotation_file_is_a_named_error(stub, data_root, tmp_path, name, annotation, content):
+    """An annotation file with no items is an error naming it (not null metrics, not a crash in the
+    averages after the model has run)."""
+    model, preprocess, tokenizer = stub
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root, symlinks=True)
+    (root / annotation).write_text(content)
+    with pytest.raises(ValueError, match=rf"{re.escape(annotation)}: holds no items"):
+        c2eval.evaluate(model, preprocess, tokenizer, [name], root, progress=False)

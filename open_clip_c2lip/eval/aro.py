@@ -29,7 +29,7 @@ from typing import Any, Callable, FrozenSet, Iterable, Mapping, Optional
 import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, load_json, mean, pair_similarity,
-                   register_benchmark, require_dir, require_file, selection_correct)
+                   register_benchmark, require_dir, require_file, require_items, selection_correct)
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def _load_aro(name: str, annotation: str, group_of: Callable[[Mapping, Path, Any
     data = load_json(source, name)
     if not isinstance(data, list):
         raise ValueError(f"{source}: expected a JSON list of test cases, got {type(data).__name__}")
+    require_items(data, source)
     rows = {"id": [], "group": [], "image": [], "true": [], "false": []}
     paths = []
     for index, item in enumerate(data):

@@ -132,12 +132,22 @@ def split_names(requested: Optional[Sequence[str]], known: Sequence[str], benchm
     return list(requested)
 
 
+def require_items(items: Sequence, source: Path) -> Sequence:
+    """``items`` unchanged; ValueError naming ``source`` when it holds none (an empty annotation file
+    would otherwise score as null / crash the averages after the model has run)."""
+    if not len(items):
+        raise ValueError(f"{source}: holds no items (an empty annotation file: a failed download or export?)")
+    return items
+
+
 def items_of(data, source: Path):
-    """(item id, item) pairs of a JSON dict keyed by id (SugarCrepe) or a list (SugarCrepe++, ARO)."""
+    """(item id, item) pairs of a JSON dict keyed by id (SugarCrepe) or a list (SugarCrepe++, ARO);
+    ValueError when there are none."""
     if isinstance(data, Mapping):
-        return list(data.items())
+        return require_items(list(data.items()), source)
     if isinstance(data, list):
-        return [(item.get("id", i) if isinstance(item, Mapping) else i, item) for i, item in enumerate(data)]
+        return require_items([(item.get("id", i) if isinstance(item, Mapping) else i, item)
+                              for i, item in enumerate(data)], source)
     raise ValueError(f"{source}: expected a JSON object or list, got {type(data).__name__}")
 
 

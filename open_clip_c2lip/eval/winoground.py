@@ -12,7 +12,7 @@ from typing import Mapping, Tuple
 import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, pair_similarity, register_benchmark,
-                   require_dir, require_file, resolve_image)
+                   require_dir, require_file, require_items, resolve_image)
 
 ANNOTATION = "examples.jsonl"
 
@@ -50,6 +50,7 @@ def load_winoground(data_root: Path, images: Vocabulary, texts: Vocabulary) -> S
                 rows[f"c{k}"].append(texts.add(field(item, f"caption_{k}", source, item_id)))
             rows["id"].append(item_id)
             rows["tag"].append(str(item.get("collapsed_tag", "all")))
+    require_items(rows["id"], source)
     check_images(paths, image_dir, source)
     tags = np.asarray(rows["tag"], dtype=object)
 
