@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .runtime import DUPLICATE_CONCEPT_RULES
+from .runtime import DUPLICATE_CONCEPT_RULES, MAX_LOSS_WEIGHT, MAX_XAC_TEMPERATURE
 
 # Lower clamp of the pooled vector's norm, as F.normalize(eps=1e-8) in the reference pooling.
 NORM_EPS = 1e-8
@@ -350,11 +350,11 @@ class C2LIPLoss(nn.Module):
             raise ValueError(f"xac_memory_budget_mb must be positive, got {xac_memory_budget_mb}")
         if xac_chunk_size is not None and xac_chunk_size < 1:
             raise ValueError(f"xac_chunk_size must be >= 1, got {xac_chunk_size}")
-        if not math.isfinite(xac_temperature):
-            raise ValueError(f"xac_temperature must be finite, got {xac_temperature}")
+        if not (math.isfinite(xac_temperature) and abs(xac_temperature) <= MAX_XAC_TEMPERATURE):
+            raise ValueError(f"xac_temperature must be finite with |λ| <= {MAX_XAC_TEMPERATURE:g}, got {xac_temperature}")
         for name, weight in (("npc_weight", npc_weight), ("xac_weight", xac_weight)):
-            if not (math.isfinite(weight) and weight >= 0):  # inf trains NaN (inf * 0 terms)
-                raise ValueError(f"{name} must be finite and >= 0, got {weight}")
+            if not (math.isfinite(weight) and 0 <= weight <= MAX_LOSS_WEIGHT):  # past it the total overflows
+                raise ValueError(f"{name} must be finite, >= 0 and <= {MAX_LOSS_WEIGHT:g}, got {weight}")
         self.npc_weight = float(npc_weight)
         self.xac_weight = float(xac_weight)
         self.xac_temperature = float(xac_temperature)

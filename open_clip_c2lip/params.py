@@ -36,28 +36,25 @@ _pending_messages: List[str] = []
 _parsed: Optional[Tuple[runtime.C2LIPConfig, str]] = None
 
 
-# the loss runs in float32: a weight or temperature past its range is inf there (and trains NaN)
-_FLOAT32_MAX = 3.4028234663852886e38
-
-
 def _finite_float(value: str) -> float:
     number = float(value)
-    if not (math.isfinite(number) and abs(number) <= _FLOAT32_MAX):
-        raise argparse.ArgumentTypeError(f"must be a finite float32 number, got {value}")
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
     return number
 
 
-def _non_negative_float(value: str) -> float:
+def _loss_weight(value: str) -> float:
     number = _finite_float(value)
-    if not number >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not 0 <= number <= runtime.MAX_LOSS_WEIGHT:
+        raise argparse.ArgumentTypeError(
+            f"must be >= 0 and <= {runtime.MAX_LOSS_WEIGHT:g} (larger weights overflow the loss), got {value}")
     return number
 
 
-def _positive_float(value: str) -> float:
+def _xac_temperature(value: str) -> float:
     number = _finite_float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not 0 < number <= runtime.MAX_XAC_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= {runtime.MAX_XAC_TEMPERATURE:g}, got {value}")
     return number
 
 
@@ -84,13 +81,13 @@ def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
              "pooled image tokens <-> concept) sigmoid terms. Implies --siglip. Needs a timm "
              "MAP vision tower, e.g. --model ViT-B-16-SigLIP-C2.")
     group.add_argument(
-        "--c2lip-npc-weight", type=_non_negative_float, default=_DEFAULTS.npc_weight, metavar="W",
+        "--c2lip-npc-weight", type=_loss_weight, default=_DEFAULTS.npc_weight, metavar="W",
         help="Weight of the npc loss term. Default: %(default)s.")
     group.add_argument(
-        "--c2lip-xac-weight", type=_non_negative_float, default=_DEFAULTS.xac_weight, metavar="W",
+        "--c2lip-xac-weight", type=_loss_weight, default=_DEFAULTS.xac_weight, metavar="W",
         help="Weight of the xac loss term. Default: %(default)s.")
     group.add_argument(
-        "--c2lip-xac-temperature", type=_positive_float, default=_DEFAULTS.xac_temperature, metavar="T",
+        "--c2lip-xac-temperature", type=_xac_temperature, default=_DEFAULTS.xac_temperature, metavar="T",
         help="λ of the xac token attention softmax(λ·cos(concept, token)): it multiplies the cosine "
              "scores, so higher is sharper (the authors' 1.0 is nearly uniform). Default: %(default)s.")
     group.add_argument(

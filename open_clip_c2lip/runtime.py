@@ -10,6 +10,13 @@ from typing import Any, Dict, Optional
 CONCEPT_MODES = ("text", "span")
 # C2LIPLoss(duplicate_concepts=...): "negative" is the authors' rule, "ignore" drops false negatives
 DUPLICATE_CONCEPT_RULES = ("negative", "ignore")
+# Upper bounds of the loss weights and the xac temperature (flags and C2LIPLoss alike). The authors
+# use weights 1.0 / 0.01 and temperature 1; at 1e4 the weighted total and its gradients are still
+# finite in float32 (tested at open_clip's largest logit scale, 100), while e.g. 1e38 overflows the
+# total to inf and trains NaN (issue #11). Past 1e4 a weight leaves the other terms < 1e-4 of the
+# total and a temperature is an argmax: nothing a sweep needs.
+MAX_LOSS_WEIGHT = 1e4
+MAX_XAC_TEMPERATURE = 1e4
 
 
 @dataclass

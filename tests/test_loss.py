@@ -362,11 +362,12 @@ def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="xac_chunk_size"):
         C2LIPLoss(xac_chunk_size=0)
     for name in ("npc_weight", "xac_weight"):
-        for bad in (float("inf"), float("nan"), -0.5):
-            with pytest.raises(ValueError, match=f"{name} must be finite and >= 0"):
+        for bad in (float("inf"), float("nan"), -0.5, 1e38, 1e4 + 1):
+            with pytest.raises(ValueError, match=f"{name} must be finite, >= 0 and <= 10000"):
                 C2LIPLoss(**{name: bad})
-    with pytest.raises(ValueError, match="xac_temperature must be finite"):
-        C2LIPLoss(xac_temperature=float("inf"))
+    for bad in (float("inf"), float("nan"), -1e38, 1e38):
+        with pytest.raises(ValueError, match=r"xac_temperature must be finite with \|λ\| <= 10000"):
+            C2LIPLoss(xac_temperature=bad)
     with pytest.raises(RuntimeError, match="torch.distributed"):
         call(C2LIPLoss(rank=0, world_size=2), make_batch())
 
@@ -465,3 +466,18 @@ def test_duplicate_concepts_errors():
         call(C2LIPLoss(duplicate_concepts="ignore"), batch, concept_ids=torch.zeros(5, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="integer ids"):
         call(C2LIPLoss(duplicate_concepts="ignore"), batch, concept_ids=torch.zeros(5, 3))
+
+
+def test_largest_accepted_weights_and_temperature_stay_finite():
+    """At the bounds (weights and temperature 1e4) and open_clip's largest logit scale (100) the fp32
+    loss and every gradient are finite; the flags refuse anything larger (1e38 overflowed to inf)."""
+    batch = {k: (v.float() if v.is_floating_point() else v) for k, v in make_batch().items()}
+    batch["logit_scale"] = torch.tensor(100.0)
+    batch["logit_bias"] = torch.tensor(-10.0)
+    inputs = leaves(batch)
+    loss = C2LIPLoss(npc_weight=1e4, xac_weight=1e4, xac_temperature=1e4)(**inputs)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, value in inputs.items():
+        if value.is_floating_point():
+            assert torch.isfinite(value.grad).all(), name
