@@ -28,6 +28,8 @@ DATA_KEYS = (
     "shards_read",          # shards opened and read to their end (empty ones included)
     "missing_shards",       # shard files that do not exist: skipped (upstream's nothrow policy)
     "unreadable_shards",    # shards that failed to open or broke while read: the rest of the shard is lost
+    "truncated_shards",     # tars cut inside a member / at a header, or without end-of-archive blocks:
+                            # the complete samples before the cut train, the one read at the cut is lost
     "empty_shards",         # shards read without a single file
     "samples_read",         # samples grouped from shard files (webdataset)
     "skipped_incomplete",   # samples without an image or a caption file (upstream's filter)
@@ -42,13 +44,14 @@ _HEADLINE: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("shards read", ("shards_read",)),
     ("missing", ("missing_shards",)),
     ("unreadable", ("unreadable_shards",)),
+    ("truncated", ("truncated_shards",)),
     ("empty", ("empty_shards",)),
     ("samples read", ("samples_read",)),
     ("skipped", ("skipped_incomplete", "skipped_undecodable", "skipped_bad_samples")),
     ("packed", ("samples",)),
     ("rollovers", ("rollovers",)),
 )
-_WARN_KEYS = ("missing_shards", "unreadable_shards", "empty_shards", "skipped_incomplete",
+_WARN_KEYS = ("missing_shards", "unreadable_shards", "truncated_shards", "empty_shards", "skipped_incomplete",
               "skipped_undecodable", "skipped_bad_samples")
 
 
@@ -167,9 +170,9 @@ class ReportingLoader:
         _logger.log(level, f"C2LIP data counters, epoch {self.epoch}{' ' + where if where else ''}: "
                            f"{format_report(totals, self._previous)}")
         _logger.log(level, f"C2LIP data counters, run total to epoch {self.epoch}: {format_report(totals)}")
-        if this_epoch.get("missing_shards") or this_epoch.get("unreadable_shards"):
+        if this_epoch.get("missing_shards") or this_epoch.get("unreadable_shards") or this_epoch.get("truncated_shards"):
             _logger.warning(
-                "C2LIP: shards of --train-data were missing or unreadable this epoch (named in the warnings "
+                "C2LIP: shards of --train-data were missing or unreadable this epoch (truncated included; named in the warnings "
                 "above); the epoch's batches were made up by repeating the readable samples")
         self._previous = totals
         return totals

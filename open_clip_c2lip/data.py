@@ -16,7 +16,7 @@ bootstrap calls it when that module is imported; it is idempotent):
      Five stages of the train pipeline are located by identity (an error names any that moved):
      the concepts stage ``AttachConcepts`` is inserted before the ``map_dict`` stage, the decode
      stage runs with a handler that names the shard and key of a sample it skips, the shard
-     reader names and counts missing / unreadable / empty shards, ``select(filter_no_caption_or_no_image)``
+     reader names and counts missing / unreadable / truncated / empty shards, ``select(filter_no_caption_or_no_image)``
      becomes ``DropIncomplete`` (names and counts what it drops) and ``batched`` runs inside
      ``FullBatchGuard``: a pass that cannot fill one batch raises (naming its shards and counts)
      instead of being restarted forever by ``with_epoch``; ``PassLog`` does the same for a
@@ -53,6 +53,7 @@ from . import runtime
 from .concepts import MAX_PARSE_CHARS
 from .counters import CountingPacker, ReportingLoader, SharedCounters, process_label
 from .packing import SpacyConceptExtractor, TextPacker
+from .shards import TruncatedTarError, iter_tar_stream_files
 
 AUTHORS_CONCEPTS_KEY = "nounphrases"
 _PATCHED = "__open_clip_c2lip_data_patched__"
@@ -79,8 +80,11 @@ def tarfile_to_samples_nothrow(src, handler=None, stats: Optional[TextPacker] = 
     """open_clip_train's ``tarfile_to_samples_nothrow`` without webdataset's end-of-shard marker.
 
     With ``stats`` (a packer: C2LIP train pipelines), each shard is opened and expanded on its own so
-    that a missing, unreadable or empty shard is logged by name and counted (``missing_shards``,
-    ``unreadable_shards``, ``empty_shards``; ``shards_read``, ``samples_read``); ``passes`` (a
+    that a missing, unreadable, truncated or empty shard is logged by name and counted (``missing_shards``,
+    ``unreadable_shards``, ``truncated_shards``, ``empty_shards``; ``shards_read``, ``samples_read``):
+    shards are read by ``shards.iter_tar_stream_files``, the concepts CLI's damage rule (a tar cut at
+    a header or missing its end-of-archive blocks is detected; the sample read at the cut is dropped,
+    the complete ones before it train); ``passes`` (a
     ``PassLog``) records the shards of the current pass and stops a resampled pass that can never
     yield a sample.
     """
@@ -103,8 +107,17 @@ def _count(samples, stats: TextPacker, key: str):
         yield sample
 
 
+def _expand_shard(url: str, stream) -> Any:
+    """webdataset's ``tar_file_expander`` for one opened shard, read by ``shards.iter_tar_stream_files``
+    so that a truncated tar (cut inside a member or a header, no end-of-archive blocks) raises
+    ``TruncatedTarError`` after its complete samples, by the concepts CLI's rule."""
+    for fname, data in iter_tar_stream_files(stream, url):
+        yield {"fname": fname, "data": data, "__url__": url}
+
+
 def _expand_each_shard(shards, eof, stats: TextPacker):
-    """Open and expand shard by shard; count and name each shard that is missing, unreadable or empty."""
+    """Open and expand shard by shard; count and name each shard that is missing, unreadable,
+    truncated or empty. ``eof`` is unused: this reader never yields webdataset's end-of-shard marker."""
     from open_clip_train import data as upstream
 
     for shard in shards:
@@ -117,17 +130,25 @@ def _expand_each_shard(shards, eof, stats: TextPacker):
             return True
 
         num_files = 0
-        streams = upstream.url_opener([shard], handler=record)
-        for filesample in upstream.tar_file_expander(streams, handler=record, **eof):
-            num_files += 1
-            yield filesample
+        for source in upstream.url_opener([shard], handler=record):
+            try:
+                for filesample in _expand_shard(source["url"], source["stream"]):
+                    num_files += 1
+                    yield filesample
+            except Exception as exc:  # upstream's nothrow policy: the shard's rest is skipped, counted
+                record(exc)
         if failure:
             exc = failure[0]
             missing = isinstance(exc, FileNotFoundError) and num_files == 0
-            stats.count("missing_shards" if missing else "unreadable_shards")
             if missing:
+                stats.count("missing_shards")
                 _logger.warning(f"C2LIP: shard {url} does not exist; skipped")
+            elif isinstance(exc, TruncatedTarError):
+                stats.count("truncated_shards")
+                _logger.warning(f"C2LIP: shard {url} is truncated ({exc}); {num_files} files were read from it "
+                                f"and train; what the damage cut off is skipped")
             else:
+                stats.count("unreadable_shards")
                 _logger.warning(
                     f"C2LIP: shard {url} is unreadable ({type(exc).__name__}: {exc.args[0] if exc.args else ''}); "
                     f"{num_files} files were read from it; what the error cut off is skipped")
@@ -315,7 +336,7 @@ class PassLog:
         return (
             f"C2LIP: training cannot fill a batch [{process_label()}]: {what}. This pass read {len(shards)} "
             f"shard(s): {listing}. Shards: missing={counts.get('missing_shards', 0)}, "
-            f"unreadable={counts.get('unreadable_shards', 0)}, empty={counts.get('empty_shards', 0)}. "
+            f"unreadable={counts.get('unreadable_shards', 0)}, truncated={counts.get('truncated_shards', 0)}, empty={counts.get('empty_shards', 0)}. "
             f"Samples: read={counts.get('samples_read', 0)}, skipped incomplete="
             f"{counts.get('skipped_incomplete', 0)}, undecodable={counts.get('skipped_undecodable', 0)}, "
             f"bad={counts.get('skipped_bad_samples', 0)}, usable={self.usable}; --batch-size {self.batch_size} "

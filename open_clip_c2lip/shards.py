@@ -35,8 +35,9 @@ Readers: ``samples_from_folder`` (``img.jpg`` + ``img.txt`` side by side), ``sam
 (image path + caption columns, open_clip's ``filepath`` / ``title`` by default), ``read_shard`` and
 ``iter_tar_samples`` (members with their exact tar bytes, used by the concepts CLI to rewrite
 shards byte-for-byte; a tar cut inside a member or header, or without its end-of-archive blocks,
-raises ``TruncatedTarError`` after the complete samples before the damage), plus ``member_bytes`` /
-``end_of_archive`` to write such a rewrite.
+raises ``TruncatedTarError`` after the complete samples before the damage), ``iter_tar_stream_files``
+(the training reader's stream of files, same damage rule: ``end_of_archive_problem``), plus
+``member_bytes`` / ``end_of_archive`` to write such a rewrite.
 """
 import io
 import json
@@ -412,21 +413,34 @@ class TruncatedTarError(tarfile.ReadError):
         self.samples_read = samples_read
 
 
-def _check_end_of_archive(f, offset: int) -> Tuple[Optional[str], bool]:
-    """(why the tar has no proper end at ``offset``, or None; whether the last member was complete).
+def end_of_archive_problem(offset: int, tail: bytes) -> Tuple[Optional[str], bool]:
+    """(why a tar has no proper end at ``offset``, or None; whether its last member was complete).
 
-    ``offset`` is where ``tarfile`` found no further header. POSIX ends a tar with two zero blocks;
-    ``tarfile`` also stops silently at a cut or garbled header and at a file that just stops after a
-    member (a killed writer), so the two blocks are checked here."""
-    f.seek(offset)
-    tail = f.read(2 * tarfile.BLOCKSIZE)
-    if len(tail) == 2 * tarfile.BLOCKSIZE and not tail.strip(tarfile.NUL):
+    ``offset`` is where ``tarfile`` found no further header and ``tail`` the (up to 1024) bytes of the
+    tar from there. POSIX ends a tar with two zero blocks; ``tarfile`` (file and stream modes) also
+    stops silently at a cut or garbled header and at a file that just stops after a member (a killed
+    writer), so the two blocks are checked here. One rule for the concepts CLI (``iter_tar_samples``)
+    and the training reader (``iter_tar_stream_files``)."""
+    if len(tail) >= 2 * tarfile.BLOCKSIZE and not tail[:2 * tarfile.BLOCKSIZE].strip(tarfile.NUL):
         return None, True
     if tail and not tail.strip(tarfile.NUL):  # cut inside the end blocks: every member was written
         return f"ends at byte {offset + len(tail)} with {len(tail)} of the 1024 end-of-archive bytes", True
     if not tail:
         return f"ends at byte {offset} right after a member, without the end-of-archive blocks", False
     return f"has a cut or unreadable header at byte {offset} (no end-of-archive blocks)", False
+
+
+def _check_end_of_archive(f, offset: int) -> Tuple[Optional[str], bool]:
+    f.seek(offset)
+    return end_of_archive_problem(offset, f.read(2 * tarfile.BLOCKSIZE))
+
+
+def _truncated(path: str, why: str, lost_key: Optional[str], num_samples: int) -> "TruncatedTarError":
+    lost = f"sample {lost_key!r} (possibly incomplete) and anything after it are lost" if lost_key else \
+        "anything after it is lost"
+    return TruncatedTarError(
+        f"{path}: truncated or damaged tar: {why}; {lost} ({num_samples} complete samples before it)",
+        lost_key, num_samples)
 
 
 def iter_tar_samples(path: str) -> Iterator[TarSample]:
@@ -438,11 +452,7 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
     num_samples = 0
 
     def truncated(why: str, lost_key: Optional[str]) -> TruncatedTarError:
-        lost = f"sample {lost_key!r} (possibly incomplete) and anything after it are lost" if lost_key else \
-            "anything after it is lost"
-        return TruncatedTarError(
-            f"{path}: truncated or damaged tar: {why}; {lost} ({num_samples} complete samples before it)",
-            lost_key, num_samples)
+        return _truncated(path, why, lost_key, num_samples)
 
     with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         current: Optional[TarSample] = None
@@ -497,6 +507,81 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
             current = TarSample(key, [(info, data)], [raw], [extension])
         if current is not None:
             yield current
+
+
+class _ReadRecorder:
+    """``tarfile``'s stream, remembering where its last ``read`` started and what it returned: after
+    ``TarFile.next`` found no header, that is the (decompressed) block read at ``TarFile.offset``."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.last: Tuple[int, bytes] = (-1, b"")
+
+    def read(self, size: int) -> bytes:
+        start = self.stream.tell()
+        data = self.stream.read(size)
+        self.last = (start, data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def iter_tar_stream_files(fileobj, path: str) -> Iterator[Tuple[str, bytes]]:
+    """``(member name, data)`` of a tar stream's regular files, in tar order, for the training reader.
+
+    Reads like webdataset's ``tar_file_iterator`` (``tarfile`` mode ``r|*``: any compression it
+    knows, no seeking, each byte read once; meta files ``__*__`` skipped), with the damage rule of
+    ``iter_tar_samples``: the files of the sample being read are held back until the next sample
+    starts or the archive ends with its end-of-archive blocks, so a tar cut inside a member or a
+    header, or missing its end blocks (a killed writer), yields exactly the complete samples before
+    the damage and then raises ``TruncatedTarError`` (the sample read at the cut, possibly
+    incomplete, is not yielded). Errors of the compression layer raise it too."""
+    num_samples = 0
+    held: List[Tuple[str, bytes]] = []
+    held_key: Optional[str] = None
+    tar = tarfile.open(fileobj=fileobj, mode="r|*")  # reads the first header: outside the recorder
+    recorder = _ReadRecorder(tar.fileobj)
+    tar.fileobj = recorder
+    last_name = None
+    while True:
+        try:
+            info = tar.next()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise _truncated(path, f"unreadable after byte {tar.offset} ({exc})", held_key, num_samples) from exc
+        if info is None:
+            break
+        tar.members = []  # keep memory flat (as webdataset)
+        last_name = info.name
+        if not info.isreg() or _META.match(info.name):
+            continue
+        match = _KEY_EXT.match(info.name)
+        key = match.group(1) if match else None
+        if key != held_key and held:
+            yield from held
+            num_samples += held_key is not None
+            held = []
+        held_key = key
+        try:
+            data = tar.extractfile(info).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise _truncated(path, f"cut inside member {info.name!r} ({exc})", key, num_samples) from exc
+        held.append((info.name, data))
+    offset, position = tar.offset, recorder.stream.tell()
+    if position < offset:  # stream ended while skipping to the next header
+        why, complete = f"ends at byte {position} inside member {last_name!r} (its data or padding)", False
+    else:
+        start, head = recorder.last
+        if start != offset:  # no member at all: the header at 0 was read while opening (a zero block)
+            head = tarfile.NUL * tarfile.BLOCKSIZE if position - offset == tarfile.BLOCKSIZE else b""
+        more = recorder.stream.read(tarfile.BLOCKSIZE) if len(head) == tarfile.BLOCKSIZE else b""
+        why, complete = end_of_archive_problem(offset, head + more)
+    if why is None or complete:
+        yield from held
+        num_samples += bool(held) and held_key is not None
+        held, held_key = [], None
+    if why is not None:
+        raise _truncated(path, why, held_key, num_samples)
 
 
 def read_shard(path: str) -> List[Dict[str, Any]]:

@@ -439,6 +439,19 @@ def test_end_of_shard_fix_with_current_webdataset(tmp_path):
     assert report["plugin_c2lip"] == [[4, 1 + 2 * MAX_CONCEPTS, CONTEXT_LENGTH]] * 3
 
 
+def test_truncated_shard_detection_with_current_webdataset(tmp_path):
+    """The train reader's truncation tests (tests/test_data_passes.py) pass with webdataset 1.0.2 too."""
+    new_webdataset = _new_webdataset_dir()
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(new_webdataset), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    code = ("import sys, webdataset, pytest; assert webdataset.__version__ == sys.argv[1], webdataset.__version__; "
+            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[2], '-k', 'truncated']))")
+    result = subprocess.run([sys.executable, "-c", code, WDS_NEW_VERSION, str(REPO / "tests" / "test_data_passes.py")],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
 def test_on_the_fly_extraction_of_a_huge_caption_trains_and_names_it(tmp_path, c2lip_off, caplog):
     """A caption over spaCy's max_length without concepts: parsed up to MAX_PARSE_CHARS, counted, the
     sample named in a warning (it used to kill the DataLoader worker with spaCy's E088)."""

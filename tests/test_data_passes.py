@@ -213,16 +213,122 @@ def test_missing_and_unreadable_shards_are_named_counted_and_reported(tmp_path, 
     passes = totals["rollovers"] + 1  # the last pass is cut by the epoch end, or ends with it
     assert totals["rollovers"] >= 1  # 10 readable samples per pass, 16 per epoch
     assert totals["missing_shards"] in (passes - 1, passes) and totals["missing_shards"] >= 1
-    assert totals["unreadable_shards"] >= 1
+    assert totals["truncated_shards"] >= 1 and totals["unreadable_shards"] == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"shard {missing} does not exist" in m for m in messages)
     # the two samples before the cut train; the message says how much was read
-    assert any(f"shard {tmp_path / 'm-000002.tar'} is unreadable" in m and "6 files were read from it" in m
-               for m in messages)
+    assert any(f"shard {tmp_path / 'm-000002.tar'} is truncated" in m and "6 files were read from it" in m
+               and "cut inside member 's2k2.jpg'" in m for m in messages)
     assert totals["samples_read"] >= 10
     report = [m for m in messages if m.startswith("C2LIP data counters, epoch 0")]
     assert len(report) == 1 and f"missing={totals['missing_shards']}" in report[0]
     assert any("missing or unreadable this epoch" in m for m in messages)
+
+
+def _damaged_shards(root: Path) -> dict:
+    """Shards of 4 samples each (keys ``{name}k0..k3``): intact, gzip, and the three damage kinds of a
+    killed writer — cut inside a member, cut exactly at a header, no end-of-archive blocks."""
+    import gzip
+    import tarfile
+
+    def members(prefix):
+        out = []
+        for index in range(4):
+            out += _good(f"{prefix}k{index}", index)
+        return out
+
+    paths = {"intact": write_tar(root / "intact.tar", members("intact"))}
+    gz = root / "gz.tar.gz"
+    gz.write_bytes(gzip.compress(Path(write_tar(root / "gz.tmp", members("gzip"))).read_bytes()))
+    paths["gzip"] = str(gz)
+    for kind in ("in_member", "at_header", "no_end"):
+        full = Path(write_tar(root / f"{kind}.full", members(kind))).read_bytes()
+        with tarfile.open(root / f"{kind}.full") as tar:
+            infos = tar.getmembers()
+        third = next(i for i in infos if i.name == f"{kind}k2.jpg")
+        end = infos[-1].offset_data + -(-infos[-1].size // 512) * 512  # the last member's padded end
+        cut = {"in_member": third.offset_data + 100, "at_header": third.offset, "no_end": end}[kind]
+        (root / f"{kind}.tar").write_bytes(full[:cut])
+        paths[kind] = str(root / f"{kind}.tar")
+    return paths
+
+
+# keys that train from each shard. At a header cut / missing end blocks the last sample read may lack
+# members the writer never wrote: it is dropped, as the concepts CLI drops it (shards.iter_tar_samples)
+TRAINED_KEYS = {"intact": [0, 1, 2, 3], "gzip": [0, 1, 2, 3], "in_member": [0, 1], "at_header": [0],
+                "no_end": [0, 1, 2]}
+
+
+class _Counts:
+    def __init__(self):
+        self.stats = {}
+
+    def count(self, key, amount=1):
+        self.stats[key] = self.stats.get(key, 0) + amount
+
+
+@pytest.mark.parametrize("kind", sorted(TRAINED_KEYS))
+def test_truncated_shards_are_detected_by_the_clis_rule(tmp_path, kind, caplog):
+    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+    from open_clip_c2lip.shards import TruncatedTarError, iter_tar_samples
+
+    path = _damaged_shards(tmp_path)[kind]
+    counts = _Counts()
+    with caplog.at_level(logging.WARNING):
+        samples = list(tarfile_to_samples_nothrow([{"url": path}], stats=counts))
+    assert [s["__key__"] for s in samples] == [f"{kind}k{i}" for i in TRAINED_KEYS[kind]]
+    assert all({"jpg", "txt", "json"} <= set(s) for s in samples)
+    damaged = kind not in ("intact", "gzip")
+    assert counts.stats.get("truncated_shards", 0) == int(damaged)
+    assert counts.stats.get("shards_read", 0) == int(not damaged)
+    assert counts.stats.get("unreadable_shards", 0) == 0 and counts.stats["samples_read"] == len(samples)
+    warnings = [r.getMessage() for r in caplog.records if f"shard {path} is truncated" in r.getMessage()]
+    assert len(warnings) == int(damaged)
+    if kind != "gzip":  # the CLI's reader (uncompressed tars only) keeps the same samples
+        cli = []
+        with contextlib.suppress(TruncatedTarError):
+            for sample in iter_tar_samples(path):
+                cli.append(sample.key)
+        assert cli == [s["__key__"] for s in samples]
+
+
+@pytest.mark.parametrize("damage", ["compressed_stream_cut", "tar_cut_inside_gzip"])
+def test_damaged_gzip_shards_are_counted_as_truncated(tmp_path, damage):
+    import gzip
+
+    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+
+    members = []
+    for index in range(6):
+        members += _good(f"k{index}", index)
+    full = Path(write_tar(tmp_path / "full.tar", members)).read_bytes()
+    data = gzip.compress(full)[:-200] if damage == "compressed_stream_cut" else gzip.compress(full[:len(full) // 2])
+    path = tmp_path / "d.tar.gz"
+    path.write_bytes(data)
+    counts = _Counts()
+    keys = [s["__key__"] for s in tarfile_to_samples_nothrow([{"url": str(path)}], stats=counts)]
+    assert counts.stats.get("truncated_shards") == 1 and "shards_read" not in counts.stats
+    assert len(keys) < 6 and keys == [f"k{i}" for i in range(len(keys))]  # complete samples before the cut
+
+
+def test_truncated_shards_are_counted_in_the_epoch_report(tmp_path, caplog):
+    paths = _damaged_shards(tmp_path)
+    args = _args("--train-data", "::".join(paths[k] for k in ("intact", "in_member", "at_header", "no_end", "gzip")),
+                 "--dataset-type", "webdataset", "--train-num-samples", "12")
+    with caplog.at_level(logging.INFO):
+        info = _train(args)
+        batches = _epoch(info)
+    assert len(batches) == 3
+    totals = info.c2lip_counters.totals()
+    assert totals["truncated_shards"] >= 3 and totals["truncated_shards"] % 3 == 0
+    assert totals["unreadable_shards"] == 0 and totals["missing_shards"] == 0
+    messages = [r.getMessage() for r in caplog.records]
+    for kind in ("in_member", "at_header", "no_end"):
+        assert any(f"shard {paths[kind]} is truncated" in m for m in messages), kind
+    report = [m for m in messages if m.startswith("C2LIP data counters, epoch 0")]
+    assert len(report) == 1 and f"truncated={totals['truncated_shards']}" in report[0]
+    assert any(r.levelno == logging.WARNING and r.getMessage().startswith("C2LIP data counters, epoch 0")
+               for r in caplog.records)
 
 
 def test_all_local_shards_missing_is_an_error(tmp_path):
