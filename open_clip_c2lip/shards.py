@@ -241,6 +241,17 @@ class _ShardSink:
         self._write_manifest(complete=True)
 
 
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a plain file-name prefix, else ``ValueError``: shards, their manifest and
+    the overwrite check all live in the output folder, so a prefix with a path separator (``../mine``,
+    ``sub/shard``) or one that is ``.``/``..``/empty would write (and overwrite) outside it."""
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if not prefix or prefix in (".", "..") or any(sep in prefix for sep in separators) or "\0" in prefix:
+        raise ValueError(f"prefix must be a plain file-name prefix (no path separator, not '.' or '..'), "
+                         f"got {prefix!r}")
+    return prefix
+
+
 def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str = "shard",
                  samples_per_shard: int = 1000, *, skip_bad: bool = False, quality: int = 95,
                  stats: Optional[ShardWriteStats] = None, overwrite: bool = False) -> List[str]:
@@ -252,6 +263,7 @@ def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str
     if any other file of that name pattern is present (never deleting what it did not create)."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    check_prefix(prefix)
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
     stats = ShardWriteStats() if stats is None else stats
