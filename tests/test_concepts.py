@@ -804,3 +804,30 @@ def test_cleanings_are_open_clips_own(clean):
     assert C.get_clean_fn(None) is None and C.get_clean_fn(str.lower) is str.lower
     with pytest.raises(ValueError, match="unknown text cleaning 'upper'"):
         C.get_clean_fn("upper")
+
+
+# ------------------------------------------------------------------------------------------------
+# Messages quote a short prefix of user text, never all of it (issue 11)
+
+@pytest.mark.parametrize("caption, reason", [
+    (" \n" * 900_000, "empty or whitespace-only"),  # 1.8M characters of whitespace
+    ("!" * 200_000, "no letter or digit"),
+])
+def test_error_messages_quote_a_short_prefix_of_long_captions(tmp_path, caption, reason, capsys):
+    src = tmp_path / "w.tar"
+    make_shard(src, [("good", [("txt", b"a dog")]), ("bad", [("txt", caption.encode())])])
+    with pytest.raises(SystemExit) as info:
+        run_cli([src, "--output-dir", tmp_path / "out"])
+    message = str(info.value)
+    assert "'bad'" in message and reason in message and f"({len(caption)} characters)" in message
+    assert len(message) < 600
+    code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 1 and len(text) < 3000 and f"({len(caption)} characters)" in text
+
+
+def test_excerpt():
+    from open_clip_c2lip.messages import excerpt
+    assert excerpt("a dog") == "'a dog'"
+    assert excerpt("x" * 81) == repr("x" * 80) + "… (81 characters)"
+    assert excerpt("x" * 80) == repr("x" * 80)
+    assert excerpt(None) == "None"
