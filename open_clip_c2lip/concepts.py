@@ -648,6 +648,10 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                     continue
                 num_samples += 1
                 where = f"{input_path}: sample {sample.key!r}"
+                if sample.problem is not None:  # this sample's fault only: raise or count, copy it as is
+                    _checked(CaptionError(f"{where} {sample.problem}"), where, stats, options.on_error)
+                    yield None, (sample, None, where)
+                    continue
                 meta = sample.json_object(where)
                 caption = _checked(_shard_caption(sample, caption_key, where), where, stats, options.on_error)
                 if caption is not None and isinstance(meta, Exception):

@@ -371,11 +371,14 @@ class TarSample:
 
     ``key`` is None for a member that is not part of a sample (directory, ``__meta__`` file, name
     without extension): such members are carried alone so rewriting keeps them in place.
+    ``problem`` says what is wrong with the sample itself (e.g. two ``.txt`` members: which one is
+    the caption is ambiguous), None if nothing: a per-sample fault, the shard's other samples are fine.
     """
     key: Optional[str]
     members: List[Tuple[tarfile.TarInfo, bytes]]
     raw: List[bytes] = field(default_factory=list)
     _extensions: List[Optional[str]] = field(default_factory=list)
+    problem: Optional[str] = None
     _json: Any = None
     _json_parsed: bool = False
 
@@ -499,8 +502,9 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
                 continue
             key, extension = match.group(1), match.group(2).lower()
             if current is not None and current.key == key:
-                if extension in current.extensions:
-                    raise ValueError(f"{path}: sample {key!r} has two .{extension} members")
+                if extension in current.extensions and current.problem is None:
+                    # kept (a rewrite copies it as is) and reported on this sample only
+                    current.problem = f"has two .{extension} members ({info.name!r} twice)"
                 current.members.append((info, data))
                 current.raw.append(raw)
                 current._extensions.append(extension)
@@ -514,9 +518,16 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
 
 
 def read_shard(path: str) -> List[Dict[str, Any]]:
-    """Samples of a shard as dicts ``{"__key__": key, extension: bytes, ...}`` (non-samples left out)."""
-    return [{"__key__": s.key, **{s.extension(i): d for i, d in s.members}}
-            for s in iter_tar_samples(path) if s.key is not None]
+    """Samples of a shard as dicts ``{"__key__": key, extension: bytes, ...}`` (non-samples left out).
+
+    A sample with a ``problem`` (two members of one extension) raises ``ValueError`` naming it."""
+    samples = []
+    for s in iter_tar_samples(path):
+        if s.problem is not None:
+            raise ValueError(f"{path}: sample {s.key!r} {s.problem}")
+        if s.key is not None:
+            samples.append({"__key__": s.key, **{s.extension(i): d for i, d in s.members}})
+    return samples
 
 
 def json_member_info(template: tarfile.TarInfo, obj: Dict[str, Any], name: Optional[str] = None

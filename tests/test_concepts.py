@@ -831,3 +831,24 @@ def test_excerpt():
     assert excerpt("x" * 81) == repr("x" * 80) + "… (81 characters)"
     assert excerpt("x" * 80) == repr("x" * 80)
     assert excerpt(None) == "None"
+
+
+@pytest.mark.parametrize("extension", ["txt", "json", "jpg"])
+def test_duplicated_member_fails_its_sample_only(tmp_path, extension, capsys):
+    dup = [("jpg", b"x"), ("txt", b"a red bus"), ("json", b"{}")]
+    dup.insert(dup.index(next(m for m in dup if m[0] == extension)) + 1, (extension, b"{}"))
+    src = tmp_path / "dup.tar"
+    make_shard(src, [("s001", [("jpg", b"a"), ("txt", b"a red car")]), ("s002", dup),
+                     ("s003", [("jpg", b"b"), ("txt", b"two cats")])])
+    with pytest.raises(SystemExit) as info:
+        run_cli([src, "--output-dir", tmp_path / "out"])
+    assert re.search(re.escape(str(src)) + rf": sample 's002' has two \.{extension} members", str(info.value))
+    code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 1 and "failures: 1" in text and "captions: 2" in text and f"two .{extension} members" in text
+    got = read_members(tmp_path / "out" / "dup.tar")
+    assert [(m.name, d) for m, d in got if m.name.startswith("s002")] == [(f"s002.{e}", d) for e, d in dup]
+    concepts = {m.name: json.loads(d)["concepts"] for m, d in got if m.name.endswith(".json") and "s002" not in m.name}
+    assert concepts == {"s001.json": ["a red car"], "s003.json": ["two cats"]}
+    with pytest.raises(ValueError, match="'s002' has two"):
+        from open_clip_c2lip.shards import read_shard
+        read_shard(str(src))
