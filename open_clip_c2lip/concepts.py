@@ -43,8 +43,12 @@ Command line (adds the concepts to existing data, one output per input)::
   captions), written back with the same separator; parquet keeps its column types.
 
 Each output keeps its input's file name under ``--output-dir``. An output is written to
-``NAME.partial`` and renamed when complete, so an existing ``NAME`` is finished and is skipped when
-the command is re-run (resume) unless ``--overwrite`` is given. Bad input (json that is not an
+``NAME.partial`` and renamed when complete, then its record ``NAME.concepts.json`` (input path, size,
+mtime_ns; the options that matter; the output's size and mtime_ns; its stats and failures). On a
+rerun an output whose record matches is skipped as finished, its recorded failures counted again (exit
+status 1); one whose input or options changed is re-annotated (said in the summary); one without a
+valid record (an older version's, someone else's, changed since) is refused unless ``--overwrite``.
+A sample with two members of one extension fails alone (named), like any bad sample. Bad input (json that is not an
 object, non-UTF-8 text, a missing or blank caption, a caption spaCy fails on, an empty shard, an
 unreadable file) stops the run with an error naming the file and sample/row; with ``--on-error
 skip`` it is counted instead: the sample/row is kept unchanged with no concepts (a table cell is
