@@ -927,3 +927,10 @@ def test_duplicated_member_fails_its_sample_only(tmp_path, extension, capsys):
     with pytest.raises(ValueError, match="'s002' has two"):
         from open_clip_c2lip.shards import read_shard
         read_shard(str(src))
+
+
+def test_packer_messages_quote_a_short_prefix():
+    from open_clip_c2lip import packing
+    with pytest.raises(TypeError) as info:
+        packing._as_samples([("a dog " * 100_000, ["a dog", 3])])
+    assert "(600000 characters)" in str(info.value) and len(str(info.value)) < 300
