@@ -43,8 +43,12 @@ Command line (adds the concepts to existing data, one output per input)::
   captions), written back with the same separator; parquet keeps its column types.
 
 Each output keeps its input's file name under ``--output-dir``. An output is written to
-``NAME.partial`` and renamed when complete, so an existing ``NAME`` is finished and is skipped when
-the command is re-run (resume) unless ``--overwrite`` is given. Bad input (json that is not an
+``NAME.partial`` and renamed when complete, then its record ``NAME.concepts.json`` (input path, size,
+mtime_ns; the options that matter; the output's size and mtime_ns; its stats and failures). On a
+rerun an output whose record matches is skipped as finished, its recorded failures counted again (exit
+status 1); one whose input or options changed is re-annotated (said in the summary); one without a
+valid record (an older version's, someone else's, changed since) is refused unless ``--overwrite``.
+A sample with two members of one extension fails alone (named), like any bad sample. Bad input (json that is not an
 object, non-UTF-8 text, a missing or blank caption, a caption spaCy fails on, an empty shard, an
 unreadable file) stops the run with an error naming the file and sample/row; with ``--on-error
 skip`` it is counted instead: the sample/row is kept unchanged with no concepts (a table cell is
@@ -65,6 +69,8 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .messages import excerpt
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 # The spaCy English models are also published on PyPI under this suffix (what is installed here).
@@ -242,6 +248,18 @@ class ConceptStats:
         self.failed.extend(other.failed[: max(0, MAX_LISTED_FAILURES - len(self.failed))])
         return self
 
+    def to_dict(self) -> Dict[str, Any]:
+        return {"captions": self.captions, "concepts": self.concepts, "fallbacks": self.fallbacks,
+                "failures": self.failures, "cut": self.cut, "salvaged": self.salvaged,
+                "histogram": {str(k): n for k, n in sorted(self.histogram.items())}, "failed": list(self.failed)}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ConceptStats":
+        return cls(captions=int(data["captions"]), concepts=int(data["concepts"]), fallbacks=int(data["fallbacks"]),
+                   failures=int(data["failures"]), cut=int(data["cut"]), salvaged=int(data["salvaged"]),
+                   histogram=collections.Counter({int(k): int(n) for k, n in data["histogram"].items()}),
+                   failed=[str(m) for m in data["failed"]])
+
     def summary(self) -> str:
         mean = self.concepts / self.captions if self.captions else 0.0
         lines = [
@@ -290,7 +308,7 @@ def check_caption(caption: Any, where: str) -> str:
     if not isinstance(caption, str):
         raise CaptionError(f"{where}: caption must be a str, got {type(caption).__name__}")
     if not caption.strip():
-        raise CaptionError(f"{where}: caption is empty or whitespace-only ({caption!r})")
+        raise CaptionError(f"{where}: caption is empty or whitespace-only ({excerpt(caption)})")
     return caption
 
 
@@ -388,8 +406,8 @@ class ConceptExtractor:
         """(text to parse, None), or (None, result) for a caption that needs no parse."""
         text, cut = concept_source(caption, self.clean_fn)
         if not has_text(text):
-            how = "" if self.clean_fn is None else f" after the tokenizer's cleaning ({text!r})"
-            return None, CaptionError(f"caption has no letter or digit{how}: {caption[:200]!r}")
+            how = "" if self.clean_fn is None else f" after the tokenizer's cleaning ({excerpt(text)})"
+            return None, CaptionError(f"caption has no letter or digit{how}: {excerpt(caption)}")
         return text, cut
 
     def pipe(self, items: Iterable[Tuple[Optional[str], Any]],
@@ -646,6 +664,10 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                     continue
                 num_samples += 1
                 where = f"{input_path}: sample {sample.key!r}"
+                if sample.problem is not None:  # this sample's fault only: raise or count, copy it as is
+                    _checked(CaptionError(f"{where} {sample.problem}"), where, stats, options.on_error)
+                    yield None, (sample, None, where)
+                    continue
                 meta = sample.json_object(where)
                 caption = _checked(_shard_caption(sample, caption_key, where), where, stats, options.on_error)
                 if caption is not None and isinstance(meta, Exception):
@@ -739,13 +761,102 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
     return stats
 
 
+# ------------------------------------------------------------------------------------------------
+# Records of finished outputs: what a rerun may skip, redo, or must not touch
+
+RECORD_SUFFIX = ".concepts.json"
+RECORD_VERSION = 1
+
+
+def record_path(output_path: str) -> str:
+    """``{output}.concepts.json``: the record written next to each finished output."""
+    return output_path + RECORD_SUFFIX
+
+
+def _file_identity(path: str) -> Dict[str, int]:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def record_options(input_path: str, options: AnnotateOptions) -> Dict[str, Any]:
+    """The options an output's content depends on (a change means the output must be redone)."""
+    recorded = {"concepts_key": options.concepts_key, "caption_key": options.caption_key,
+                "clean": options.clean, "spacy_model": options.spacy_model, "fallback": options.fallback}
+    if os.path.splitext(input_path)[1].lower() not in SHARD_SUFFIXES:
+        recorded["csv_separator"] = options.csv_separator
+    return recorded
+
+
+def write_record(input_path: str, input_identity: Dict[str, int], output_path: str,
+                 options: AnnotateOptions, stats: ConceptStats) -> None:
+    """Write ``record_path(output_path)`` atomically, after the output: the input it came from (path,
+    size, mtime_ns as of before it was read), the options that matter, the output's own size and
+    mtime_ns (proof it is still ours), and its stats, failures included."""
+    record = {"version": RECORD_VERSION, "input": os.path.abspath(input_path), **{
+        f"input_{k}": v for k, v in input_identity.items()}, **{
+        f"output_{k}": v for k, v in _file_identity(output_path).items()},
+        "options": record_options(input_path, options), "stats": stats.to_dict()}
+    path = record_path(output_path)
+    with open(path + ".partial", "w") as f:
+        json.dump(record, f, ensure_ascii=False)
+    os.replace(path + ".partial", path)
+
+
+def read_record(output_path: str) -> Optional[Dict[str, Any]]:
+    """The record of ``output_path``, or None when there is none, it is unreadable, or the output
+    changed since it was written (then it is not provably the output we wrote)."""
+    try:
+        with open(record_path(output_path)) as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+            return None
+        ConceptStats.from_dict(record["stats"])
+        identity = _file_identity(output_path)
+        if (record["output_size"], record["output_mtime_ns"]) != (identity["size"], identity["mtime_ns"]):
+            return None
+        return record
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+FINISHED, REDO, UNOWNED, TODO = "finished", "redo", "unowned", "todo"
+
+
+def output_state(input_path: str, output_path: str, options: AnnotateOptions,
+                 record: Optional[Dict[str, Any]] = None) -> str:
+    """What a rerun does with ``output_path``: ``TODO`` (none yet), ``FINISHED`` (its record matches the
+    input and options: skip it, reporting its recorded failures), ``REDO`` (ours, but the input or
+    options changed since: annotate again), ``UNOWNED`` (no valid record: an older version's or someone
+    else's file; only ``--overwrite`` replaces it)."""
+    if not os.path.exists(output_path):
+        return TODO
+    record = read_record(output_path) if record is None else record
+    if record is None:
+        return UNOWNED
+    identity = _file_identity(input_path)
+    same = (record.get("input") == os.path.abspath(input_path)
+            and (record.get("input_size"), record.get("input_mtime_ns")) == (identity["size"], identity["mtime_ns"])
+            and record.get("options") == json.loads(json.dumps(record_options(input_path, options))))
+    return FINISHED if same else REDO
+
+
 def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
                   progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
-    """Annotate one shard or table into ``output_path`` (written atomically)."""
+    """Annotate one shard or table into ``output_path`` (written atomically), then its record
+    (``write_record``). A previous output of ours (valid record) is removed first, so a failure leaves
+    no stale output behind; any other previous output is only replaced once the new one is complete,
+    and its record is removed first: an output without a valid record is never taken as finished."""
     suffix = os.path.splitext(input_path)[1].lower()
     annotate = annotate_shard if suffix in SHARD_SUFFIXES else annotate_table
     try:
-        return annotate(input_path, output_path, options, progress)
+        if read_record(output_path) is not None:
+            os.remove(output_path)
+        if os.path.exists(record_path(output_path)):
+            os.remove(record_path(output_path))
+        input_identity = _file_identity(input_path)  # before reading: a change while reading shows next time
+        stats = annotate(input_path, output_path, options, progress)
+        write_record(input_path, input_identity, output_path, options, stats)
+        return stats
     except CaptionError:
         raise
     except (OSError, tarfile.TarError, ValueError) as exc:
@@ -859,16 +970,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path, output in outputs.items():
         if os.path.abspath(path) == os.path.abspath(output):
             raise SystemExit(f"error: {path}: output would overwrite the input; pick another --output-dir")
-    finished = [p for p in inputs if os.path.exists(outputs[p]) and not args.overwrite]
-    todo = [p for p in inputs if p not in finished]
-
-    file_workers = min(args.processes, max(1, len(todo)))
     options = AnnotateOptions(
         concepts_key=args.concepts_key, caption_key=args.caption_key, on_error=args.on_error,
-        spacy_model=args.spacy_model, batch_size=args.batch_size,
-        n_process=max(1, args.processes // file_workers), fallback=args.fallback, clean=args.clean,
+        spacy_model=args.spacy_model, batch_size=args.batch_size, fallback=args.fallback, clean=args.clean,
         csv_separator=args.csv_separator)
+    states = {p: TODO if args.overwrite else output_state(p, outputs[p], options) for p in inputs}
+    unowned = [outputs[p] for p in inputs if states[p] == UNOWNED]
+    if unowned:
+        raise SystemExit(
+            f"error: {len(unowned)} output(s) already exist without a valid record of this command "
+            f"({RECORD_SUFFIX} next to them: written by an older version or someone else, or changed "
+            f"since), e.g. {unowned[0]}; not replacing them. Pass --overwrite to annotate into them anyway, "
+            "or pick another --output-dir.")
+    finished = [p for p in inputs if states[p] == FINISHED]
+    redone = [p for p in inputs if states[p] == REDO]
+    todo = [p for p in inputs if p not in finished]
+    file_workers = min(args.processes, max(1, len(todo)))
+    options.n_process = max(1, args.processes // file_workers)
+
     stats = ConceptStats()
+    earlier = ConceptStats()  # failures recorded by the run that wrote the skipped outputs
+    for path in finished:
+        recorded = ConceptStats.from_dict(read_record(outputs[path])["stats"])
+        earlier.failures += recorded.failures
+        earlier.salvaged += recorded.salvaged
+        earlier.failed += [f"(earlier run) {message}" for message in recorded.failed]
     failed_files: List[str] = []
     bar = tqdm(total=None, unit=" captions", disable=args.quiet, dynamic_ncols=True)
 
@@ -906,10 +1032,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     print(f"files: {len(inputs)} ({len(todo) - len(failed_files)} written, "
           f"{len(finished)} skipped as finished, {len(failed_files)} failed) -> {args.output_dir}")
+    if redone:
+        print(f"re-annotated (input or options changed since the earlier output): {len(redone)}, e.g. "
+              f"{outputs[redone[0]]}")
+    if earlier.failures:
+        print(f"earlier failures in outputs skipped as finished: {earlier.failures} (counted below; "
+              "--overwrite redoes them)")
+        stats.failures += earlier.failures
+        stats.salvaged += earlier.salvaged
+        stats.failed.extend(earlier.failed[: max(0, MAX_LISTED_FAILURES - len(stats.failed))])
     print(stats.summary())
     if stats.failures:
-        print(f"FAILED: {stats.failures} failure(s) ({len(failed_files)} whole files); see above. "
-              "Samples/rows that failed were kept without concepts.", file=sys.stderr)
+        print(f"FAILED: {stats.failures} failure(s) ({len(failed_files)} whole files"
+              + (f", {earlier.failures} from earlier runs" if earlier.failures else "")
+              + "); see above. Samples/rows that failed were kept without concepts.", file=sys.stderr)
         return EXIT_FAILURES
     return EXIT_OK
 

@@ -41,6 +41,7 @@ from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, _
 
 from .concepts import concept_source, has_text
 from .layout import pack_rows
+from .messages import excerpt
 
 Span = Tuple[int, int]
 Sample = Tuple[str, Optional[List[str]]]
@@ -301,7 +302,7 @@ def _token_span(caption: CaptionTokens, char_span: Optional[Span]) -> Tuple[Opti
 def _check_ids(caption: CaptionTokens, caption_row: torch.Tensor, text: str) -> None:
     if caption.ids != caption_row.tolist():
         raise RuntimeError(
-            f"concept span alignment disagrees with the tokenizer's ids for caption {text!r}; "
+            f"concept span alignment disagrees with the tokenizer's ids for caption {excerpt(text)}; "
             "the tokenizer wrapper changed upstream and its aligner must follow")
 
 
@@ -380,7 +381,7 @@ def _as_samples(texts) -> List[Sample]:
         if concepts is not None:
             bad = [type(c).__name__ for c in concepts if not isinstance(c, str)]
             if bad:
-                raise TypeError(f"text #{index} ({caption!r}): concepts must be strings, got {', '.join(bad)}")
+                raise TypeError(f"text #{index} ({excerpt(caption)}): concepts must be strings, got {', '.join(bad)}")
             concepts = list(concepts)
         samples.append((caption, concepts))
     return samples

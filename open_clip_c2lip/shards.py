@@ -47,6 +47,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
+from .messages import excerpt
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 JPEG_MAGIC = b"\xff\xd8\xff"
 KEY_DIGITS = 9
@@ -123,7 +125,7 @@ def _sample_members(sample: Dict[str, Any], key: str, quality: int, where: str
         raise BadSampleError(f"{where}: key {key!r} must be non-empty without '.' or '/'")
     caption = sample.get("txt")
     if not isinstance(caption, str) or not caption.strip():
-        raise BadSampleError(f"{where}: missing or blank caption (txt={caption!r})")
+        raise BadSampleError(f"{where}: missing or blank caption (txt={excerpt(caption)})")
     meta = sample.get("json")
     if meta is not None and not isinstance(meta, dict):
         raise BadSampleError(f"{where}: json must be a dict, got {type(meta).__name__}")
@@ -242,6 +244,17 @@ class _ShardSink:
         self._write_manifest(complete=True)
 
 
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a plain file-name prefix, else ``ValueError``: shards, their manifest and
+    the overwrite check all live in the output folder, so a prefix with a path separator (``../mine``,
+    ``sub/shard``) or one that is ``.``/``..``/empty would write (and overwrite) outside it."""
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if not prefix or prefix in (".", "..") or any(sep in prefix for sep in separators) or "\0" in prefix:
+        raise ValueError(f"prefix must be a plain file-name prefix (no path separator, not '.' or '..'), "
+                         f"got {prefix!r}")
+    return prefix
+
+
 def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str = "shard",
                  samples_per_shard: int = 1000, *, skip_bad: bool = False, quality: int = 95,
                  stats: Optional[ShardWriteStats] = None, overwrite: bool = False) -> List[str]:
@@ -253,6 +266,7 @@ def write_shards(samples: Iterable[Dict[str, Any]], output_dir: str, prefix: str
     if any other file of that name pattern is present (never deleting what it did not create)."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    check_prefix(prefix)
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
     stats = ShardWriteStats() if stats is None else stats
@@ -358,11 +372,14 @@ class TarSample:
 
     ``key`` is None for a member that is not part of a sample (directory, ``__meta__`` file, name
     without extension): such members are carried alone so rewriting keeps them in place.
+    ``problem`` says what is wrong with the sample itself (e.g. two ``.txt`` members: which one is
+    the caption is ambiguous), None if nothing: a per-sample fault, the shard's other samples are fine.
     """
     key: Optional[str]
     members: List[Tuple[tarfile.TarInfo, bytes]]
     raw: List[bytes] = field(default_factory=list)
     _extensions: List[Optional[str]] = field(default_factory=list)
+    problem: Optional[str] = None
     _json: Any = None
     _json_parsed: bool = False
 
@@ -495,8 +512,9 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
                 continue
             key, extension = match.group(1), match.group(2).lower()
             if current is not None and current.key == key:
-                if extension in current.extensions:
-                    raise ValueError(f"{path}: sample {key!r} has two .{extension} members")
+                if extension in current.extensions and current.problem is None:
+                    # kept (a rewrite copies it as is) and reported on this sample only
+                    current.problem = f"has two .{extension} members ({info.name!r} twice)"
                 current.members.append((info, data))
                 current.raw.append(raw)
                 current._extensions.append(extension)
@@ -585,9 +603,16 @@ def iter_tar_stream_files(fileobj, path: str) -> Iterator[Tuple[str, bytes]]:
 
 
 def read_shard(path: str) -> List[Dict[str, Any]]:
-    """Samples of a shard as dicts ``{"__key__": key, extension: bytes, ...}`` (non-samples left out)."""
-    return [{"__key__": s.key, **{s.extension(i): d for i, d in s.members}}
-            for s in iter_tar_samples(path) if s.key is not None]
+    """Samples of a shard as dicts ``{"__key__": key, extension: bytes, ...}`` (non-samples left out).
+
+    A sample with a ``problem`` (two members of one extension) raises ``ValueError`` naming it."""
+    samples = []
+    for s in iter_tar_samples(path):
+        if s.problem is not None:
+            raise ValueError(f"{path}: sample {s.key!r} {s.problem}")
+        if s.key is not None:
+            samples.append({"__key__": s.key, **{s.extension(i): d for i, d in s.members}})
+    return samples
 
 
 def json_member_info(template: tarfile.TarInfo, obj: Dict[str, Any], name: Optional[str] = None

@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from open_clip_c2lip.shards import (BadSampleError, ShardDirError, ShardWriteStats, samples_from_csv,
-                                    samples_from_folder, write_shards)
+from open_clip_c2lip.shards import (BadSampleError, ShardDirError, ShardWriteStats, check_prefix,
+                                    samples_from_csv, samples_from_folder, write_shards)
 from open_clip_c2lip.tables import TableError, parse_separator
 
 
@@ -42,6 +42,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.samples_per_shard < 1:
         parser.error(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
+    try:
+        check_prefix(args.prefix)
+    except ValueError as exc:
+        parser.error(f"--prefix: {exc}")
     if not 1 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
     try:

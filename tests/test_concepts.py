@@ -362,17 +362,92 @@ def test_cli_resume_skips_finished_not_partial(tmp_path, coco, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "part-000000.tar.partial").write_bytes(b"half written")  # interrupted earlier run
-    (out / "part-000001.tar").write_bytes(b"finished earlier")
-    code, text = run_cli([tmp_path / "part-{000000..000002}.tar", "--output-dir", out], capsys)
-    assert "2 written, 1 skipped as finished" in text
-    assert (out / "part-000001.tar").read_bytes() == b"finished earlier"
-    assert sorted(p.name for p in out.iterdir()) == [f"part-{i:06d}.tar" for i in range(3)]
+    code, text = run_cli([tmp_path / "part-{000000..000001}.tar", "--output-dir", out], capsys)
+    assert code == 0 and "2 written, 0 skipped as finished" in text
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"part-{i:06d}.tar{r}" for i in range(2) for r in ("", ".concepts.json")]
     assert len(read_members(out / "part-000000.tar")) > 5
+    finished = {i: (out / f"part-{i:06d}.tar").stat().st_mtime_ns for i in range(2)}
 
     code, text = run_cli([tmp_path / "part-{000000..000002}.tar", "--output-dir", out], capsys)
-    assert "0 written, 3 skipped as finished" in text and "captions: 0" in text
-    run_cli([inputs[1], "--output-dir", out, "--overwrite"])
-    assert len(read_members(out / "part-000001.tar")) > 5
+    assert code == 0 and "1 written, 2 skipped as finished" in text and "captions: 5" in text
+    assert all((out / f"part-{i:06d}.tar").stat().st_mtime_ns == t for i, t in finished.items())
+    code, text = run_cli([inputs[1], "--output-dir", out, "--overwrite"], capsys)
+    assert code == 0 and "1 written, 0 skipped" in text and len(read_members(out / "part-000001.tar")) > 5
+
+
+def test_cli_rerun_reports_earlier_failures(tmp_path, capsys):
+    """A salvaged / partly failed output is not silently 'finished': its failures count again."""
+    src = tmp_path / "f.tar"
+    make_shard(src, [("good", [("txt", b"a red car")]), ("bad", [("txt", b"!!!")]), ("ok", [("txt", b"a dog")])])
+    out = tmp_path / "out"
+    code, text = run_cli([src, "--output-dir", out, "--on-error", "skip"], capsys)
+    assert code == 1 and "failures: 1" in text
+    record = json.loads((out / "f.tar.concepts.json").read_text())
+    assert record["stats"]["failures"] == 1 and record["input"] == str(src)
+    assert record["input_size"] == src.stat().st_size and record["options"]["clean"] == "lower"
+    for flags in (["--on-error", "skip"], []):
+        code, text = run_cli([src, "--output-dir", out] + flags, capsys)
+        assert code == 1 and "0 written, 1 skipped as finished" in text
+        assert "earlier failures in outputs skipped as finished: 1" in text and "failures: 1" in text
+        assert "(earlier run)" in text and "'bad'" in text
+    code, text = run_cli([src, "--output-dir", out, "--on-error", "skip", "--overwrite"], capsys)
+    assert code == 1 and "1 written" in text and "(earlier run)" not in text
+
+
+def test_cli_damaged_tar_rerun_is_not_finished(tmp_path, capsys):
+    src = tmp_path / "cut_mid.tar"
+    eight_sample_shard(src)
+    src.write_bytes(src.read_bytes()[: len(src.read_bytes()) // 2 + 100])
+    out = tmp_path / "dout"
+    code, text = run_cli([src, "--output-dir", out, "--on-error", "skip"], capsys)
+    assert code == 1 and "salvaged" in text
+    code, text = run_cli([src, "--output-dir", out], capsys)
+    assert code == 1 and "1 skipped as finished" in text and "failures: 1" in text and "truncated" in text
+
+
+def test_cli_stale_output_of_a_changed_input_is_redone(tmp_path, coco, capsys):
+    src = tmp_path / "in" / "p-000000.tar"
+    src.parent.mkdir()
+    make_shard(src, shard_samples(coco, 0, 4))
+    out = tmp_path / "out"
+    assert run_cli([src, "--output-dir", out], capsys)[0] == 0
+    make_shard(src, shard_samples(coco, 10, 6))  # re-sharded: same name, other samples
+    code, text = run_cli([src, "--output-dir", out], capsys)
+    assert code == 0 and "1 written, 0 skipped" in text and "re-annotated (input or options changed" in text
+    got = [json.loads(d)["concepts"] for m, d in read_members(out / src.name) if m.name.endswith(".json")]
+    assert got == C.extract_concepts(coco[10:16])
+    # an option that changes the content: redone too; the same command again: finished
+    code, text = run_cli([src, "--output-dir", out, "--concepts-key", "np"], capsys)
+    assert code == 0 and "re-annotated" in text
+    code, text = run_cli([src, "--output-dir", out, "--concepts-key", "np"], capsys)
+    assert code == 0 and "0 written, 1 skipped as finished" in text and "re-annotated" not in text
+    # same size, only mtime moved (a rewrite with identical length): redone
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    code, text = run_cli([src, "--output-dir", out, "--concepts-key", "np"], capsys)
+    assert code == 0 and "re-annotated" in text
+
+
+@pytest.mark.parametrize("damage", ["no-record", "bad-record", "output-changed"])
+def test_cli_output_without_a_valid_record_is_refused(tmp_path, coco, capsys, damage):
+    src = tmp_path / "t.tar"
+    make_shard(src, shard_samples(coco, 0, 3))
+    out = tmp_path / "out"
+    if damage == "no-record":
+        out.mkdir()
+        (out / "t.tar").write_bytes(b"someone else's file")
+    else:
+        assert run_cli([src, "--output-dir", out], capsys)[0] == 0
+        if damage == "bad-record":
+            (out / "t.tar.concepts.json").write_text("{not json")
+        else:
+            (out / "t.tar").write_bytes(b"replaced by someone")
+    before = (out / "t.tar").read_bytes()
+    with pytest.raises(SystemExit, match=r"1 output\(s\) already exist without a valid record.*t\.tar.*--overwrite"):
+        run_cli([src, "--output-dir", out])
+    assert (out / "t.tar").read_bytes() == before  # never replaced without --overwrite
+    code, text = run_cli([src, "--output-dir", out, "--overwrite"], capsys)
+    assert code == 0 and "1 written" in text and len(read_members(out / "t.tar")) > 3
 
 
 def test_cli_two_processes_same_bytes(tmp_path, coco):
@@ -461,7 +536,7 @@ def test_cli_empty_shard_and_unreadable_inputs(tmp_path, capsys):
     code, text = run_cli([empty, bad_table, blank_row, "--output-dir", tmp_path / "out", "--on-error", "skip"],
                          capsys)
     assert code == 1 and "1 written, 0 skipped as finished, 2 failed" in text and "failures: 3" in text
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rows.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rows.csv", "rows.csv.concepts.json"]
     rows = pd.read_csv(tmp_path / "out" / "rows.csv", sep="\t", keep_default_na=False)
     assert rows["concepts"].tolist() == ['["a dog"]', ""]  # failed row kept, no concepts
 
@@ -804,3 +879,58 @@ def test_cleanings_are_open_clips_own(clean):
     assert C.get_clean_fn(None) is None and C.get_clean_fn(str.lower) is str.lower
     with pytest.raises(ValueError, match="unknown text cleaning 'upper'"):
         C.get_clean_fn("upper")
+
+
+# ------------------------------------------------------------------------------------------------
+# Messages quote a short prefix of user text, never all of it (issue 11)
+
+@pytest.mark.parametrize("caption, reason", [
+    (" \n" * 900_000, "empty or whitespace-only"),  # 1.8M characters of whitespace
+    ("!" * 200_000, "no letter or digit"),
+])
+def test_error_messages_quote_a_short_prefix_of_long_captions(tmp_path, caption, reason, capsys):
+    src = tmp_path / "w.tar"
+    make_shard(src, [("good", [("txt", b"a dog")]), ("bad", [("txt", caption.encode())])])
+    with pytest.raises(SystemExit) as info:
+        run_cli([src, "--output-dir", tmp_path / "out"])
+    message = str(info.value)
+    assert "'bad'" in message and reason in message and f"({len(caption)} characters)" in message
+    assert len(message) < 600
+    code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 1 and len(text) < 3000 and f"({len(caption)} characters)" in text
+
+
+def test_excerpt():
+    from open_clip_c2lip.messages import excerpt
+    assert excerpt("a dog") == "'a dog'"
+    assert excerpt("x" * 81) == repr("x" * 80) + "… (81 characters)"
+    assert excerpt("x" * 80) == repr("x" * 80)
+    assert excerpt(None) == "None"
+
+
+@pytest.mark.parametrize("extension", ["txt", "json", "jpg"])
+def test_duplicated_member_fails_its_sample_only(tmp_path, extension, capsys):
+    dup = [("jpg", b"x"), ("txt", b"a red bus"), ("json", b"{}")]
+    dup.insert(dup.index(next(m for m in dup if m[0] == extension)) + 1, (extension, b"{}"))
+    src = tmp_path / "dup.tar"
+    make_shard(src, [("s001", [("jpg", b"a"), ("txt", b"a red car")]), ("s002", dup),
+                     ("s003", [("jpg", b"b"), ("txt", b"two cats")])])
+    with pytest.raises(SystemExit) as info:
+        run_cli([src, "--output-dir", tmp_path / "out"])
+    assert re.search(re.escape(str(src)) + rf": sample 's002' has two \.{extension} members", str(info.value))
+    code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 1 and "failures: 1" in text and "captions: 2" in text and f"two .{extension} members" in text
+    got = read_members(tmp_path / "out" / "dup.tar")
+    assert [(m.name, d) for m, d in got if m.name.startswith("s002")] == [(f"s002.{e}", d) for e, d in dup]
+    concepts = {m.name: json.loads(d)["concepts"] for m, d in got if m.name.endswith(".json") and "s002" not in m.name}
+    assert concepts == {"s001.json": ["a red car"], "s003.json": ["two cats"]}
+    with pytest.raises(ValueError, match="'s002' has two"):
+        from open_clip_c2lip.shards import read_shard
+        read_shard(str(src))
+
+
+def test_packer_messages_quote_a_short_prefix():
+    from open_clip_c2lip import packing
+    with pytest.raises(TypeError) as info:
+        packing._as_samples([("a dog " * 100_000, ["a dog", 3])])
+    assert "(600000 characters)" in str(info.value) and len(str(info.value)) < 300

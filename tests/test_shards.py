@@ -321,3 +321,18 @@ def test_make_shards_csv_list_separator_like_open_clip(tmp_path, captions, make_
                              "--csv-separator", ","]) == 0
     got = wds_samples(sorted((tmp_path / "out").glob("*.tar")))
     assert [s["txt"].decode() for s in got] == ["N/A", "a dog"]  # "N/A" is a caption, as in training
+
+
+@pytest.mark.parametrize("prefix", ["../mine", "sub/shard", "/tmp/abs", ".", "..", ""])
+def test_prefix_must_be_a_plain_file_name_prefix(tmp_path, captions, make_shards_main, capsys, prefix):
+    folder = _folder_of_images(tmp_path, captions, count=2)
+    victim = tmp_path / "mine-000000.tar"  # what '../mine' would overwrite, without --overwrite
+    victim.write_bytes(b"precious")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SystemExit) as info:
+        make_shards_main([str(folder), "--output-dir", str(tmp_path / "out"), "--prefix", prefix])
+    assert info.value.code == 2 and "--prefix: prefix must be a plain file-name prefix" in capsys.readouterr().err
+    assert victim.read_bytes() == b"precious" and not list((tmp_path / "out").iterdir())
+    with pytest.raises(ValueError, match="plain file-name prefix"):
+        S.write_shards([{"jpg": image(0), "txt": "a"}], str(tmp_path / "out"), prefix)
+    assert not list((tmp_path / "out").iterdir())
