@@ -7,7 +7,7 @@ All are attribute replacements at import time (nothing is edited on disk), each 
 |---|---|
 | ``open_clip`` | register the C2 configs + pretrained-tag aliases (``registry.register``); wrap ``create_model`` and ``create_loss`` in ``open_clip.factory`` and the ``open_clip`` package (``open_clip_train.main`` from-imports them, so the package bindings matter) |
 | ``open_clip_train.params`` | ``argparse`` -> ``params.argparse_proxy()`` (C2LIP flags); CPU-DDP ``device_ids`` fix |
-| ``open_clip_train.data`` | ``open_clip_c2lip.data.patch_train_data`` (webdataset EOF fix, packed train texts) |
+| ``open_clip_train.data`` | ``open_clip_c2lip.data.patch_train_data`` (webdataset EOF fix, packed train texts); ``open_clip_c2lip.data_order.patch_data_order`` (train data order a function of ``--seed``, epoch, rank, worker) |
 
 Without ``--c2lip-loss`` the wrappers only (a) default SigLIP preprocessing and (b) run the
 registry's init hook for C2 names created without pretrained weights; every other call passes
@@ -153,7 +153,9 @@ def patch_params(params_module) -> None:
 
 
 def patch_data(data_module) -> None:
-    """Hook for ``open_clip_train.data``: delegated to ``open_clip_c2lip.data.patch_train_data``."""
+    """Hook for ``open_clip_train.data``: ``data.patch_train_data`` and ``data_order.patch_data_order``."""
     from .data import patch_train_data
+    from .data_order import patch_data_order
 
     patch_train_data(data_module)
+    patch_data_order(data_module)

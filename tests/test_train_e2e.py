@@ -21,9 +21,9 @@ step on the same 8 samples; only their order inside the batch depends on the RNG
 a resume), and the sigmoid losses are sums over all pairs, i.e. invariant to permuting the batch. So
 the resumed run must reproduce the uninterrupted run's per-step losses and weights up to float
 summation order. ``--lr-scheduler const --warmup 0`` because a cosine schedule's length depends on
-``--epochs`` (2 vs 3) and would differ by design. The check runs on the CSV path; the same argument
-would hold for webdataset, whose within-shard sample shuffle is seeded from time and pid
-(``webdataset.filters._shuffle``) and so is not reproducible across runs either.
+``--epochs`` (2 vs 3) and would differ by design. The check runs on the CSV path. (With the plugin
+the order itself is a function of seed and epoch, ``open_clip_c2lip.data_order``, so a resume also sees
+the same batches; ``tests/test_train_reproducible.py`` checks same seed -> same numbers.)
 """
 import json
 import math
