@@ -169,6 +169,20 @@ def test_negatives_change_what_each_split_promises():
     assert all(count > 50 for count in made.values()), made
 
 
+def test_add_obj_never_repeats_a_colour_word():
+    rng = random.Random(2)
+    made = 0
+    for scene in _scenes(200, seed=4):
+        negative = evalsets.add_obj(scene, SPEC, rng)
+        if negative is None:
+            assert len(scene.objects) == len(SPEC.shapes)
+            continue
+        made += 1
+        colours = [c for c, _ in _objects_of_caption(negative)]
+        assert len(set(colours)) == len(colours) == len(scene.objects) + 1
+    assert made > 100
+
+
 def test_held_out_negatives_change_the_held_out_object():
     held = held_out_pairs(SPEC, 0)
     rng = random.Random(1)
@@ -393,6 +407,9 @@ def test_variants_differ_only_in_their_loss_tail():
         return tails[name][tails[name].index(key) + 1]
     assert flag("c2lip", "--c2lip-concept-mode") == "text" and flag("c2lip_span", "--c2lip-concept-mode") == "span"
     assert float(flag("npc_only", "--c2lip-xac-weight")) == 0 and float(flag("npc_only", "--c2lip-npc-weight")) == 1
+    # the ablations differ from c2lip_span in one weight each
+    assert {name: flag(name, "--c2lip-concept-mode") for name in ("npc_only", "xac_only")} == {
+        "npc_only": "span", "xac_only": "span"}
     assert float(flag("xac_only", "--c2lip-npc-weight")) == 0 and float(flag("xac_only", "--c2lip-xac-weight")) == 0.01
     assert expected_seconds(settings_of(args)) > 0
 
@@ -566,7 +583,8 @@ def test_quick_demo_end_to_end(quick_run):
             for split, items in sugarcrepe.items():
                 assert run["evaluation"][set_name]["sugarcrepe"][split]["n"] == len(items)
                 assert 0.0 <= run["metrics"][f"{set_name}/{split}"] <= 1.0
-            assert run["metrics"][f"{set_name}/attn_ratio"] > 0
+    for run in seed["runs"].values():
+        assert run["metrics"]["unseen_pairs/attn_ratio"] > 0 and run["evaluation"]["unseen_pairs"]["attention"]["n"] > 0
     for name, run in seed["runs"].items():
         assert Path(run["checkpoint"]).is_file()
         losses = run["curves"]["losses"]

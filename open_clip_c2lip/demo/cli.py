@@ -39,7 +39,7 @@ class Preset:
 
 
 PRESETS = {
-    "default": Preset(num_train=8192, num_eval=500, steps=300, batch_size=64, lr=1e-3, warmup=30),
+    "default": Preset(num_train=4096, num_eval=300, steps=300, batch_size=64, lr=1e-3, warmup=30),
     "quick": Preset(num_train=512, num_eval=100, steps=30, batch_size=32, lr=1e-3, warmup=5),
 }
 
@@ -56,8 +56,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--variants", "--runs", nargs="+", default=None, choices=list(VARIANTS),
                         help=f"variants to train (default: {' '.join(DEFAULT_SINGLE)} for one seed, all "
                              f"available for --seeds): " + "; ".join(f"{k}: {v.description}" for k, v in VARIANTS.items()))
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="training runs at a time (1 torch thread each; 2 on a 2-core machine)")
+    parser.add_argument("--parallel", type=int, default=2,
+                        help="training runs at a time, 1 torch thread each (default: %(default)s, for a 2-core CPU)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)

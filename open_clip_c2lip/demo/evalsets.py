@@ -70,12 +70,19 @@ def replace_obj(scene: Scene, spec: WorldSpec, rng: random.Random,
 def add_obj(scene: Scene, spec: WorldSpec, rng: random.Random,
             focus: Optional[Sequence[int]] = None) -> Optional[str]:
     """Insert an object whose shape the image lacks at a random position of the caption
-    (``focus`` is unused: the caption's own objects stay as they are)."""
-    absent = [s for s in spec.shapes if s not in {o.shape for o in scene.objects}]
-    if not absent:
+    (``focus`` is unused: the caption's own objects stay as they are).
+
+    With distinct colours (every training caption names each colour at most once) the added
+    object takes a colour the image lacks too, so a repeated colour word cannot give it away.
+    """
+    shapes = [s for s in spec.shapes if s not in {o.shape for o in scene.objects}]
+    colours = spec.colours
+    if spec.distinct_colours:
+        colours = [c for c in spec.colours if c not in {o.colour for o in scene.objects}]
+    if not shapes or not colours:
         return None
     phrases = [scene.objects[i].phrase for i in scene.order]
-    extra = Obj(rng.choice(absent), rng.choice(spec.colours), cell=-1)
+    extra = Obj(rng.choice(shapes), rng.choice(colours), cell=-1)
     phrases.insert(rng.randint(0, len(phrases)), extra.phrase)
     return join_phrases(phrases)
 
