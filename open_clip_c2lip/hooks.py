@@ -89,6 +89,7 @@ def wrap_create_loss(create_loss):
             xac_temperature=args.c2lip_xac_temperature,
             rank=args.rank,
             world_size=args.world_size,
+            duplicate_concepts=getattr(args, "c2lip_duplicate_concepts", "negative"),
         )
 
     setattr(c2lip_create_loss, WRAPPED, True)

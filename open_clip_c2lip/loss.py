@@ -10,6 +10,11 @@ caption it came from), with ``l(z, y) = -log sigmoid(y z)``, scale ``alpha`` and
 - xac: ``z_in = alpha <v^_i(c_n), c_n> + beta``, same labels, divided by ``N``, where ``v^_i(c)`` is
   image ``i``'s tokens attention-pooled with the concept as query (``xac_similarity``).
 
+Duplicate concepts (METHOD.md §6.4, ``duplicate_concepts``): a concept text that also occurs among
+another image's concepts is, by the authors' rule (``"negative"``), a negative for that image.
+``"ignore"`` drops those false-negative pairs ``(i, n)`` (``owner(n) != i`` and image ``i`` has a
+concept with the same text as ``n``) from the npc and xac sums; the normalization stays ``1/N``.
+
 Distributed: every rank scores its local image rows against the all-gathered (with gradient) texts and
 concepts of the whole batch; image tokens never leave their rank. Rank ``r`` returns ``W`` times its
 rows' share of the union loss, so the mean over ranks is the union loss and DDP's gradient averaging
@@ -23,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .runtime import DUPLICATE_CONCEPT_RULES
 
 # Lower clamp of the pooled vector's norm, as F.normalize(eps=1e-8) in the reference pooling.
 NORM_EPS = 1e-8
@@ -39,13 +46,37 @@ class XACPlan(NamedTuple):
     keep: bool  # keep the forward's S, A, H for the backward instead of recomputing them
 
 
-def sigmoid_pair_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+def sigmoid_pair_loss(logits: torch.Tensor, positive: torch.Tensor,
+                      keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sum over all pairs of ``-log sigmoid(y * z)``, ``y = +1`` where ``positive`` else ``-1``.
 
-    ``logits`` and ``positive`` (bool) share a shape, e.g. ``[R, N]``; returns a scalar.
+    ``logits`` and ``positive`` (bool) share a shape, e.g. ``[R, N]``; returns a scalar. With
+    ``keep`` (bool, same shape), only the kept pairs are summed (the others get zero gradient).
     """
     signs = positive.to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(signs * logits).sum()
+    terms = -F.logsigmoid(signs * logits)
+    if keep is not None:
+        terms = torch.where(keep, terms, terms.new_zeros(()))
+    return terms.sum()
+
+
+def duplicate_pairs(row_keys: torch.Tensor, column_keys: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """False-negative pairs ``[R, N]`` (bool): image ``r`` does not own concept ``n`` but one of its
+    own concepts has the same identity.
+
+    ``row_keys [R, P]``: an integer identity per concept slot of each image row, ``-1`` for an empty
+    slot; ``column_keys [N]``: the identity of each concept column (``>= 0``); ``positive [R, N]``.
+    """
+    same = ((row_keys.unsqueeze(-1) == column_keys.view(1, 1, -1)) & (row_keys >= 0).unsqueeze(-1)).any(1)
+    return same & ~positive
+
+
+def concept_identities(concept_ids: torch.Tensor) -> torch.Tensor:
+    """Integer identity ``[M, P]`` of each concept slot from its ids ``[M, P]`` or ``[M, P, K]``: equal
+    rows (all ``K`` entries) get equal identities ``>= 0``, an all-zero row (no concept) gets ``-1``."""
+    rows = concept_ids.reshape(concept_ids.shape[0] * concept_ids.shape[1], -1)
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    return torch.where(rows.ne(0).any(-1), inverse, -1).view(concept_ids.shape[:2])
 
 
 def concept_attention(image_tokens: torch.Tensor, concepts: torch.Tensor,
@@ -286,6 +317,15 @@ class C2LIPLoss(nn.Module):
         rank, world_size: this process' place in the data-parallel group.
         xac_memory_budget_mb: bound on the xac working memory (see ``xac_memory_plan``).
         xac_chunk_size: concepts per xac chunk; overrides the budget when given.
+        duplicate_concepts: ``"negative"`` (the authors' rule, METHOD.md §6.4): a concept is a negative
+            for every image that does not own it, even one whose own concepts contain the same text.
+            ``"ignore"``: those pairs ``(image i, concept n)`` — ``i`` does not own ``n`` but one of
+            ``i``'s concepts has the same identity — are left out of the npc and xac sums (no loss,
+            no gradient); the positives and all other pairs are unchanged and both terms are still
+            divided by ``N``, the number of valid concepts of the global batch. Needs ``concept_ids``
+            in ``forward``; image ``i``'s concepts are its slots with a non-zero id row (in ``span``
+            mode also a concept whose span was not found, i.e. a masked slot). Exact across ranks:
+            identities are compared on the gathered ids.
 
     No parameters or buffers: ``logit_scale``/``logit_bias`` are the model's. All terms run in (at least)
     fp32, also inside autocast. A term whose weight is 0 is skipped but kept connected to the graph (a zero
@@ -295,8 +335,10 @@ class C2LIPLoss(nn.Module):
     def __init__(self, npc_weight: float = 1.0, xac_weight: float = 0.01, xac_temperature: float = 1.0,
                  rank: int = 0, world_size: int = 1,
                  xac_memory_budget_mb: float = XAC_MEMORY_BUDGET_MB,
-                 xac_chunk_size: Optional[int] = None):
+                 xac_chunk_size: Optional[int] = None, duplicate_concepts: str = "negative"):
         super().__init__()
+        if duplicate_concepts not in DUPLICATE_CONCEPT_RULES:
+            raise ValueError(f"duplicate_concepts must be one of {DUPLICATE_CONCEPT_RULES}, got {duplicate_concepts!r}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if xac_memory_budget_mb <= 0:
@@ -312,13 +354,16 @@ class C2LIPLoss(nn.Module):
         self.world_size = world_size
         self.xac_memory_budget_mb = float(xac_memory_budget_mb)
         self.xac_chunk_size = xac_chunk_size
+        self.duplicate_concepts = duplicate_concepts
 
     def extra_repr(self) -> str:
         return (f"npc_weight={self.npc_weight}, xac_weight={self.xac_weight}, "
-                f"xac_temperature={self.xac_temperature}, rank={self.rank}, world_size={self.world_size}")
+                f"xac_temperature={self.xac_temperature}, rank={self.rank}, world_size={self.world_size}, "
+                f"duplicate_concepts={self.duplicate_concepts!r}")
 
     @staticmethod
-    def _check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask):
+    def _check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask,
+                      concept_ids=None):
         def fail(problem):
             raise ValueError(f"C2LIPLoss: {problem}")
 
@@ -337,13 +382,20 @@ class C2LIPLoss(nn.Module):
                  f"got {tuple(concept_mask.shape)}")
         if concept_mask.dtype != torch.bool:
             fail(f"concept_mask must be bool, got {concept_mask.dtype}")
+        if concept_ids is not None:
+            if concept_ids.ndim not in (2, 3) or concept_ids.shape[:2] != concept_mask.shape:
+                fail(f"concept_ids must be [B, P] or [B, P, L] with [B, P] = {tuple(concept_mask.shape)}, "
+                     f"got {tuple(concept_ids.shape)}")
+            if concept_ids.is_floating_point() or concept_ids.is_complex():
+                fail(f"concept_ids must be integer ids, got {concept_ids.dtype}")
 
     def _global_columns(self, text_features: torch.Tensor, concept_features: torch.Tensor,
-                        concept_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """Texts ``[M, D]``, concept slots ``[M, P, D]`` and mask ``[M, P]`` of the global batch, plus
-        the global index of this rank's first row."""
+                        concept_mask: torch.Tensor, concept_ids: Optional[torch.Tensor] = None,
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]]:
+        """Texts ``[M, D]``, concept slots ``[M, P, D]`` and mask ``[M, P]`` of the global batch, the
+        global index of this rank's first row, and the gathered ``concept_ids`` (when given)."""
         if self.world_size == 1:
-            return text_features, concept_features, concept_mask, 0
+            return text_features, concept_features, concept_mask, 0, concept_ids
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
@@ -352,14 +404,22 @@ class C2LIPLoss(nn.Module):
             raise RuntimeError(f"C2LIPLoss was built for rank {self.rank}/{self.world_size} but the process "
                                f"group says rank {dist.get_rank()}/{dist.get_world_size()}")
         batch, slots, dim = concept_features.shape
-        shape = torch.tensor([batch, slots, dim], device=text_features.device)
+        ids = None if concept_ids is None else concept_ids.reshape(batch, slots, -1)
+        id_length = -1 if ids is None else ids.shape[-1]
+        shape = torch.tensor([batch, slots, dim, id_length], device=text_features.device)
         shapes = [torch.empty_like(shape) for _ in range(self.world_size)]
         dist.all_gather(shapes, shape)
         shapes = [tuple(s.tolist()) for s in shapes]
-        if any(s[1:] != (slots, dim) for s in shapes):
-            raise ValueError(f"C2LIPLoss: all ranks need the same concept slots P and dim D, "
-                             f"got [B, P, D] per rank = {shapes}")
+        if any(s[1:] != (slots, dim, id_length) for s in shapes):
+            raise ValueError(f"C2LIPLoss: all ranks need the same concept slots P, dim D and concept_ids "
+                             f"length L (-1: none), got [B, P, D, L] per rank = {shapes}")
         sizes = [s[0] for s in shapes]
+        gathered_ids = None
+        if ids is not None:  # integer ids, no gradient: a plain collective, exact for any id value
+            padded = torch.cat([ids, ids.new_zeros(max(sizes) - batch, slots, id_length)])
+            parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+            dist.all_gather(parts, padded.contiguous())
+            gathered_ids = torch.cat([part[:size] for part, size in zip(parts, sizes)])
         # One collective for texts, concepts and the mask (exact 0/1 in fp32, no gradient flows to it).
         packed = torch.cat([text_features, concept_features.reshape(batch, slots * dim),
                             concept_mask.to(text_features.dtype)], dim=1)
@@ -367,29 +427,39 @@ class C2LIPLoss(nn.Module):
         texts = gathered[:, :dim]
         concepts = gathered[:, dim:dim + slots * dim].reshape(-1, slots, dim)
         mask = gathered[:, dim + slots * dim:].detach() > 0.5
-        return texts, concepts, mask, sum(sizes[:self.rank])
+        return texts, concepts, mask, sum(sizes[:self.rank]), gathered_ids
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
                 logit_scale: torch.Tensor, logit_bias: Optional[torch.Tensor] = None, *,
                 image_tokens: torch.Tensor, concept_features: torch.Tensor, concept_mask: torch.Tensor,
+                concept_ids: Optional[torch.Tensor] = None,
                 output_dict: bool = False) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         """Local rows: ``image_features``/``text_features [B, D]``, ``image_tokens [B, T, D]``,
         ``concept_features [B, P, D]`` (all L2-normalized), ``concept_mask [B, P]`` (bool); exp'd
-        ``logit_scale`` and ``logit_bias`` scalars. Returns the weighted terms (dict) or their sum."""
-        self._check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask)
+        ``logit_scale`` and ``logit_bias`` scalars. ``concept_ids`` ``[B, P]`` or ``[B, P, L]`` (int):
+        each slot's identity, equal rows = the same concept (the C2 model passes each concept's token
+        row, i.e. its text after the tokenizer's cleaning); an all-zero row is an empty slot. Used
+        (and required) only by ``duplicate_concepts="ignore"``. Returns the weighted terms (dict) or
+        their sum."""
+        self._check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask,
+                           concept_ids)
+        if self.duplicate_concepts == "ignore" and concept_ids is None:
+            raise ValueError("C2LIPLoss(duplicate_concepts='ignore') needs concept_ids [B, P(, L)] in forward "
+                             "(the C2 model's training forward returns them)")
+        ids = concept_ids if self.duplicate_concepts == "ignore" else None
         with torch.autocast(device_type=image_features.device.type, enabled=False):
             losses = self._losses(_upcast(image_features), _upcast(text_features), _upcast(logit_scale),
                                   None if logit_bias is None else _upcast(logit_bias),
-                                  _upcast(image_tokens), _upcast(concept_features), concept_mask)
+                                  _upcast(image_tokens), _upcast(concept_features), concept_mask, ids)
         return losses if output_dict else sum(losses.values())
 
     def _losses(self, image_features, text_features, logit_scale, logit_bias, image_tokens,
-                concept_features, concept_mask) -> Dict[str, torch.Tensor]:
+                concept_features, concept_mask, concept_ids=None) -> Dict[str, torch.Tensor]:
         device = image_features.device
         scale = logit_scale.reshape(())
         bias = image_features.new_zeros(()) if logit_bias is None else logit_bias.reshape(())
-        texts, concept_slots, slot_mask, row_offset = self._global_columns(
-            text_features, concept_features, concept_mask)
+        texts, concept_slots, slot_mask, row_offset, all_ids = self._global_columns(
+            text_features, concept_features, concept_mask, concept_ids)
         num_texts, num_slots = texts.shape[0], concept_slots.shape[1]
         rows = torch.arange(image_features.shape[0], device=device) + row_offset
 
@@ -402,13 +472,18 @@ class C2LIPLoss(nn.Module):
         concepts = concept_slots.reshape(-1, concept_slots.shape[-1]).index_select(0, valid)
         positive = rows[:, None] == (valid // num_slots)[None]
         num_concepts = max(valid.numel(), 1)  # N == 0: empty sums, still wired to the graph
+        keep = None
+        if all_ids is not None:  # duplicate_concepts == "ignore": drop the false-negative pairs
+            identities = concept_identities(all_ids)  # [M, P], -1 for empty slots
+            keep = ~duplicate_pairs(identities.index_select(0, rows), identities.reshape(-1).index_select(0, valid),
+                                    positive)
 
         npc_logits = scale * image_features @ concepts.T + bias
-        npc = sigmoid_pair_loss(npc_logits, positive) / num_concepts
+        npc = sigmoid_pair_loss(npc_logits, positive, keep) / num_concepts
         if self.xac_weight != 0:
             pooled_logits = xac_logits(image_tokens, concepts, scale, bias, self.xac_temperature,
                                        self.xac_chunk_size, self.xac_memory_budget_mb)
-            xac = sigmoid_pair_loss(pooled_logits, positive) / num_concepts
+            xac = sigmoid_pair_loss(pooled_logits, positive, keep) / num_concepts
         else:  # skip the expensive term, keep the token path in the graph for DDP
             xac = image_tokens.sum() * 0.0
 

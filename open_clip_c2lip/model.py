@@ -9,7 +9,10 @@ returns the upstream keys plus
   head as if its attention were one-hot on that token (value half of ``kv``, ``proj``,
   ``proj_drop``, ``x + mlp(norm(x))``), then the rest of the tower head; L2-normalized;
 - ``concept_features`` ``[B, P, D]``: L2-normalized concept embeddings, zeros at padding slots;
-- ``concept_mask`` ``[B, P]`` (bool): which slots hold a concept.
+- ``concept_mask`` ``[B, P]`` (bool): which slots hold a concept;
+- ``concept_ids`` ``[B, P, L]`` (int64): each slot's concept token row from the packed texts (a view).
+  Equal rows = the same concept text after the tokenizer's cleaning (truncated to ``L`` tokens), in
+  both concept modes; ``C2LIPLoss(duplicate_concepts="ignore")`` uses it as the concept identity.
 
 Each tower runs once: the trunk's tokens give both the pooled feature and ``image_tokens``; in
 ``text`` concept mode the captions and the distinct concept rows share one ``encode_text`` pass
@@ -228,7 +231,8 @@ class C2LIPMixin:
 
     def forward_concepts(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Images ``[B, 3, H, W]`` and packed texts ``[B, 1+2P, L]`` -> dict of the upstream keys plus
-        ``image_tokens [B, T, D]``, ``concept_features [B, P, D]``, ``concept_mask [B, P]``.
+        ``image_tokens [B, T, D]``, ``concept_features [B, P, D]``, ``concept_mask [B, P]``,
+        ``concept_ids [B, P, L]``.
 
         Always a dict, whatever ``output_dict`` says: the extras have no place in the tuple.
         """
@@ -251,6 +255,7 @@ class C2LIPMixin:
         out["image_tokens"] = image_tokens
         out["concept_features"] = text_out["concept_features"]
         out["concept_mask"] = text_out["concept_mask"]
+        out["concept_ids"] = unpack_texts(text)[1]
         return out
 
 

@@ -25,6 +25,7 @@ _CONFIG_FLAGS = (
     ("--c2lip-max-concepts", "max_concepts"),
     ("--c2lip-concepts-key", "concepts_key"),
     ("--c2lip-spacy-model", "spacy_model"),
+    ("--c2lip-duplicate-concepts", "duplicate_concepts"),
 )
 
 # messages for main's log: logging is configured only after parse_args, so the create_model /
@@ -89,6 +90,11 @@ def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group.add_argument(
         "--c2lip-spacy-model", type=str, default=_DEFAULTS.spacy_model, metavar="NAME",
         help="spaCy pipeline for extracting concepts missing from the data. Default: %(default)s.")
+    group.add_argument(
+        "--c2lip-duplicate-concepts", choices=runtime.DUPLICATE_CONCEPT_RULES, default=_DEFAULTS.duplicate_concepts,
+        help="A concept text that also occurs among another image's concepts: 'negative' counts it as a "
+             "negative for that image (authors' rule); 'ignore' leaves those pairs out of the npc and xac "
+             "sums (still divided by the number of concepts). Default: %(default)s.")
     return group
 
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 CONCEPT_MODES = ("text", "span")
+# C2LIPLoss(duplicate_concepts=...): "negative" is the authors' rule, "ignore" drops false negatives
+DUPLICATE_CONCEPT_RULES = ("negative", "ignore")
 
 
 @dataclass
@@ -19,6 +21,7 @@ class C2LIPConfig:
     max_concepts: int = 8
     concepts_key: str = "concepts"
     spacy_model: str = "en_core_web_sm"
+    duplicate_concepts: str = "negative"
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -32,6 +35,9 @@ def configure(config: Optional[C2LIPConfig]) -> None:
     global _config
     if config is not None and config.concept_mode not in CONCEPT_MODES:
         raise ValueError(f"concept_mode must be one of {CONCEPT_MODES}, got {config.concept_mode!r}")
+    if config is not None and config.duplicate_concepts not in DUPLICATE_CONCEPT_RULES:
+        raise ValueError(f"duplicate_concepts must be one of {DUPLICATE_CONCEPT_RULES}, "
+                         f"got {config.duplicate_concepts!r}")
     _config = config
 
 

@@ -65,10 +65,11 @@ def test_create_loss_with_c2lip_builds_c2lip_loss(monkeypatch):
 
     monkeypatch.setattr(open_clip_c2lip.loss, "C2LIPLoss", RecordingLoss)
     args = _args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-npc-weight", "0.25",
-                  "--c2lip-xac-weight", "0.5", "--c2lip-xac-temperature", "3"])
+                  "--c2lip-xac-weight", "0.5", "--c2lip-xac-temperature", "3", "--c2lip-duplicate-concepts", "ignore"])
     args.rank, args.world_size = 1, 4
     assert isinstance(open_clip.create_loss(args), RecordingLoss)
-    assert calls == [dict(npc_weight=0.25, xac_weight=0.5, xac_temperature=3.0, rank=1, world_size=4)]
+    assert calls == [dict(npc_weight=0.25, xac_weight=0.5, xac_temperature=3.0, rank=1, world_size=4,
+                          duplicate_concepts="ignore")]
 
 
 def test_create_loss_emits_queued_messages(caplog):

@@ -61,8 +61,11 @@ def pair_loss(logit, positive):
     return -torch.log(torch.sigmoid(logit if positive else -logit))
 
 
-def naive_terms(inputs, temperature):
-    """(contrastive, npc, xac) by explicit loops over pairs: explicit softmax, pooled u and norm."""
+def naive_terms(inputs, temperature, ignore_texts=None):
+    """(contrastive, npc, xac) by explicit loops over pairs: explicit softmax, pooled u and norm.
+
+    ``ignore_texts`` (``[B][P]`` strings, ``""`` for no concept): duplicate_concepts="ignore", i.e.
+    skip the pair (i, n) when i does not own n but one of i's own concept texts equals n's."""
     v, t = inputs["image_features"], inputs["text_features"]
     tokens, concept_slots, mask = inputs["image_tokens"], inputs["concept_features"], inputs["concept_mask"]
     scale = inputs["logit_scale"]
@@ -79,6 +82,9 @@ def naive_terms(inputs, temperature):
     npc = xac = torch.zeros((), dtype=v.dtype)
     for i in range(num_images):
         for owner, slot in owned:
+            if (ignore_texts is not None and owner != i
+                    and ignore_texts[owner][slot] in [text for text in ignore_texts[i] if text]):
+                continue
             c = concept_slots[owner, slot]
             npc = npc + pair_loss(scale * torch.dot(v[i], c) + bias, owner == i)
             scores = [temperature * torch.dot(c, tokens[i, k]) for k in range(num_tokens)]
@@ -327,3 +333,99 @@ def test_bad_configuration_is_rejected():
         C2LIPLoss(xac_chunk_size=0)
     with pytest.raises(RuntimeError, match="torch.distributed"):
         call(C2LIPLoss(rank=0, world_size=2), make_batch())
+
+
+# ------------------------------------------------------------------------------------------------
+# duplicate concepts (METHOD.md §6.4)
+
+# concept text per slot of make_batch()'s 5 images ("" = no concept). Image 1 has no valid slot but
+# a concept text in slot 1 (as in span mode, where a concept whose span was not found has a masked
+# slot and still a token row); image 0 holds "a dog" twice (both positives of image 0).
+DUP_TEXTS = [["a dog", "a cat", "a dog"], ["", "a car", ""], ["a cat", "", "a car"],
+             ["a dog", "a tree", ""], ["", "a cat", ""]]
+DUP_VALID = ((1, 1, 1), (0, 0, 0), (1, 0, 1), (1, 1, 0), (0, 1, 0))
+
+
+def text_ids(texts, length=12):
+    """``[B, P, length]`` int64 rows: each text's characters (a stand-in for its token row), zero padded."""
+    out = torch.zeros(len(texts), len(texts[0]), length, dtype=torch.long)
+    for b, row in enumerate(texts):
+        for p, text in enumerate(row):
+            out[b, p, :len(text)] = torch.tensor([ord(ch) for ch in text])
+    return out
+
+
+@pytest.mark.parametrize("ids_form", ["rows", "keys"])
+@pytest.mark.parametrize("temperature,with_bias,options", [
+    (1.0, True, {}),
+    (2.5, False, {"xac_chunk_size": 3}),
+    (0.4, True, {"xac_memory_budget_mb": 1e-4}),  # chunk 1, backward recomputes
+])
+def test_ignore_duplicates_matches_naive_loop(ids_form, temperature, with_bias, options):
+    batch = make_batch(valid=DUP_VALID)
+    ids = text_ids(DUP_TEXTS)
+    if ids_form == "keys":  # [B, P] integer keys: any injective labelling of the texts, 0 = none
+        names = sorted({t for row in DUP_TEXTS for t in row} - {""})
+        ids = torch.tensor([[names.index(t) + 1 if t else 0 for t in row] for row in DUP_TEXTS])
+    npc_weight, xac_weight = 1.3, 0.7
+    loss_fn = C2LIPLoss(npc_weight=npc_weight, xac_weight=xac_weight, xac_temperature=temperature,
+                        duplicate_concepts="ignore", **options)
+    ours_in = leaves(batch, with_bias)
+    losses = call(loss_fn, ours_in, concept_ids=ids, output_dict=True)
+    ours_grads = gradients(sum(losses.values()), ours_in)
+
+    naive_in = leaves(batch, with_bias)
+    contrastive, npc, xac = naive_terms(naive_in, temperature, ignore_texts=DUP_TEXTS)
+    naive_grads = gradients(contrastive + npc_weight * npc + xac_weight * xac, naive_in)
+
+    torch.testing.assert_close(losses["contrastive_loss"], contrastive, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(losses["npc_loss"], npc_weight * npc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(losses["xac_loss"], xac_weight * xac, rtol=1e-12, atol=1e-12)
+    for name in naive_grads:
+        torch.testing.assert_close(ours_grads[name], naive_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+    # the rule changed something: the authors' rule gives other npc / xac values
+    negative = call(C2LIPLoss(npc_weight=npc_weight, xac_weight=xac_weight, xac_temperature=temperature,
+                              **options), leaves(batch, with_bias), concept_ids=ids, output_dict=True)
+    assert abs(negative["npc_loss"].item() - losses["npc_loss"].item()) > 1e-6
+    assert abs(negative["xac_loss"].item() - losses["xac_loss"].item()) > 1e-8
+
+
+def test_duplicate_pairs_of_the_example():
+    """The excluded pairs, spelled out for DUP_TEXTS (columns: the 8 valid concepts in slot order)."""
+    from open_clip_c2lip.loss import concept_identities, duplicate_pairs
+
+    mask = torch.tensor(DUP_VALID, dtype=torch.bool)
+    identities = concept_identities(text_ids(DUP_TEXTS))
+    assert identities[1, 0] == -1 and identities[1, 1] >= 0
+    valid = mask.reshape(-1).nonzero().squeeze(1)
+    owners = valid // mask.shape[1]
+    positive = torch.arange(5)[:, None] == owners[None]
+    excluded = duplicate_pairs(identities, identities.reshape(-1)[valid], positive)
+    columns = [DUP_TEXTS[o][s] for o, s in zip(owners.tolist(), (valid % mask.shape[1]).tolist())]
+    got = {(i, n) for i, n in excluded.nonzero().tolist()}
+    expected = {(i, n) for i in range(5) for n, text in enumerate(columns)
+                if owners[n] != i and text in DUP_TEXTS[i]}
+    assert got == expected and len(got) == 10  # image 0: 3, 1: 1 (its masked "a car"), 2: 2, 3: 2, 4: 2
+
+
+def test_negative_rule_is_the_default_and_ignores_concept_ids():
+    batch = make_batch(valid=DUP_VALID)
+    default = call(C2LIPLoss(), batch, output_dict=True)
+    with_ids = call(C2LIPLoss(duplicate_concepts="negative"), batch, concept_ids=text_ids(DUP_TEXTS), output_dict=True)
+    assert all(torch.equal(default[k], with_ids[k]) for k in default)
+    # without duplicates "ignore" is the authors' loss
+    distinct = [[f"c{b}{p}" if DUP_VALID[b][p] else "" for p in range(3)] for b in range(5)]
+    ignore = call(C2LIPLoss(duplicate_concepts="ignore"), batch, concept_ids=text_ids(distinct), output_dict=True)
+    assert all(torch.equal(default[k], ignore[k]) for k in default)
+
+
+def test_duplicate_concepts_errors():
+    batch = make_batch(valid=DUP_VALID)
+    with pytest.raises(ValueError, match="duplicate_concepts must be one of"):
+        C2LIPLoss(duplicate_concepts="merge")
+    with pytest.raises(ValueError, match="needs concept_ids"):
+        call(C2LIPLoss(duplicate_concepts="ignore"), batch)
+    with pytest.raises(ValueError, match="concept_ids must be"):
+        call(C2LIPLoss(duplicate_concepts="ignore"), batch, concept_ids=torch.zeros(5, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer ids"):
+        call(C2LIPLoss(duplicate_concepts="ignore"), batch, concept_ids=torch.zeros(5, 3))

@@ -3,7 +3,8 @@
 Every rank holds a slice of one union batch. Contract: the mean over ranks of the returned terms
 equals the single-process loss on the union batch, each rank's gradient for its local inputs is
 W x the union gradient for those rows, and the replicated logit_scale / logit_bias gradients
-average (as DDP does) to the union gradient.
+average (as DDP does) to the union gradient. Both duplicate-concept rules are run; the concept ids
+take 4 values, so with "ignore" many excluded (image, concept) pairs span ranks.
 """
 import os
 
@@ -19,6 +20,7 @@ from open_clip_c2lip.loss import C2LIPLoss
 
 torch.set_num_threads(1)
 
+DUPLICATE_RULES = ("negative", "ignore")
 ROW_INPUTS = ("image_features", "text_features", "image_tokens", "concept_features")
 SCALARS = ("logit_scale", "logit_bias")
 LOSS_OPTIONS = {"npc_weight": 1.3, "xac_weight": 0.6, "xac_temperature": 1.7, "xac_chunk_size": 2}
@@ -45,25 +47,31 @@ def union_batch(mask, seed, tokens=5, dim=6):
         return F.normalize(torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1)
 
     batch, slots = mask.shape
+    # [B, P, 2] ids from {1, 2}^2: 4 concept texts, duplicated within and across ranks; empty slots
+    # are zero rows except slot 0 of masked rows, which keeps a text (as span mode does)
+    ids = torch.randint(1, 3, (batch, slots, 2), generator=generator)
+    ids[~mask] = 0
+    ids[:, 0][~mask[:, 0]] = torch.tensor([2, 1])
     return {
         "image_features": unit(batch, dim),
         "text_features": unit(batch, dim),
         "image_tokens": unit(batch, tokens, dim),
         "concept_features": unit(batch, slots, dim),
         "concept_mask": mask,
+        "concept_ids": ids,
         "logit_scale": torch.tensor(5.0, dtype=torch.float64),
         "logit_bias": torch.tensor(-1.5, dtype=torch.float64),
     }
 
 
-def loss_and_grads(batch, rank=0, world_size=1):
+def loss_and_grads(batch, rank=0, world_size=1, duplicates="negative"):
     """Weighted terms and the gradients of their sum for every float input of ``batch``."""
     inputs = {k: (v.clone().requires_grad_() if v.is_floating_point() else v) for k, v in batch.items()}
-    loss_fn = C2LIPLoss(rank=rank, world_size=world_size, **LOSS_OPTIONS)
+    loss_fn = C2LIPLoss(rank=rank, world_size=world_size, duplicate_concepts=duplicates, **LOSS_OPTIONS)
     losses = loss_fn(inputs["image_features"], inputs["text_features"], inputs["logit_scale"],
                      inputs["logit_bias"], image_tokens=inputs["image_tokens"],
                      concept_features=inputs["concept_features"], concept_mask=inputs["concept_mask"],
-                     output_dict=True)
+                     concept_ids=inputs["concept_ids"], output_dict=True)
     names = ROW_INPUTS + SCALARS
     grads = torch.autograd.grad(sum(losses.values()), [inputs[k] for k in names])
     return {k: v.detach() for k, v in losses.items()}, dict(zip(names, grads))
@@ -77,8 +85,9 @@ def _worker(rank, world_size, init_file, out_dir):
             batch = union_batch(mask, seed=index)
             start = sum(sizes[:rank])
             local = {k: (v[start:start + sizes[rank]] if v.ndim else v) for k, v in batch.items()}
-            path = os.path.join(out_dir, f"w{world_size}_{index}_{rank}.pt")
-            torch.save(loss_and_grads(local, rank, world_size), path)
+            for duplicates in DUPLICATE_RULES:
+                path = os.path.join(out_dir, f"w{world_size}_{index}_{rank}_{duplicates}.pt")
+                torch.save(loss_and_grads(local, rank, world_size, duplicates), path)
     finally:
         dist.destroy_process_group()
 
@@ -96,12 +105,14 @@ def rank_results(tmp_path_factory):
     return out_dir
 
 
+@pytest.mark.parametrize("duplicates", DUPLICATE_RULES)
 @pytest.mark.parametrize("world_size", sorted(SCENARIOS))
-def test_ranks_reproduce_the_union_loss(world_size, rank_results):
+def test_ranks_reproduce_the_union_loss(world_size, duplicates, rank_results):
     for index, (sizes, mask) in enumerate(SCENARIOS[world_size]):
-        union_losses, union_grads = loss_and_grads(union_batch(mask, seed=index))
-        per_rank = [torch.load(rank_results / f"w{world_size}_{index}_{rank}.pt") for rank in range(world_size)]
-        where = f"scenario {index} (rows per rank {sizes})"
+        union_losses, union_grads = loss_and_grads(union_batch(mask, seed=index), duplicates=duplicates)
+        per_rank = [torch.load(rank_results / f"w{world_size}_{index}_{rank}_{duplicates}.pt")
+                    for rank in range(world_size)]
+        where = f"scenario {index} (rows per rank {sizes}), duplicate concepts {duplicates!r}"
 
         for key, value in union_losses.items():
             mean = sum(losses[key] for losses, _ in per_rank) / world_size
@@ -117,3 +128,25 @@ def test_ranks_reproduce_the_union_loss(world_size, rank_results):
             averaged = sum(grads[name] for _, grads in per_rank) / world_size  # DDP's all-reduce mean
             torch.testing.assert_close(averaged, union_grads[name], rtol=1e-10, atol=1e-13,
                                        msg=f"{name}, {where}")
+
+
+@pytest.mark.parametrize("world_size", sorted(SCENARIOS))
+def test_duplicates_span_ranks(world_size):
+    """The "ignore" scenarios exclude pairs whose image and concept owner sit on different ranks,
+    and the rule changes the union loss (so the check above covers the cross-rank identities)."""
+    from open_clip_c2lip.loss import concept_identities, duplicate_pairs
+
+    for index, (sizes, mask) in enumerate(SCENARIOS[world_size]):
+        batch = union_batch(mask, seed=index)
+        mask = batch["concept_mask"]
+        identities = concept_identities(batch["concept_ids"])
+        valid = mask.reshape(-1).nonzero().squeeze(1)
+        owners = valid // mask.shape[1]
+        rank_of = torch.repeat_interleave(torch.arange(world_size), torch.tensor(sizes))
+        positive = torch.arange(mask.shape[0])[:, None] == owners[None]
+        excluded = duplicate_pairs(identities, identities.reshape(-1)[valid], positive)
+        image, column = excluded.nonzero().unbind(1)
+        assert (rank_of[image] != rank_of[owners[column]]).any(), f"scenario {index}"
+        ignore, _ = loss_and_grads(batch, duplicates="ignore")
+        negative, _ = loss_and_grads(batch, duplicates="negative")
+        assert abs(ignore["npc_loss"] - negative["npc_loss"]) > 1e-6

@@ -214,6 +214,15 @@ def test_text_mode_concepts_equal_encode_text(models, packed, images, variant):
                 assert torch.allclose(out["concept_features"][b, k], expected, atol=ATOL, rtol=0), (b, k)
 
 
+@pytest.mark.parametrize("concept_mode", ["text", "span"])
+def test_concept_ids_are_the_packed_concept_rows(models, packed, images, concept_mode):
+    """``concept_ids [B, P, L]`` (the identity used by duplicate_concepts="ignore") are the concepts'
+    token rows in both modes, also for a slot that span mode masks ("a blue hat")."""
+    out = c2_copy(models["cls_excluded"], concept_mode)(images, packed)
+    assert torch.equal(out["concept_ids"], packed[:, 1:1 + MAX_CONCEPTS])
+    assert out["concept_ids"][2, 2].any() and bool(out["concept_mask"][2, 2]) == (concept_mode == "text")
+
+
 @pytest.mark.parametrize("variant", ["cls_excluded", "clip_layout"])
 def test_span_mode_concepts_equal_naive_masked_mean(models, tokenizer, packed, images, variant):
     model = c2_copy(models[variant], "span")

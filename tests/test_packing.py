@@ -349,3 +349,28 @@ def test_stats_are_logged_periodically(caplog):
     assert len(summaries) == 2  # after samples 4 and 8
     assert "main process" in summaries[-1] and "samples=8" in summaries[-1]
     assert set(packer.stats) == set(STAT_KEYS)
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_equal_concept_rows_are_equal_cleaned_texts(make_tokenizer, coco_concepts, kind):
+    """The concept identity of ``C2LIPLoss(duplicate_concepts="ignore")``: two concepts have equal
+    token rows iff their texts are equal after the tokenizer's cleaning, unless a text is longer
+    than the context, where only the kept tokens count."""
+    context_length = 12
+    tokenizer, untruncated = make_tokenizer(kind, context_length), make_tokenizer(kind, 128)
+    aligner = get_aligner(tokenizer)
+    concepts = sorted({c for cs in coco_concepts for c in cs})
+    concepts += ["A  Dog", "a dog", "a dog!", " a dog ", "a  red couch", "A red couch"]
+    rows, full = tokenizer(concepts), untruncated(concepts)
+    fits = (full[:, context_length:] == 0).all(1) & (full[:, context_length - 1] == 0)
+    cleaned_of_row, row_of_cleaned = {}, {}
+    for concept, row, ok in zip(concepts, rows, fits.tolist()):
+        if ok:
+            cleaned_of_row.setdefault(tuple(row.tolist()), set()).add(aligner.clean(concept))
+            row_of_cleaned.setdefault(aligner.clean(concept), set()).add(tuple(row.tolist()))
+    assert fits.sum() > 100
+    assert all(len(v) == 1 for v in cleaned_of_row.values()) and all(len(v) == 1 for v in row_of_cleaned.values())
+    assert len(row_of_cleaned[aligner.clean("a dog")]) == 1 and aligner.clean("A  Dog") == aligner.clean("a dog")
+    # longer than the context: texts differing only after the kept tokens share a row
+    long = ["a " + "very " * 20 + "big dog", "a " + "very " * 20 + "small cat"]
+    assert torch.equal(*tokenizer(long)) and not torch.equal(*untruncated(long))

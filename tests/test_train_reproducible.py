@@ -5,8 +5,10 @@ Four commands (webdataset shards / CSV, ``--workers 1`` / ``--workers 2``), each
 with one thread (``OMP_NUM_THREADS=1``), C2LIP-Tiny at 64 px, open_clip's random-crop augmentation on
 (so the DataLoader workers' RNGs matter too). Equality is exact: same data order, same augmentation
 draws and single-threaded CPU kernels give bitwise the same floats (nothing here needs a tolerance;
-multi-threaded reductions or a GPU may not). Captions, images and process helpers are
-``test_train_e2e``'s; concepts are two word pairs of each caption, written into the data directly
+multi-threaded reductions or a GPU may not). The CSV 2-worker command also runs
+``--c2lip-duplicate-concepts ignore --accum-freq 2``: the model's ``concept_ids`` reach the loss
+through open_clip_train's ``loss(**model_out)`` and its accumulation (batch-first concatenation). Captions, images and process helpers are
+``test_train_e2e``'s; concepts are two word pairs of each caption and "a thing", written into the data directly
 (no spaCy: the concepts' content does not matter here).
 """
 import math
@@ -23,6 +25,8 @@ pytestmark = pytest.mark.skipif(not COCO_CAPTIONS.is_file(), reason=f"{COCO_CAPT
 
 SEED = 3
 COMMANDS = [("wds", 1), ("wds", 2), ("csv", 1), ("csv", 2)]
+EXTRA = {("csv", 2): ["--c2lip-duplicate-concepts", "ignore", "--accum-freq", "2"]}
+STEPS = {("wds", 1): 4, ("wds", 2): 4, ("csv", 1): 4, ("csv", 2): 2}  # logged optimizer steps
 
 
 def build_data(root) -> dict:
@@ -32,7 +36,8 @@ def build_data(root) -> dict:
     from open_clip_c2lip.shards import write_shards
 
     captions = coco_captions(NUM_SAMPLES)
-    concepts = [[" ".join(c.split()[:2]), " ".join(c.split()[-2:])] for c in captions]
+    # "a thing" in every sample: duplicates across images for --c2lip-duplicate-concepts ignore
+    concepts = [[" ".join(c.split()[:2]), " ".join(c.split()[-2:]), "a thing"] for c in captions]
     paths = []
     for index, image in enumerate(synthetic_images(NUM_SAMPLES)):
         paths.append(root / f"{index:03d}.jpg")
@@ -49,7 +54,7 @@ def _train_args(data: dict, logs, name: str, dataset: str, workers: int) -> list
         "--logs", str(logs), "--name", name, "--model", "C2LIP-Tiny", "--c2lip-loss", "--device", "cpu",
         "--seed", str(SEED), "--report-to", "tensorboard", "--log-every-n-steps", "1", "--lr", "1e-3",
         "--warmup", "1", "--precision", "fp32", "--batch-size", "4", "--workers", str(workers),
-        "--save-frequency", "1",
+        "--save-frequency", "1", *EXTRA.get((dataset, workers), []),
     ]
     if dataset == "wds":  # 2 shards of 8: 4 steps in one epoch
         return args + ["--train-data", data["shards"], "--dataset-type", "webdataset",
@@ -79,7 +84,7 @@ def runs(tmp_path_factory):
 def test_same_command_same_losses_and_checkpoints(runs, dataset, workers):
     first, second = (run.check() for run in runs[(dataset, workers)])
     losses = [tensorboard_scalars(run.run_dir) for run in (first, second)]
-    steps = {"wds": 4, "csv": 2 * (CSV_ROWS // 4)}[dataset]
+    steps = STEPS[(dataset, workers)]
     for key in LOSS_KEYS:
         tag = f"train/{key}"
         assert sorted(losses[0][tag]) == list(range(steps))
@@ -93,6 +98,8 @@ def test_same_command_same_losses_and_checkpoints(runs, dataset, workers):
     # training moved the loss, so equal numbers are not a constant
     total = [sum(losses[0][f"train/{k}"][s] for k in LOSS_KEYS) for s in (0, steps - 1)]
     assert abs(total[1] - total[0]) > 1e-3
+    params = dict(line.split(": ", 1) for line in (first.run_dir / "params.txt").read_text().splitlines())
+    assert params["c2lip_duplicate_concepts"] == ("ignore" if (dataset, workers) in EXTRA else "negative")
     epochs = {"wds": 1, "csv": 2}[dataset]
     for epoch in range(1, epochs + 1):
         a, b = (state_dict(run.run_dir / "checkpoints" / f"epoch_{epoch}.pt") for run in (first, second))
