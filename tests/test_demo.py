@@ -492,7 +492,8 @@ def test_aggregate_pairs_seeds_and_skips_incomplete_ones(tmp_path):
     assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((0.2 - half, 0.2 + half), abs=1e-6)
     metrics = metric_names(seeds)
     assert "| a/swap_att | 55.0 ± 5.0 | 75.0 ± 13.2 |" in study_table(summary, ["siglip", "c2lip"], metrics)
-    assert "**+20.0 [" in difference_table(summary, ["siglip", "c2lip"], metrics)
+    # d = 0.2 ± 0.1 over 3 seeds: the interval [-4.8, +44.8] points includes 0, so it is not bold
+    assert "| a/swap_att | +20.0 [-4.8, +44.8] |" in difference_table(summary, ["siglip", "c2lip"], metrics)
     assert seed_table(seeds, ["siglip", "c2lip"], metrics).count("\n") == 2 + 6
     plot_study(tmp_path / "study.png", seeds, summary, ["siglip", "c2lip"], metrics)
     assert (tmp_path / "study.png").stat().st_size > 10_000

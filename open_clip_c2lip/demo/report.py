@@ -231,6 +231,8 @@ def plot_study(path, seeds: Mapping[Any, Mapping[str, Any]], summary: Mapping[st
         diff_ax.bar(positions, means, width, yerr=[lows, highs], capsize=2, label=variant,
                     color=f"C{variants.index(variant)}")
     diff_ax.axhline(0, color="black", linewidth=0.8)
+    low, high = diff_ax.get_ylim()  # intervals of 2 seeds can be huge: keep the axis in points
+    diff_ax.set_ylim(max(low, -100), min(high, 100))
     diff_ax.set_xticks(range(len(percent)))
     diff_ax.set_xticklabels(percent, rotation=35, ha="right", fontsize=7)
     diff_ax.set_ylabel(f"variant − {BASELINE_LABEL}, points")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .build import EVAL_SETS, WorldFiles, build_world
 from .evalsets import NEGATIVES, text_only_accuracy
-from .runs import RunSpec, read_train_log, train
+from .runs import RunSpec, read_train_log, stop_all, train
 from .stats import mean_std, paired_difference
 from .variants import BASELINE, VARIANTS, LossSettings
 from .world import WorldSpec
@@ -142,23 +142,34 @@ def run_study(settings: StudySettings, output_dir, progress: bool = True,
     output_dir = Path(output_dir)
     seeds: Dict[int, Dict[str, Any]] = {}
     worlds: Dict[int, WorldFiles] = {}
-    for seed in settings.seeds:
-        start = time.perf_counter()
-        world = build_world(output_dir / f"seed_{seed}" / "world", settings.world, settings.num_train,
-                            settings.num_eval, seed, progress=progress)
-        worlds[seed] = world
-        seeds[seed] = {"held_out_pairs": [list(p) for p in world.held_out], "eval_counts": world.eval_counts,
-                       "text_only": {name: text_only_accuracy(world.train_captions, root)
-                                     for name, root in world.eval_roots.items()},
-                       "world_s": time.perf_counter() - start, "runs": {}}
-    jobs = [(seed, name) for seed in settings.seeds for name in settings.variants]
+    world_locks = {seed: threading.Lock() for seed in settings.seeds}
     lock = threading.Lock()
+
+    def world_of(seed: int) -> WorldFiles:
+        """Built by the first run of the seed that needs it (other threads keep training meanwhile)."""
+        with world_locks[seed]:
+            if seed not in worlds:
+                start = time.perf_counter()
+                world = build_world(output_dir / f"seed_{seed}" / "world", settings.world, settings.num_train,
+                                    settings.num_eval, seed, progress=False)
+                record = {"held_out_pairs": [list(p) for p in world.held_out], "eval_counts": world.eval_counts,
+                          "text_only": {name: text_only_accuracy(world.train_captions, root)
+                                        for name, root in world.eval_roots.items()},
+                          "world_s": time.perf_counter() - start, "runs": {}}
+                with lock:
+                    seeds[seed] = record
+                worlds[seed] = world
+            return worlds[seed]
+
+    # variant-major order: every seed's baseline and C2LIP first, so a study cut short still pairs them
+    jobs = [(seed, name) for name in settings.variants for seed in settings.seeds]
     bars = _Bars(max(1, settings.parallel))
     overall = tqdm(total=len(jobs), desc="study runs", unit="run", disable=not progress, position=0)
 
     def job(seed: int, name: str) -> None:
         seed_dir = output_dir / f"seed_{seed}"
-        spec = run_specs(settings, seed, worlds[seed].train_pattern)[name]
+        world = world_of(seed)
+        spec = run_specs(settings, seed, world.train_pattern)[name]
         logs_dir = str(seed_dir / "logs")
         saved = seed_dir / "metrics" / f"{name}.json"
         command = spec.command(logs_dir)
@@ -180,7 +191,7 @@ def run_study(settings: StudySettings, output_dir, progress: bool = True,
             finally:
                 bars.give(position)
             start = time.perf_counter()
-            evaluation = evaluate_run(checkpoint, worlds[seed], settings.world)
+            evaluation = evaluate_run(checkpoint, world, settings.world)
             record = {"variant": name, "seed": seed, "command": command, "checkpoint": str(checkpoint),
                       "train_s": train_s, "eval_s": time.perf_counter() - start,
                       "metrics": flatten_metrics(evaluation), "evaluation": evaluation,
@@ -191,16 +202,29 @@ def run_study(settings: StudySettings, output_dir, progress: bool = True,
             seeds[seed]["runs"][name] = record
             overall.update(1)
             if on_update is not None:
-                on_update({"seeds": seeds})
+                on_update({"seeds": {s: seeds[s] for s in settings.seeds if s in seeds}})
 
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.parallel))
+    failures = []
     try:
-        with ThreadPoolExecutor(max_workers=max(1, settings.parallel)) as pool:
-            futures = [pool.submit(job, seed, name) for seed, name in jobs]
-            for future in futures:
-                future.result()  # re-raise the first failure
+        futures = {pool.submit(job, seed, name): (seed, name) for seed, name in jobs}
+        for future, (seed, name) in futures.items():
+            try:
+                future.result()
+            except Exception as error:  # keep the other runs going; fail at the end
+                failures.append((seed, name, error))
+    except BaseException:  # SIGTERM / Ctrl-C: stop queued runs and kill the running ones
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_all()
+        raise
     finally:
+        pool.shutdown(wait=True)
         overall.close()
-    return {"seeds": seeds}
+    if failures:
+        listed = ", ".join(f"seed {seed} {name}" for seed, name, _ in failures)
+        raise RuntimeError(f"{len(failures)} of {len(jobs)} study runs failed ({listed}); first error: "
+                           f"{failures[0][2]}") from failures[0][2]
+    return {"seeds": {s: seeds[s] for s in settings.seeds}}
 
 
 def metric_names(seeds: Dict[int, Dict[str, Any]]) -> List[str]:
