@@ -132,10 +132,12 @@ class _Progress:
 # Training subprocesses still running (runs may train in threads): killed on the way out by ``stop_all``.
 _LIVE: Set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
 
 
 def stop_all() -> None:
-    """Kill every training subprocess this process started and is still running."""
+    """Kill every training subprocess this process started and is still running; no new run starts."""
+    _STOPPING.set()
     with _LIVE_LOCK:
         live = list(_LIVE)
     for process in live:
@@ -162,8 +164,11 @@ def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 1
                position=position, leave=position is None)
     tail = _Progress(bar, console, spec.batch_size, spec.steps // spec.epochs)
     with open(console, "w") as out:
-        process = subprocess.Popen(spec.command(logs_dir), stdout=out, stderr=subprocess.STDOUT, env=run_env)
-        with _LIVE_LOCK:
+        with _LIVE_LOCK:  # checked under the lock, so stop_all cannot miss a run starting right now
+            if _STOPPING.is_set():
+                bar.close()
+                raise RuntimeError(f"training run {spec.name!r} not started: the demo is stopping")
+            process = subprocess.Popen(spec.command(logs_dir), stdout=out, stderr=subprocess.STDOUT, env=run_env)
             _LIVE.add(process)
         try:
             while process.poll() is None:
