@@ -79,6 +79,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--npc-weight", type=float, default=1.0, help="C2LIP --c2lip-npc-weight")
     parser.add_argument("--workers", type=int, default=1, help="dataloader workers per run")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rebuild results.md/.png from the finished runs in "
+                             "<output-dir>/results.json (e.g. of a study stopped early), for the variants "
+                             "finished in every seed (or --variants)")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "default"]
     for name, value in vars(preset).items():
@@ -101,6 +105,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.seeds = [args.seed]
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds repeats a seed: {args.seeds}")
+    if args.report_only:
+        return args  # seeds and variants come from the saved results
     if args.variants is None:
         args.variants = default_study() if args.study else list(DEFAULT_SINGLE)
     missing = [v for v in args.variants if not available(v)]
@@ -152,12 +158,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
-    from .report import (difference_table, is_shown, plot_study, seed_table, study_table, text_only_table,
-                         write_results)
+    from .report import write_results
     from .runs import stop_all
-    from .study import aggregate, expected_seconds, metric_names, run_study
+    from .study import expected_seconds, run_study
 
     output_dir = Path(args.output_dir)
+    if args.report_only:
+        return report_only(args, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)
     expected = expected_seconds(settings)
@@ -175,32 +182,73 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     start = time.perf_counter()
 
     def save_partial(partial: Dict[str, Any]) -> None:
-        write_results(output_dir / "results.json", dict(results, seeds=partial["seeds"], finished=False))
+        write_results(output_dir / "results.json", dict(results, seeds=partial["seeds"], finished=False,
+                                                        elapsed_s=time.perf_counter() - start,
+                                                        load_average_now=list(os.getloadavg())))
 
     try:
         study = run_study(settings, output_dir, progress=progress, on_update=save_partial)
     finally:
         stop_all()
-    seeds = study["seeds"]
-    summary = aggregate(seeds, args.variants)
+    results.update(finished=True, total_s=time.perf_counter() - start, load_average_end=list(os.getloadavg()))
+    return write_report(results, study["seeds"], args.variants, output_dir)
+
+
+def report_only(args: argparse.Namespace, output_dir: Path) -> Dict[str, Any]:
+    """Tables and figures from the runs saved in ``<output_dir>/results.json`` (no training)."""
+    import json
+    source = output_dir / "results.json"
+    if not source.is_file():
+        raise SystemExit(f"--report-only: no {source}")
+    saved = json.loads(source.read_text())
+    seeds = {int(seed): record for seed, record in saved.get("seeds", {}).items()}
+    planned = saved["settings"]["variants"]
+    complete = [v for v in planned if seeds and all(v in record["runs"] for record in seeds.values())]
+    variants = args.variants or complete
+    missing = [(seed, v) for v in variants for seed, record in seeds.items() if v not in record["runs"]]
+    if not seeds or missing or not variants:
+        raise SystemExit(f"--report-only: {source} lacks finished runs {missing or 'for any variant'}")
+    finished_runs = sum(len(record["runs"]) for record in seeds.values())
+    results = dict(saved, load_average_end=saved.get("load_average_end") or saved.get("load_average_now"),
+                   total_s=saved.get("total_s") or saved.get("elapsed_s"),
+                   report={"command": "python -m open_clip_c2lip.demo " + " ".join(sys.argv[1:]),
+                                  "variants": variants, "finished_runs": finished_runs,
+                                  "planned_runs": len(planned) * len(seeds),
+                                  "study_finished": bool(saved.get("finished"))})
+    return write_report(results, seeds, variants, output_dir)
+
+
+def write_report(results: Dict[str, Any], seeds: Dict[int, Dict[str, Any]], variants: Sequence[str],
+                 output_dir: Path) -> Dict[str, Any]:
+    """Aggregate ``seeds`` over ``variants``; write results.json / .md / .png and attention.png."""
+    from .report import (difference_table, is_shown, plot_study, seed_table, study_table, text_only_table,
+                         write_results)
+    from .study import aggregate, metric_names
+    settings = results["settings"]
+    summary = aggregate(seeds, variants)
     metrics = [m for m in metric_names(seeds) if is_shown(m)]
-    results.update(seeds=seeds, summary=summary, finished=True, total_s=time.perf_counter() - start,
-                   load_average_end=list(os.getloadavg()))
-    title = (f"C2LIP-Tiny, {args.steps} steps x batch {args.batch_size}, seeds {args.seeds}, "
-             f"{args.num_train} train / {args.num_eval} held-out images per set and world")
-    chance = {m: summary["per_variant"][args.variants[0]][m]["mean"]
-              for m in metric_names(seeds) if m.endswith("chance_R@1") and m in summary["per_variant"].get(args.variants[0], {})}
+    results.update(seeds=seeds, summary=summary)
+    title = (f"C2LIP-Tiny, {settings['steps']} steps x batch {settings['batch_size']}, seeds {list(seeds)}, "
+             f"{settings['num_train']} train / {settings['num_eval']} held-out images per set and world")
+    chance = {m: summary["per_variant"][variants[0]][m]["mean"]
+              for m in metric_names(seeds) if m.endswith("chance_R@1") and m in summary["per_variant"].get(variants[0], {})}
     chance_note = "; ".join(f"{m}: {100 * v:.1f} %" for m, v in chance.items())
     tables = {
-        "study": study_table(summary, args.variants, metrics),
-        "differences": difference_table(summary, args.variants, metrics),
-        "seeds": seed_table(seeds, args.variants, metrics),
+        "study": study_table(summary, variants, metrics),
+        "differences": difference_table(summary, variants, metrics),
+        "seeds": seed_table(seeds, results["settings"]["variants"], metrics),  # every finished run
         "text_only": text_only_table(seeds),
     }
     results["tables"] = tables
     write_results(output_dir / "results.json", results)
-    text = (f"{title}\n\n`{results['command']}`: {results['total_s']:.0f} s, {results['machine']}, load average "
-            f"{results['load_average_start'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} at the end.\n\n"
+    wall = f"{results['total_s']:.0f} s" if results.get("total_s") is not None else "wall time not recorded"
+    report = results.get("report")
+    partial = (f" Report of {report['finished_runs']} of {report['planned_runs']} planned runs "
+               f"(`{report['command']}`), variants {report['variants']}."
+               if report and not report["study_finished"] else "")
+    text = (f"{title}\n\n`{results['command']}`: {wall}, {results['machine']}, load average "
+            f"{results['load_average_start'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} at the end."
+            f"{partial}\n\n"
             f"Mean ± std over seeds {summary['seeds']} (accuracies and recalls in %, attention ratio in "
             f"multiples of uniform):\n\n{tables['study']}\n\nRandom-ranking R@1: {chance_note}.\n\n"
             f"Paired difference to siglip, mean [95 % t interval] over seeds; bold: the interval excludes 0:\n\n"
@@ -208,10 +256,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             f"solvable by a surface cue would be far from 50 %), mean over seeds, %:\n\n{tables['text_only']}\n\n"
             f"Per seed:\n\n{tables['seeds']}\n")
     (output_dir / "results.md").write_text(text)
-    plot_study(output_dir / "results.png", seeds, summary, args.variants, metrics, title=title)
-    first = args.seeds[0]
+    plot_study(output_dir / "results.png", seeds, summary, variants, metrics, title=title)
+    first = list(seeds)[0]
     figure = attention_figure(output_dir / "attention.png", seeds[first], output_dir / f"seed_{first}" / "world",
-                              ["siglip", "c2lip"] if {"siglip", "c2lip"} <= set(args.variants) else args.variants)
+                              ["siglip", "c2lip"] if {"siglip", "c2lip"} <= set(variants) else variants)
     print(f"\n{text}\nwrote {output_dir / 'results.json'}, results.md, results.png"
-          f"{', attention.png' if figure else ''} (total {results['total_s']:.0f} s)")
+          f"{', attention.png' if figure else ''} ({wall})")
     return results
