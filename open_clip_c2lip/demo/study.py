@@ -22,9 +22,10 @@ from .stats import mean_std, paired_difference
 from .variants import BASELINE, VARIANTS, LossSettings
 from .world import WorldSpec
 
-# Seconds per optimizer step of batch 64 on one idle core of the 2-core dev box (benchmarks/demo.md);
-# only used to print the expected run time up front.
-STEP_COST_S = {"text": 0.55, "span": 0.27, "siglip": 0.25}
+# Seconds per optimizer step of batch 64 on one core of the 2-core dev box, nearly idle (load 1.7;
+# benchmarks/demo.md); text mode costs about the same as span here because a batch of this world has
+# only ~12 distinct concept texts, each encoded once. Only used to print the expected run time.
+STEP_COST_S = {"text": 0.37, "span": 0.35, "siglip": 0.35}
 
 
 ATTENTION_IMAGES = 200
