@@ -646,3 +646,15 @@ def test_quick_demo_same_seed_same_numbers(quick_run, tmp_path):
         assert again["curves"]["losses"] == run["curves"]["losses"], name
         assert again["metrics"] == run["metrics"], name
     assert second["seeds"]["3"]["eval_counts"] == first["seeds"]["3"]["eval_counts"]
+
+
+def test_false_negative_share_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo_false_negatives", REPO / "scripts" / "demo_false_negatives.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    one = WorldSpec(shapes=("square",), colours=("red",), min_objects=1, max_objects=1, held_out_pairs=0)
+    assert module.false_negative_share(one, frozenset(), batch_size=4, batches=2) == 1.0  # same object everywhere
+    # two objects from 2 shapes x 2 colours, all distinct: image i shows concept c with probability 1/2
+    two = WorldSpec(shapes=("square", "ring"), colours=("red", "blue"), min_objects=2, max_objects=2, held_out_pairs=0)
+    assert module.false_negative_share(two, frozenset(), batch_size=16, batches=20) == pytest.approx(0.5, abs=0.05)

@@ -209,7 +209,8 @@ def report_only(args: argparse.Namespace, output_dir: Path) -> Dict[str, Any]:
     if not seeds or missing or not variants:
         raise SystemExit(f"--report-only: {source} lacks finished runs {missing or 'for any variant'}")
     finished_runs = sum(len(record["runs"]) for record in seeds.values())
-    results = dict(saved, load_average_end=saved.get("load_average_end") or saved.get("load_average_now"),
+    results = dict(saved, load_average_end=(saved.get("load_average_end") or saved.get("load_average_now")
+                                            or list(os.getloadavg())),
                    total_s=saved.get("total_s") or saved.get("elapsed_s"),
                    report={"command": "python -m open_clip_c2lip.demo " + " ".join(sys.argv[1:]),
                                   "variants": variants, "finished_runs": finished_runs,
