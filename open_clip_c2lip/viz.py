@@ -5,7 +5,9 @@ For one image and each concept ``c`` of the caption (spaCy noun phrases, see
 ``a_t = softmax_t(lambda * cos(c, v_t))`` (METHOD.md section 4), with ``v_t`` the per-patch joint
 embeddings of the MAP head's value path (:func:`open_clip_c2lip.model.image_token_features`) and
 ``c`` the concept encoded by the text tower as its own text. Maps are shown relative to uniform
-attention (``T * a_t``, 1 = uniform) and upsampled over the image as the model sees it.
+attention (``T * a_t``, 1 = uniform) and upsampled over the image as the model sees it, on one
+colour scale shared by every panel and centred on uniform (white = 1, red above, blue below), so
+a near-uniform map looks near white: at the training temperature 1 the weights are close to uniform.
 
 With ``--compare OTHER`` a third row shows ``T * (a_first - a_other)``: green where the first
 model attends more, violet where it attends less (matplotlib ``PiYG``, as the paper's Fig. 2).
@@ -84,24 +86,31 @@ def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], label
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
     num_rows = len(maps) + (1 if len(maps) == 2 else 0)
     num_cols = len(concepts) + 1
     fig, axes = plt.subplots(num_rows, num_cols, figsize=(2.6 * num_cols, 2.7 * num_rows), squeeze=False)
+    # One colour scale for every panel, centred on uniform attention (T * a = 1, white): a near-uniform
+    # map (lambda = 1 on cosines) looks near white instead of being stretched to a full per-panel range.
+    peak = max(float(m.max()) for m in maps)
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(2.0, peak))
     for row, (label, model_maps) in enumerate(zip(labels, maps)):
         axes[row, 0].imshow(picture)
         axes[row, 0].set_title(label, fontsize=8)
         for col, (concept, heat) in enumerate(zip(concepts, model_maps), 1):
             axes[row, col].imshow(picture)
-            # per-panel range: XAC attention is very soft (lambda = 1 on cosines), a shared scale shows nothing
-            shown = axes[row, col].imshow(heat.numpy(), cmap="inferno", alpha=0.6)
-            axes[row, col].set_title(f"{concept}\n{heat.min():.3f}-{heat.max():.3f} x uniform", fontsize=8)
-            fig.colorbar(shown, ax=axes[row, col], fraction=0.046, pad=0.02)
+            shown = axes[row, col].imshow(heat.numpy(), cmap="RdBu_r", norm=norm, alpha=0.65)
+            axes[row, col].set_title(f"{concept}\n{heat.min():.2f}-{heat.max():.2f} x uniform", fontsize=8)
+            bar = fig.colorbar(shown, ax=axes[row, col], fraction=0.046, pad=0.02)
+            bar.set_label("T·a (1 = uniform)", fontsize=6)
+            bar.ax.tick_params(labelsize=6)
     if len(maps) == 2:
         axes[2, 0].imshow(picture)
         axes[2, 0].set_title(f"difference\ngreen: more in {labels[0]}", fontsize=8)
+        # one symmetric scale for the whole row, so panels compare
+        bound = max(max(float((a - b).abs().max()) for a, b in zip(*maps)), 1e-12)
         for col, (concept, first, second) in enumerate(zip(concepts, *maps), 1):
             difference = (first - second).numpy()
-            bound = max(float(abs(difference).max()), 1e-12)
             axes[2, col].imshow(picture, alpha=0.35)
             shown = axes[2, col].imshow(difference, cmap="PiYG", vmin=-bound, vmax=bound, alpha=0.8)
             axes[2, col].set_title(f"{concept}\nfirst - second, x uniform", fontsize=8)

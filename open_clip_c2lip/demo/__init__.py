@@ -1,8 +1,10 @@
 """The embedded demo: a synthetic world of coloured shapes where C2LIP and SigLIP are compared on a CPU.
 
-``python -m open_clip_c2lip.demo [--output-dir DIR] [--quick]`` builds the world
-(``world.py``; training shards with spaCy concepts, ``build.py``; held-out SugarCrepe-format sets,
-``evalsets.py``), trains ``C2LIP-Tiny`` twice through ``open_clip_train`` (``runs.py``), evaluates
-both (``open_clip_c2lip.eval`` plus ``retrieval.py``) and writes the table, JSON and figure
-(``report.py``). Orchestration and the command line live in ``cli.py``.
+``python -m open_clip_c2lip.demo [--output-dir DIR] [--quick] [--seed S | --seeds S1 S2 ...]`` builds
+one world per seed (``world.py``; training shards with spaCy concepts, ``build.py``; held-out
+SugarCrepe-format sets of seen and of held-out colour-shape pairs, ``evalsets.py``), trains
+``C2LIP-Tiny`` once per variant (``variants.py``) through ``open_clip_train`` (``runs.py``,
+scheduled by ``study.py``), evaluates every run (``open_clip_c2lip.eval``, ``retrieval.py`` and the
+attention mass of ``attention.py``) and writes tables with seed statistics (``stats.py``), JSON and
+figures (``report.py``). The command line lives in ``cli.py``.
 """

@@ -9,25 +9,35 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import FrozenSet, Iterator, List, Set, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Set, Tuple
 
 from .evalsets import write_eval_sets
-from .world import Scene, WorldSpec, render, sample_scene
+from .world import Scene, WorldSpec, balanced_scenes, held_out_pairs, render
 
-SceneKey = FrozenSet[Tuple[str, str, int]]
+SceneKey = FrozenSet[Tuple[str, str, int, Tuple[int, int]]]
 
 
 def scene_key(scene: Scene) -> SceneKey:
-    """What makes two images identical: the set of (shape, colour, cell)."""
-    return frozenset((o.shape, o.colour, o.cell) for o in scene.objects)
+    """What makes two images identical: the set of (shape, colour, cell, offset)."""
+    return frozenset((o.shape, o.colour, o.cell, o.offset) for o in scene.objects)
+
+
+# Held-out evaluation sets: name -> what its scenes contain.
+EVAL_SETS = {
+    "seen_pairs": "new scenes of colour-shape pairs seen in training (new layouts and combinations)",
+    "unseen_pairs": "scenes with at least one held-out colour-shape pair, never seen in training "
+                    "(compositional generalization); the negatives change that object",
+}
 
 
 @dataclass
 class WorldFiles:
     train_pattern: str  # brace pattern of the training shards, for --train-data
     num_train: int
-    eval_root: str
-    eval_counts: dict
+    eval_roots: Dict[str, str]  # EVAL_SETS name -> SugarCrepe-format root
+    eval_counts: Dict[str, dict]
+    held_out: List[Tuple[str, str]]  # (colour, shape) pairs absent from training
+    train_captions: List[str]
 
 
 def _train_samples(scenes: List[Scene], spec: WorldSpec, progress: bool) -> Iterator[dict]:
@@ -38,7 +48,8 @@ def _train_samples(scenes: List[Scene], spec: WorldSpec, progress: bool) -> Iter
             "jpg": render(scene, spec),
             "txt": scene.caption(),
             # ground truth for inspection only; training reads the spaCy concepts added below
-            "json": {"objects": [{"shape": o.shape, "colour": o.colour, "cell": o.cell} for o in scene.objects]},
+            "json": {"objects": [{"shape": o.shape, "colour": o.colour, "cell": o.cell, "offset": list(o.offset)}
+                                 for o in scene.objects]},
         }
 
 
@@ -56,18 +67,21 @@ def brace_pattern(paths: List[str]) -> str:
 
 def build_world(output_dir, spec: WorldSpec, num_train: int, num_eval: int, seed: int,
                 samples_per_shard: int = 1000, progress: bool = True) -> WorldFiles:
-    """Write ``<output_dir>/shards_raw``, ``<output_dir>/shards`` (with concepts) and ``<output_dir>/eval``.
+    """Write ``<output_dir>/shards_raw``, ``<output_dir>/shards`` (with concepts) and one SugarCrepe-format
+    root per :data:`EVAL_SETS` under ``<output_dir>/eval``.
 
-    Training scenes come from ``seed``; the held-out scenes from a separate stream, excluding any
-    scene that also occurs in training, so every evaluation image is unseen.
+    Training scenes come from ``seed`` and avoid the world's held-out colour-shape pairs; each
+    held-out set comes from its own stream, excluding any scene that also occurs in training or
+    earlier in the set, so every evaluation image is unseen and distinct.
     """
     from .. import concepts, shards
     output_dir = Path(output_dir)
     for stale in ("shards_raw", "shards", "eval"):  # a previous, larger world must not leak in
         if (output_dir / stale).is_dir():
             shutil.rmtree(output_dir / stale)
+    held_out = held_out_pairs(spec, seed)
     rng = random.Random(seed)
-    train_scenes = [sample_scene(spec, rng) for _ in range(num_train)]
+    train_scenes = balanced_scenes(spec, num_train, rng, avoid=held_out)
     seen: Set[SceneKey] = {scene_key(s) for s in train_scenes}
     raw_paths = shards.write_shards(_train_samples(train_scenes, spec, progress), str(output_dir / "shards_raw"),
                                     prefix="train", samples_per_shard=samples_per_shard)
@@ -78,6 +92,13 @@ def build_world(output_dir, spec: WorldSpec, num_train: int, num_eval: int, seed
     if status:
         raise RuntimeError(f"concept extraction failed (exit {status}) on {output_dir / 'shards_raw'}")
     train_paths = [str(output_dir / "shards" / Path(p).name) for p in raw_paths]
-    eval_root = output_dir / "eval"
-    counts = write_eval_sets(str(eval_root), spec, num_eval, seed=seed + 1_000_003, exclude=seen, progress=progress)
-    return WorldFiles(brace_pattern(train_paths), num_train, str(eval_root), counts)
+    roots, counts = {}, {}
+    for index, name in enumerate(EVAL_SETS):
+        if name == "unseen_pairs" and not held_out:
+            continue
+        roots[name] = str(output_dir / "eval" / name)
+        options = {"require": held_out} if name == "unseen_pairs" else {"avoid": held_out}
+        counts[name] = write_eval_sets(roots[name], spec, num_eval, seed=seed + 1_000_003 * (index + 1),
+                                       exclude=seen, held_out=held_out, progress=progress, **options)
+    return WorldFiles(brace_pattern(train_paths), num_train, roots, counts, sorted(held_out),
+                      [s.caption() for s in train_scenes])

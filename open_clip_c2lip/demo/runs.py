@@ -8,10 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 # "Train Epoch: 0 [ 640/8192 (8%)] ... LR: 0.000500 Logit Scale: 10.123 Contrastive_loss: 5.1 (5.3) Loss: ..."
 _TRAIN_LINE = re.compile(r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<total>\d+)")
@@ -35,6 +36,7 @@ class RunSpec:
     workers: int = 1
     epochs: int = 1
     extra_args: List[str] = field(default_factory=list)
+    save_frequency: Optional[int] = None  # epochs between checkpoints (default: only the last)
 
     @property
     def steps(self) -> int:
@@ -58,7 +60,7 @@ class RunSpec:
             "--seed", str(self.seed),
             "--precision", "fp32",
             "--log-every-n-steps", "5",
-            "--save-frequency", str(self.epochs),
+            "--save-frequency", str(self.save_frequency or self.epochs),
             "--zeroshot-frequency", "0",
             "--logs", logs_dir,
             "--name", self.name,
@@ -127,9 +129,29 @@ class _Progress:
             self.bar.update(step - self.bar.n)
 
 
+# Training subprocesses still running (runs may train in threads): killed on the way out by ``stop_all``.
+_LIVE: Set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def stop_all() -> None:
+    """Kill every training subprocess this process started and is still running; no new run starts."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for process in live:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 1.0,
-          env: Optional[Dict[str, str]] = None) -> Path:
-    """Run ``spec`` to completion; returns the final checkpoint path. Raises with the log tail on failure."""
+          env: Optional[Dict[str, str]] = None, position: Optional[int] = None) -> Path:
+    """Run ``spec`` to completion; returns the final checkpoint path. Raises with the log tail on failure.
+
+    ``position``: tqdm bar line, for runs trained concurrently from threads.
+    """
     from tqdm import tqdm
     run_dir = Path(logs_dir) / spec.name
     if run_dir.exists():  # open_clip_train refuses to reuse an experiment folder
@@ -138,10 +160,16 @@ def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 1
     console = Path(logs_dir) / f"{spec.name}.console.log"
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("OMP_NUM_THREADS", "1")
-    bar = tqdm(total=spec.steps, desc=f"train {spec.name}", unit="step", disable=not progress)
+    bar = tqdm(total=spec.steps, desc=f"train {spec.name} (seed {spec.seed})", unit="step", disable=not progress,
+               position=position, leave=position is None)
     tail = _Progress(bar, console, spec.batch_size, spec.steps // spec.epochs)
     with open(console, "w") as out:
-        process = subprocess.Popen(spec.command(logs_dir), stdout=out, stderr=subprocess.STDOUT, env=run_env)
+        with _LIVE_LOCK:  # checked under the lock, so stop_all cannot miss a run starting right now
+            if _STOPPING.is_set():
+                bar.close()
+                raise RuntimeError(f"training run {spec.name!r} not started: the demo is stopping")
+            process = subprocess.Popen(spec.command(logs_dir), stdout=out, stderr=subprocess.STDOUT, env=run_env)
+            _LIVE.add(process)
         try:
             while process.poll() is None:
                 time.sleep(poll_s)
@@ -151,6 +179,8 @@ def train(spec: RunSpec, logs_dir: str, progress: bool = True, poll_s: float = 1
             process.wait()
             raise
         finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(process)
             tail.update()
             bar.close()
     if process.returncode != 0:

@@ -8,7 +8,7 @@ binding failure C2LIP targets.
 """
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -93,27 +93,39 @@ SHAPES = {
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """What a world may contain; the default is the demo's world (see benchmarks/demo.md)."""
-    # Shapes whose pixel masks differ a lot, so they are as easy to see as colours; every scene
-    # shows each colour exactly once, so neither the set of colours nor the object count is a
-    # shortcut and captions differ only in which shapes are present and which colour each has
-    # (benchmarks/demo.md explains why the looser worlds failed).
+    """What a world may contain; the default is the demo's world (see benchmarks/demo.md).
+
+    ``held_out_pairs`` colour-shape pairs (drawn per world seed by :func:`held_out_pairs`) never
+    occur in any training image or caption; the evaluation reports scenes that contain them
+    separately (compositional generalization).
+    """
+    # Shapes whose pixel masks differ a lot (square / bar / pole / ring), so shapes are as easy to
+    # see as colours; 32 px objects (a 2 x 2 grid on the 64 px image, 4 ViT patches per object)
+    # make them easier still. The object count varies (2-4) so a caption's length says nothing
+    # about whether it matches (benchmarks/demo.md: world selection on validation seeds).
     shapes: Tuple[str, ...] = ("square", "bar", "pole", "ring")
-    colours: Tuple[str, ...] = ("red", "green", "blue")
+    colours: Tuple[str, ...] = ("red", "green", "blue", "yellow")
     image_size: int = 64
-    grid: int = 4
-    min_objects: int = 3
-    max_objects: int = 3
+    grid: int = 2
+    min_objects: int = 2
+    max_objects: int = 4
     margin: int = 2
+    # each object is shifted by up to ``jitter`` px right/down inside its cell (0: every object of a
+    # cell is drawn at the same place); more distinct scenes from the same 2 x 2 grid
+    jitter: int = 6
     background: Tuple[int, int, int] = (128, 128, 128)
-    # Shapes never repeat within a scene, so every object is named unambiguously by its shape.
+    # Shapes and colours never repeat within a scene, so every object is named unambiguously by
+    # its shape and a colour swap keeps the caption's bag of words.
     distinct_shapes: bool = True
     distinct_colours: bool = True
+    held_out_pairs: int = 4
 
     def __post_init__(self):
         unknown = [s for s in self.shapes if s not in SHAPES] + [c for c in self.colours if c not in COLOURS]
         if unknown:
             raise ValueError(f"unknown shapes/colours {unknown}; known: {sorted(SHAPES)} / {sorted(COLOURS)}")
+        if len(set(self.shapes)) != len(self.shapes) or len(set(self.colours)) != len(self.colours):
+            raise ValueError(f"shapes and colours must not repeat, got {self.shapes} / {self.colours}")
         if not 1 <= self.min_objects <= self.max_objects <= self.grid * self.grid:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= grid^2, got "
                              f"{self.min_objects}, {self.max_objects}, grid {self.grid}")
@@ -121,18 +133,39 @@ class WorldSpec:
             raise ValueError(f"distinct_shapes needs at least max_objects={self.max_objects} shapes")
         if self.distinct_colours and self.max_objects > len(self.colours):
             raise ValueError(f"distinct_colours needs at least max_objects={self.max_objects} colours")
+        if not 0 <= 2 * self.margin + self.jitter < self.image_size // self.grid - 4:
+            raise ValueError(f"margin {self.margin} and jitter {self.jitter} leave no room for an object in a "
+                             f"{self.image_size // self.grid} px cell")
         if self.image_size % self.grid:
             raise ValueError(f"image_size {self.image_size} is not a multiple of grid {self.grid}")
+        if not 0 <= self.held_out_pairs <= min(len(self.shapes), len(self.colours)):
+            raise ValueError(f"held_out_pairs must be in [0, min(#shapes, #colours)] (one per shape and colour), "
+                             f"got {self.held_out_pairs}")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
+
+Pair = Tuple[str, str]  # (colour, shape)
+
+
+def held_out_pairs(spec: WorldSpec, seed: int) -> FrozenSet[Pair]:
+    """The ``spec.held_out_pairs`` (colour, shape) pairs withheld from training in world ``seed``.
+
+    A seeded partial matching: each shape and each colour is in at most one held-out pair, so
+    every shape and every colour is still seen in training, with the other colours / shapes.
+    """
+    rng = random.Random(f"held-out pairs {seed}")
+    shapes = rng.sample(spec.shapes, spec.held_out_pairs)
+    colours = rng.sample(spec.colours, spec.held_out_pairs)
+    return frozenset(zip(colours, shapes))
 
 @dataclass(frozen=True)
 class Obj:
     shape: str
     colour: str
     cell: int
+    offset: Tuple[int, int] = (0, 0)  # (dx, dy) px inside the cell, each in [0, spec.jitter]
 
     @property
     def phrase(self) -> str:
@@ -158,16 +191,55 @@ def join_phrases(phrases: Sequence[str]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def sample_scene(spec: WorldSpec, rng: random.Random) -> Scene:
-    """Draw one scene: object count, cells, attributes and caption order."""
-    count = rng.randint(spec.min_objects, spec.max_objects)
+def _draw(spec: WorldSpec, rng: random.Random, count: int) -> Scene:
     cells = rng.sample(range(spec.grid * spec.grid), count)
     shapes = rng.sample(spec.shapes, count) if spec.distinct_shapes else rng.choices(spec.shapes, k=count)
     colours = rng.sample(spec.colours, count) if spec.distinct_colours else rng.choices(spec.colours, k=count)
-    objects = [Obj(s, c, cell) for s, c, cell in zip(shapes, colours, cells)]
+    offsets = [(rng.randint(0, spec.jitter), rng.randint(0, spec.jitter)) if spec.jitter else (0, 0)
+               for _ in range(count)]
+    objects = [Obj(s, c, cell, o) for s, c, cell, o in zip(shapes, colours, cells, offsets)]
     order = list(range(count))
     rng.shuffle(order)
     return Scene(objects, order)
+
+
+def scene_pairs(scene: Scene) -> FrozenSet[Pair]:
+    return frozenset((o.colour, o.shape) for o in scene.objects)
+
+
+def sample_scene(spec: WorldSpec, rng: random.Random, avoid: AbstractSet[Pair] = frozenset(),
+                 require: AbstractSet[Pair] = frozenset(), max_tries: int = 10_000,
+                 count: Optional[int] = None) -> Scene:
+    """Draw one scene: object count, cells, attributes and caption order.
+
+    ``avoid``: no object may be one of these (colour, shape) pairs (training scenes avoid the
+    held-out pairs); ``require``: at least one object must be one of them (held-out evaluation
+    scenes). ``count``: the object count (default: uniform on [min_objects, max_objects]).
+    Rejection sampling; raises if ``max_tries`` draws all fail.
+    """
+    # the count is drawn once, outside the rejection loop, so it stays uniform on
+    # [min_objects, max_objects] whatever the constraints reject (a caption's length is no cue)
+    if count is None:
+        count = rng.randint(spec.min_objects, spec.max_objects)
+    elif not spec.min_objects <= count <= spec.max_objects:
+        raise ValueError(f"count {count} outside [{spec.min_objects}, {spec.max_objects}]")
+    for _ in range(max_tries):
+        scene = _draw(spec, rng, count)
+        pairs = scene_pairs(scene)
+        if pairs & avoid or (require and not pairs & require):
+            continue
+        return scene
+    raise ValueError(f"no scene of {spec} avoids {sorted(avoid)} and contains one of {sorted(require)}")
+
+
+def balanced_scenes(spec: WorldSpec, num: int, rng: random.Random,
+                    avoid: AbstractSet[Pair] = frozenset()) -> List[Scene]:
+    """``num`` scenes whose object counts are as equal as possible (they differ by at most one), in
+    random order: the training set, where the frequency of a caption length must carry no cue."""
+    span = spec.max_objects - spec.min_objects + 1
+    counts = [spec.min_objects + i % span for i in range(num)]
+    rng.shuffle(counts)
+    return [sample_scene(spec, rng, avoid=avoid, count=count) for count in counts]
 
 
 def render(scene: Scene, spec: WorldSpec) -> Image.Image:
@@ -177,7 +249,9 @@ def render(scene: Scene, spec: WorldSpec) -> Image.Image:
     cell_size = spec.image_size // spec.grid
     for obj in scene.objects:
         row, col = divmod(obj.cell, spec.grid)
-        x0, y0 = col * cell_size + spec.margin, row * cell_size + spec.margin
-        x1, y1 = x0 + cell_size - 1 - 2 * spec.margin, y0 + cell_size - 1 - 2 * spec.margin
+        size = cell_size - 2 * spec.margin - spec.jitter
+        x0 = col * cell_size + spec.margin + obj.offset[0]
+        y0 = row * cell_size + spec.margin + obj.offset[1]
+        x1, y1 = x0 + size - 1, y0 + size - 1
         SHAPES[obj.shape](draw, (x0, y0, x1, y1), COLOURS[obj.colour])
     return image

@@ -1,0 +1,69 @@
+"""The demo's training variants: name -> the loss flags of one ``open_clip_train`` run.
+
+Every variant of a seed shares that seed's world, data order, training seed, batch, steps and
+schedule; only these flags differ (they are the tail of the command, see ``runs.RunSpec.command``).
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, List
+
+
+@dataclass(frozen=True)
+class Variant:
+    description: str
+    loss_args: Callable[["LossSettings"], List[str]]
+    baseline: bool = False
+    # open_clip_train flag this variant needs (None: always available)
+    requires_flag: str = ""
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    npc_weight: float = 1.0
+    xac_weight: float = 0.01
+    xac_temperature: float = 1.0
+    max_concepts: int = 4
+
+
+def _c2lip(settings: LossSettings, *, mode: str = "text", npc=None, xac=None, extra=()) -> List[str]:
+    return ["--c2lip-loss",
+            "--c2lip-npc-weight", str(settings.npc_weight if npc is None else npc),
+            "--c2lip-xac-weight", str(settings.xac_weight if xac is None else xac),
+            "--c2lip-xac-temperature", str(settings.xac_temperature),
+            "--c2lip-max-concepts", str(settings.max_concepts),
+            "--c2lip-concept-mode", mode, *extra]
+
+
+VARIANTS: Dict[str, Variant] = {
+    "siglip": Variant("SigLIP baseline (--siglip)", lambda s: ["--siglip"], baseline=True),
+    "c2lip": Variant("C2LIP, concepts encoded as their own text (the authors' semantics)", lambda s: _c2lip(s)),
+    "c2lip_span": Variant("C2LIP, concepts pooled over their caption span (--c2lip-concept-mode span)",
+                          lambda s: _c2lip(s, mode="span")),
+    # The ablations run in span mode (chosen to save CPU from benchmarks/bench_step.md's 2.2x text-mode
+    # step; in this world text mode measured ~1.05x, benchmarks/demo.md); compare them with c2lip_span.
+    "npc_only": Variant("c2lip_span without xac (--c2lip-xac-weight 0)", lambda s: _c2lip(s, mode="span", xac=0.0)),
+    "xac_only": Variant("c2lip_span without npc (--c2lip-npc-weight 0)", lambda s: _c2lip(s, mode="span", npc=0.0)),
+    "dup_ignore": Variant("c2lip_span with duplicate concept texts left out of npc/xac "
+                          "(--c2lip-duplicate-concepts ignore)",
+                          lambda s: _c2lip(s, mode="span", extra=("--c2lip-duplicate-concepts", "ignore")),
+                          requires_flag="--c2lip-duplicate-concepts"),
+}
+
+BASELINE = "siglip"
+DEFAULT_SINGLE = ("siglip", "c2lip")
+
+
+def available(name: str) -> bool:
+    """Whether the installed plugin has the flag variant ``name`` needs."""
+    flag = VARIANTS[name].requires_flag
+    if not flag:
+        return True
+    import argparse
+    from ..params import add_c2lip_args
+    parser = argparse.ArgumentParser()
+    add_c2lip_args(parser)
+    return any(flag in action.option_strings for action in parser._actions)
+
+
+def default_study() -> List[str]:
+    """All variants the installed plugin supports, baseline first."""
+    return [name for name in VARIANTS if available(name)]
