@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from open_clip_c2lip.demo import evalsets
-from open_clip_c2lip.demo.build import brace_pattern, scene_key
+from open_clip_c2lip.demo.build import brace_pattern
+from open_clip_c2lip.demo.world import scene_key
 from open_clip_c2lip.demo.report import comparison_table
 from open_clip_c2lip.demo.retrieval import recall_at_k
 from open_clip_c2lip.demo.runs import RunSpec, parse_train_log

@@ -9,18 +9,10 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterator, List, Set, Tuple
+from typing import Dict, Iterator, List, Set, Tuple
 
 from .evalsets import write_eval_sets
-from .world import Scene, WorldSpec, balanced_scenes, held_out_pairs, render
-
-SceneKey = FrozenSet[Tuple[str, str, int, Tuple[int, int]]]
-
-
-def scene_key(scene: Scene) -> SceneKey:
-    """What makes two images identical: the set of (shape, colour, cell, offset)."""
-    return frozenset((o.shape, o.colour, o.cell, o.offset) for o in scene.objects)
-
+from .world import Scene, SceneKey, WorldSpec, balanced_scenes, held_out_pairs, render, scene_key
 
 # Held-out evaluation sets: name -> what its scenes contain.
 EVAL_SETS = {

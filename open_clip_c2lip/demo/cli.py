@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .variants import DEFAULT_SINGLE, VARIANTS, LossSettings, available, default_study
 from .world import COLOURS, SHAPES, WorldSpec

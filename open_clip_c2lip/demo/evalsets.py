@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import AbstractSet, Callable, Dict, FrozenSet, List, Optional, Sequence
 
-from .world import Obj, Pair, Scene, WorldSpec, join_phrases, render, sample_scene
+from .world import Obj, Pair, Scene, WorldSpec, join_phrases, render, sample_scene, scene_key
 
 # (scene, spec, rng, focus) -> negative caption or None. ``focus``: indices of the objects the
 # negative must change (the held-out-pair objects of a compositional split); None = any object.
@@ -127,7 +127,6 @@ def write_eval_sets(root: str, spec: WorldSpec, num_images: int, seed: int,
     Returns the item count of each split, of ``retrieval``, of ``redrawn_train`` scenes (seen in
     training) and ``redrawn_duplicate`` scenes (drawn twice here).
     """
-    from .build import scene_key
     exclude = exclude or set()
     unknown = [s for s in splits if s not in NEGATIVES]
     if unknown:

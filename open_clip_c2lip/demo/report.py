@@ -33,7 +33,7 @@ def comparison_table(runs: Mapping[str, Mapping[str, Any]], splits: Sequence[str
         cells = [_percent(runs[name]["retrieval"][key]) for name in names]
         lines.append(f"| {label} | {first['retrieval']['n']} | " + " | ".join(cells) + " |")
     cells = [_percent(runs[name]["retrieval"].get("chance_R@1")) for name in names]
-    lines.append(f"| R@1 of a random ranking | | " + " | ".join(cells) + " |")
+    lines.append("| R@1 of a random ranking | | " + " | ".join(cells) + " |")
     cells = []
     for name in names:
         curve = runs[name]["curves"]["losses"].get("contrastive_loss", [])

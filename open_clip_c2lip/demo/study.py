@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .build import EVAL_SETS, WorldFiles, build_world
+from .build import WorldFiles, build_world
 from .evalsets import NEGATIVES, text_only_accuracy
 from .runs import RunSpec, read_train_log, stop_all, train
 from .stats import mean_std, paired_difference

@@ -255,3 +255,11 @@ def render(scene: Scene, spec: WorldSpec) -> Image.Image:
         x1, y1 = x0 + size - 1, y0 + size - 1
         SHAPES[obj.shape](draw, (x0, y0, x1, y1), COLOURS[obj.colour])
     return image
+
+
+SceneKey = FrozenSet[Tuple[str, str, int, Tuple[int, int]]]
+
+
+def scene_key(scene: Scene) -> SceneKey:
+    """What makes two images identical: the set of (shape, colour, cell, offset)."""
+    return frozenset((o.shape, o.colour, o.cell, o.offset) for o in scene.objects)
