@@ -39,7 +39,7 @@ class Preset:
 
 
 PRESETS = {
-    "default": Preset(num_train=4096, num_eval=300, steps=300, batch_size=64, lr=1e-3, warmup=50),
+    "default": Preset(num_train=4096, num_eval=300, steps=900, batch_size=64, lr=1e-3, warmup=50),
     "quick": Preset(num_train=512, num_eval=100, steps=30, batch_size=32, lr=1e-3, warmup=5),
 }
 
