@@ -39,6 +39,7 @@ from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequen
 import torch
 from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, _clean_canonicalize
 
+from . import runtime
 from .concepts import concept_source, has_text
 from .layout import pack_rows
 from .messages import excerpt
@@ -410,13 +411,12 @@ class TextPacker:
 
     def __init__(self, tokenizer, max_concepts: int = 8, concept_extractor: Optional[ConceptExtractor] = None,
                  log_every: int = 10000):
-        if max_concepts < 1:
-            raise ValueError(f"max_concepts must be >= 1, got {max_concepts}")
+        if not 1 <= max_concepts <= runtime.MAX_CONCEPTS:
+            raise ValueError(f"max_concepts must be >= 1 and <= {runtime.MAX_CONCEPTS}, got {max_concepts}")
         self.tokenizer = tokenizer
         self.aligner = get_aligner(tokenizer)
         self.max_concepts = max_concepts
         if concept_extractor is None:
-            from . import runtime
             concept_extractor = SpacyConceptExtractor(runtime.config().spacy_model if runtime.active() else None)
         self.concept_extractor = concept_extractor
         self.log_every = log_every

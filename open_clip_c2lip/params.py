@@ -71,6 +71,14 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _max_concepts(value: str) -> int:
+    number = _positive_int(value)
+    if number > runtime.MAX_CONCEPTS:
+        raise argparse.ArgumentTypeError(
+            f"must be <= {runtime.MAX_CONCEPTS} (each packed caption holds 1 + 2*P token rows), got {value}")
+    return number
+
+
 def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the "C2LIP" argument group (design README §5) to ``parser``."""
     group = parser.add_argument_group(
@@ -96,7 +104,7 @@ def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
              "semantics); 'span' pools the caption's token states over the concept span. "
              "Default: %(default)s.")
     group.add_argument(
-        "--c2lip-max-concepts", type=_positive_int, default=_DEFAULTS.max_concepts, metavar="P",
+        "--c2lip-max-concepts", type=_max_concepts, default=_DEFAULTS.max_concepts, metavar="P",
         help="Concepts kept per caption (extra ones are counted and reported). Default: %(default)s.")
     group.add_argument(
         "--c2lip-concepts-key", type=_non_empty, default=_DEFAULTS.concepts_key, metavar="KEY",

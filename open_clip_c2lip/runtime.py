@@ -17,6 +17,9 @@ DUPLICATE_CONCEPT_RULES = ("negative", "ignore")
 # total and a temperature is an argmax: nothing a sweep needs.
 MAX_LOSS_WEIGHT = 1e4
 MAX_XAC_TEMPERATURE = 1e4
+# a packed text row is [1 + 2P, L]: P beyond this allocates rows no caption can fill (a 77-token
+# caption holds at most ~38 one-word noun phrases) and can exhaust memory before training starts
+MAX_CONCEPTS = 256
 
 
 @dataclass

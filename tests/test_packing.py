@@ -314,8 +314,9 @@ def test_bad_inputs_raise_clear_errors():
         packer(("  ", ["x"]))
     with pytest.raises(TypeError, match="text #0: expected a caption str"):
         packer([42])
-    with pytest.raises(ValueError, match="max_concepts"):
-        TextPacker(_make_simple(24), max_concepts=0)
+    for bad in (0, 257, 10 ** 9):  # above runtime.MAX_CONCEPTS = 256: rows of [1 + 2P, L] per caption
+        with pytest.raises(ValueError, match="max_concepts must be >= 1 and <= 256"):
+            TextPacker(_make_simple(24), max_concepts=bad)
 
 
 def test_unsupported_tokenizers_are_rejected():

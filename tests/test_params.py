@@ -143,13 +143,20 @@ def test_float_c2lip_flags_must_be_finite_and_in_range(flag, value, capsys):
     assert f"argument {flag}:" in err and ("finite" in err or "must be >" in err), err
 
 
-@pytest.mark.parametrize("value", ["inf", "nan", "1.5", "0", "=-3", "1e3"])
-def test_max_concepts_must_be_a_positive_integer(value, capsys):
+@pytest.mark.parametrize("value", ["inf", "nan", "1.5", "0", "=-3", "1e3", "257", "1000000000"])
+def test_max_concepts_must_be_a_positive_integer_up_to_the_bound(value, capsys):
+    """P >= 1; P above runtime.MAX_CONCEPTS would allocate [1 + 2P, L] rows per caption."""
     argv = ["--c2lip-max-concepts" + value] if value.startswith("=") else ["--c2lip-max-concepts", value]
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss"] + argv)
     assert exit_info.value.code == 2
     assert "argument --c2lip-max-concepts:" in capsys.readouterr().err
+
+
+def test_max_concepts_accepts_values_up_to_the_bound():
+    for value in ("1", "8", str(runtime.MAX_CONCEPTS)):
+        assert parse_args(["--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-max-concepts", value]).c2lip_max_concepts \
+            == int(value)
 
 
 @pytest.mark.parametrize("flag", FLOAT_FLAGS)
