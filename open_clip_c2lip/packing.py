@@ -53,11 +53,11 @@ STAT_KEYS = (
     "concepts",                 # concepts packed into a slot
     "concepts_over_max",        # concepts beyond max_concepts, not packed
     "samples_over_max",         # captions that had more than max_concepts concepts
-    "blank_concepts",           # concepts with no letter or digit after the tokenizer's cleaning
+    "blank_concepts",           # concepts with no letter or digit after cleaning, or only special tokens
                                 # ("", "-", "!!!", "..."), not packed
     "duplicate_concepts",       # concepts equal to an earlier one of the caption after cleaning, not packed
     "whole_caption_fallback",   # captions with no concept, packed with the caption as concept
-    "captions_without_text",    # captions with no letter or digit after cleaning: packed without concepts
+    "captions_without_text",    # captions with no letter or digit (or only special tokens): no concepts
     "extracted_on_the_fly",     # captions whose concepts were extracted here (no concepts in data)
     "captions_cut_for_parsing", # on-the-fly captions over MAX_PARSE_CHARS after cleaning, parsed up to there
     "spans_not_found",          # concepts not found as whole tokens of the cleaned caption: zero row
@@ -133,6 +133,12 @@ class SimpleTokenizerAligner:
     def clean(self, text: str) -> str:
         return self.clean_fn(text)
 
+    def has_content(self, cleaned: str) -> bool:
+        """Whether cleaned text has a token that is not special (``"<end_of_text>"`` has none)."""
+        tok = self.tokenizer
+        special = {tok.decoder[i] for i in tok.all_special_ids}
+        return any(match.group() not in special for match in tok.pat.finditer(cleaned))
+
     def tokens(self, caption: str, context_length: int) -> CaptionTokens:
         tok = self.tokenizer
         cleaned = tok.clean_fn(caption)
@@ -168,9 +174,21 @@ class FastTokenizerAligner:
         self.fast_tokenizer = fast_tokenizer
         self.clean_fn = clean_fn
         self.strip_sep_token = strip_sep_token
+        self._has_content: Dict[str, bool] = {}
 
     def clean(self, text: str) -> str:
         return self.clean_fn(text)
+
+    def has_content(self, cleaned: str) -> bool:
+        """Whether cleaned text has a token that is not special (``"</s>"``, ``"<pad>"`` have none)."""
+        known = self._has_content.get(cleaned)
+        if known is None:  # one tokenizer call per distinct concept text, not per occurrence
+            if len(self._has_content) >= _MAX_CLEANED_CONCEPTS:
+                self._has_content.clear()
+            ids = self.fast_tokenizer(cleaned, add_special_tokens=False)["input_ids"]
+            special = set(self.fast_tokenizer.all_special_ids)
+            known = self._has_content[cleaned] = any(i not in special for i in ids)
+        return known
 
     def tokens(self, caption: str, context_length: int) -> CaptionTokens:
         cleaned = self.clean_fn(caption)
@@ -320,6 +338,15 @@ def _clean_concept(aligner, concept: str) -> str:
             _CLEANED_CONCEPTS.clear()
         cleaned = _CLEANED_CONCEPTS[key] = aligner.clean(concept)
     return cleaned
+
+
+def _names_something(aligner, cleaned: str) -> bool:
+    """A letter or digit, in a token that is not the tokenizer's special token (a concept
+    ``"<end_of_text>"`` would be encoded as the end token itself: an empty concept)."""
+    if not has_text(cleaned):
+        return False
+    has_content = getattr(aligner, "has_content", None)  # aligners registered by users may lack it
+    return True if has_content is None else has_content(cleaned)
 
 
 def _spans_with_reasons(aligner, caption: str, concepts: Sequence[str], caption_row: torch.Tensor,
@@ -472,11 +499,12 @@ class TextPacker:
 
     def _select(self, caption: str, concepts: List[str]) -> List[str]:
         """The concepts to pack: distinct after the tokenizer's cleaning, each with a letter or digit
-        left; else the whole caption; nothing when the caption itself has no letter or digit."""
+        left outside the tokenizer's special tokens; else the whole caption; nothing when the caption
+        itself has none."""
         kept, seen = [], set()
         for concept in concepts:
             cleaned = _clean_concept(self.aligner, concept)
-            if not has_text(cleaned):
+            if not _names_something(self.aligner, cleaned):
                 self.count("blank_concepts")
             elif cleaned in seen:
                 self.count("duplicate_concepts")
@@ -484,7 +512,7 @@ class TextPacker:
                 seen.add(cleaned)
                 kept.append(concept)
         if not kept:
-            if not has_text(self.aligner.clean(caption)):
+            if not _names_something(self.aligner, self.aligner.clean(caption)):
                 self.count("captions_without_text")
                 return []
             self.count("whole_caption_fallback")

@@ -455,3 +455,31 @@ def test_real_spacy_on_the_fly_survives_a_caption_over_max_length():
     assert torch.equal(concept_ids[0], tokenizer(["a brown dog", "the green grass"]))
     assert span_masks[0, 0].nonzero().flatten().tolist() == [1, 2, 3]
     assert packer.stats["captions_cut_for_parsing"] == 1
+
+
+SPECIAL_ONLY = {"simple": ["<end_of_text>", "<start_of_text>", "<start_of_text> <end_of_text>"],
+                "hf_whitespace": ["</s>", "<pad>", "</s><pad>"]}
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_ONLY))
+def test_concepts_of_special_tokens_only_are_blank(kind, hf_tokenizer_dir):
+    """A concept that is the tokenizer's own special token encodes to an empty concept row: counted
+    as blank, like "-"; a caption that is only special tokens gets no concepts."""
+    if kind == "simple":
+        tokenizer = _make_simple(32)
+        special_ids = set(tokenizer.all_special_ids) | {0}
+    else:  # whitespace cleaning keeps "</s>" intact (canonicalize would turn it into "s")
+        tokenizer = HFTokenizer(hf_tokenizer_dir, context_length=32, clean="whitespace")
+        special_ids = set(tokenizer.tokenizer.all_special_ids)
+    specials = SPECIAL_ONLY[kind]
+    for concept in specials:  # independent of the packer: the concept's own row is special ids only
+        assert set(tokenizer([concept])[0].tolist()) <= special_ids, concept
+    assert not set(tokenizer(["a dog"])[0].tolist()) <= special_ids
+    packer = TextPacker(tokenizer, max_concepts=4, concept_extractor=_no_extraction)
+    _, concept_ids, _ = unpack_texts(packer(("a dog on the grass", [*specials, "a dog"])))
+    assert torch.equal(concept_ids[0, :1], tokenizer(["a dog"]))
+    assert not concept_ids[0, 1:].any()
+    assert packer.stats["blank_concepts"] == len(specials) and packer.stats["concepts"] == 1
+    _, concept_ids, span_masks = unpack_texts(packer((specials[0], [specials[1]])))
+    assert not concept_ids.any() and not span_masks.any()
+    assert packer.stats["captions_without_text"] == 1 and packer.stats["whole_caption_fallback"] == 0
