@@ -29,7 +29,9 @@ Command line (adds the concepts to existing data, one output per input)::
     python -m open_clip_c2lip.concepts 'shards/{000000..000099}.tar' --output-dir shards-c --processes 8
     python -m open_clip_c2lip.concepts train.csv --output-dir with-concepts
 
-- webdataset shards (``.tar``; brace patterns are expanded): each sample's ``json`` member gains the
+- webdataset shards (``.tar``, or compressed as webdataset reads them: ``.tar.gz``/``.tgz``,
+  ``.tar.bz2``, ``.tar.xz``, written back compressed the same way; brace patterns are expanded):
+  each sample's ``json`` member gains the
   concepts key (default ``concepts``); a ``json`` member is created, after the sample's last member
   and with its header fields (mode, owner, mtime), when the sample has none. Every other member is
   copied byte-for-byte (its tar header blocks and data), in the input's order. The caption is the
@@ -60,13 +62,19 @@ the output folder are checked before any file is read. Pool workers end with the
 is SIGKILLed (``die_with_parent``).
 """
 import argparse
+import bz2
 import collections
 import concurrent.futures
+import contextlib
 import functools
+import gzip
 import json
+import lzma
 import os
 import sys
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -575,8 +583,18 @@ def die_with_parent(parent_pid: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # Annotating files (the CLI)
 
-SHARD_SUFFIXES = (".tar",)
+# shard suffix -> compression: what webdataset's reader (tarfile "r|*") opens; outputs keep it
+SHARD_COMPRESSION = {".tar": None, ".tar.gz": "gzip", ".tgz": "gzip", ".tar.bz2": "bz2", ".tar.xz": "xz"}
+SHARD_SUFFIXES = tuple(SHARD_COMPRESSION)
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+# incremental decompressors keep every byte before a cut (gzip.open & co. lose the last read)
+_DECOMPRESSORS = {"gzip": lambda: zlib.decompressobj(wbits=31), "bz2": bz2.BZ2Decompressor,
+                  "xz": lzma.LZMADecompressor}
+# mtime=0 and no file name in the gzip header: the same input gives the same output bytes
+_COMPRESS = {"gzip": lambda raw: gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0),
+             "bz2": lambda raw: bz2.BZ2File(raw, "wb"),
+             "xz": lambda raw: lzma.LZMAFile(raw, "wb")}
+_STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)  # corrupt compressed data
 TABLE_CAPTION_KEYS = ("caption", "title")  # default caption column: ours, then open_clip's default
 SHARD_CAPTION_KEY = "txt"
 # exit statuses of the CLI
@@ -641,24 +659,76 @@ def _shard_caption(sample, caption_key: str, where: str):
     return meta[caption_key]
 
 
+def input_suffix(path: str) -> str:
+    """The input type of ``path``: one of ``SHARD_SUFFIXES + TABLE_SUFFIXES`` (longest match, so
+    ``.tar.gz`` not ``.gz``), else its last extension, lower case."""
+    name = os.path.basename(path).lower()
+    for suffix in sorted(SHARD_SUFFIXES + TABLE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return os.path.splitext(name)[1]
+
+
+def _decompressed(input_path: str, compression: str, scratch_dir: str,
+                  stack: contextlib.ExitStack) -> Tuple[Any, Optional[str]]:
+    """The tar inside a compressed shard, as a seekable temporary file in ``scratch_dir`` (the tar
+    reader copies members byte-exactly by seeking), and why the compressed stream ended early, if it
+    did: what decompressed before the damage is still read, and the damage is reported like a cut tar."""
+    tar = stack.enter_context(tempfile.TemporaryFile(dir=scratch_dir, prefix=".c2lip-untar-"))
+    problem, decompressor = None, None
+    try:
+        with open(input_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                while chunk:  # concatenated streams (multi-member gzip) continue with a new decompressor
+                    if decompressor is None or decompressor.eof:
+                        decompressor = _DECOMPRESSORS[compression]()
+                    tar.write(decompressor.decompress(chunk))
+                    chunk = decompressor.unused_data if decompressor.eof else b""
+        if decompressor is None or not decompressor.eof:
+            problem = f"damaged {compression} stream: cut before its end, after {tar.tell()} decompressed bytes"
+    except _STREAM_ERRORS as exc:
+        problem = f"damaged {compression} stream after {tar.tell()} decompressed bytes ({exc})"
+    tar.seek(0)
+    return tar, problem
+
+
 def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                    progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
     """Copy a webdataset shard adding the concepts to each sample's json (see module docstring).
 
     A damaged tar (cut inside a member or header, no end-of-archive blocks) raises naming the file
     and the sample where it breaks; with ``on_error='skip'`` the complete samples before the damage
-    are written, counted as salvaged, and the damage counted as a failure."""
+    are written, counted as salvaged, and the damage counted as a failure. A compressed shard
+    (``SHARD_COMPRESSION``) is read through a decompressed temporary copy next to the output and
+    written compressed the same way; a cut or corrupt compressed stream is damage of the same kind."""
+    with contextlib.ExitStack() as stack:
+        compression = SHARD_COMPRESSION[input_suffix(input_path)]
+        tar, stream_problem = None, None
+        if compression is not None:
+            tar, stream_problem = _decompressed(input_path, compression,
+                                                os.path.dirname(os.path.abspath(output_path)), stack)
+        return _annotate_tar(input_path, tar, stream_problem, compression, output_path, options, progress)
+
+
+def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compression: Optional[str],
+                  output_path: str, options: AnnotateOptions,
+                  progress: Optional[Callable[[int], None]]) -> ConceptStats:
     from .shards import TruncatedTarError, end_of_archive, iter_tar_samples, json_member_info, member_bytes
 
     stats = ConceptStats()
     caption_key = options.caption_key or SHARD_CAPTION_KEY
     num_samples = 0
-    damage: List[TruncatedTarError] = []
+    damage: List[str] = []
+
+    def damaged(message: str) -> None:
+        if options.on_error != "skip":
+            raise CaptionError(f"{message} (--on-error skip keeps them)")
+        damage.append(message)  # end the stream normally: every sample read so far is written
 
     def items():
         nonlocal num_samples
         try:
-            for sample in iter_tar_samples(input_path):
+            for sample in iter_tar_samples(input_path, fileobj=tar):
                 if sample.key is None:  # not a sample member (directory, __meta__ file): copy as is
                     yield None, (sample, None, None)
                     continue
@@ -674,15 +744,20 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                     caption = _checked(meta, where, stats, options.on_error)
                 yield caption, (sample, meta, where)
         except TruncatedTarError as exc:
-            if options.on_error != "skip":
-                raise CaptionError(f"{exc} (--on-error skip keeps them)") from exc
-            damage.append(exc)  # end the stream normally: every sample read so far is written
+            damaged(f"{exc}" + (f"; {stream_problem}" if stream_problem else ""))
+            return
+        except tarfile.ReadError as exc:  # not even the first header: nothing to salvage
+            if stream_problem is None:
+                raise
+            raise CaptionError(f"{input_path}: {stream_problem}; no tar header could be read ({exc})") from exc
+        if stream_problem is not None:  # the tar ended cleanly inside the damaged stream
+            damaged(f"{input_path}: {stream_problem} ({num_samples} complete samples before it)")
             return
         if num_samples == 0:
             raise CaptionError(f"{input_path}: empty shard (no samples)")
 
     partial = output_path + ".partial"
-    with open(partial, "wb") as out:
+    with open(partial, "wb") as raw, (_COMPRESS[compression](raw) if compression else contextlib.nullcontext(raw)) as out:
         size = 0
         for concepts, (sample, meta, where) in options.extractor().pipe(items(), stats=stats):
             concepts = _concepts_or_failure(concepts, where, stats, options.on_error)
@@ -702,9 +777,9 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
             if progress is not None and sample.key is not None:
                 progress(1)
         out.write(end_of_archive(size))
-    for exc in damage:
+    for message in damage:
         stats.salvaged += num_samples
-        stats.add_failure(f"{exc} (the {num_samples} complete samples were written)")
+        stats.add_failure(f"{message} (the {num_samples} complete samples were written)")
     os.replace(partial, output_path)
     return stats
 
@@ -782,7 +857,7 @@ def record_options(input_path: str, options: AnnotateOptions) -> Dict[str, Any]:
     """The options an output's content depends on (a change means the output must be redone)."""
     recorded = {"concepts_key": options.concepts_key, "caption_key": options.caption_key,
                 "clean": options.clean, "spacy_model": options.spacy_model, "fallback": options.fallback}
-    if os.path.splitext(input_path)[1].lower() not in SHARD_SUFFIXES:
+    if input_suffix(input_path) not in SHARD_SUFFIXES:
         recorded["csv_separator"] = options.csv_separator
     return recorded
 
@@ -846,8 +921,7 @@ def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
     (``write_record``). A previous output of ours (valid record) is removed first, so a failure leaves
     no stale output behind; any other previous output is only replaced once the new one is complete,
     and its record is removed first: an output without a valid record is never taken as finished."""
-    suffix = os.path.splitext(input_path)[1].lower()
-    annotate = annotate_shard if suffix in SHARD_SUFFIXES else annotate_table
+    annotate = annotate_shard if input_suffix(input_path) in SHARD_SUFFIXES else annotate_table
     try:
         if read_record(output_path) is not None:
             os.remove(output_path)
@@ -872,7 +946,7 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
 
     paths = [p for pattern in patterns for p in braceexpand.braceexpand(pattern)]
     for path in paths:
-        suffix = os.path.splitext(path)[1].lower()
+        suffix = input_suffix(path)
         if suffix not in SHARD_SUFFIXES + TABLE_SUFFIXES:
             raise CaptionError(f"{path}: unsupported input type {suffix!r} "
                                f"(expected {', '.join(SHARD_SUFFIXES + TABLE_SUFFIXES)})")

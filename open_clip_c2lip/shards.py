@@ -39,13 +39,14 @@ raises ``TruncatedTarError`` after the complete samples before the damage), ``it
 (the training reader's stream of files, same damage rule: ``end_of_archive_problem``), plus
 ``member_bytes`` / ``end_of_archive`` to write such a rewrite.
 """
+import contextlib
 import io
 import json
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from .messages import excerpt
 
@@ -460,8 +461,10 @@ def _truncated(path: str, why: str, lost_key: Optional[str], num_samples: int) -
         lost_key, num_samples)
 
 
-def iter_tar_samples(path: str) -> Iterator[TarSample]:
+def iter_tar_samples(path: str, fileobj: Optional[BinaryIO] = None) -> Iterator[TarSample]:
     """Stream a tar as samples (grouped like webdataset's ``group_by_keys``), members in tar order.
+    ``fileobj`` (seekable, at the tar's start) is read instead of opening ``path``, which then only
+    names the tar in errors (e.g. the decompressed copy of a ``.tar.gz``).
 
     A damaged tar (cut inside a member or a header, missing its end-of-archive blocks) raises
     ``TruncatedTarError`` after every complete sample before the damage has been yielded; the
@@ -471,7 +474,8 @@ def iter_tar_samples(path: str) -> Iterator[TarSample]:
     def truncated(why: str, lost_key: Optional[str]) -> TruncatedTarError:
         return _truncated(path, why, lost_key, num_samples)
 
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+    with (open(path, "rb") if fileobj is None else contextlib.nullcontext(fileobj)) as f, \
+            tarfile.open(fileobj=f, mode="r:") as tar:
         current: Optional[TarSample] = None
         while True:
             offset = tar.offset

@@ -934,3 +934,75 @@ def test_packer_messages_quote_a_short_prefix():
     with pytest.raises(TypeError) as info:
         packing._as_samples([("a dog " * 100_000, ["a dog", 3])])
     assert "(600000 characters)" in str(info.value) and len(str(info.value)) < 300
+
+
+# ------------------------------------------------------------------------------------------------
+# Compressed shards (what webdataset also reads for training)
+
+COMPRESSIONS = {".tar.gz": "gzip", ".tgz": "gzip", ".tar.bz2": "bz2", ".tar.xz": "xz"}
+
+
+def _compress(blob: bytes, suffix: str) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+    return {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[COMPRESSIONS[suffix]](blob)
+
+
+@pytest.mark.parametrize("suffix", sorted(COMPRESSIONS))
+def test_cli_compressed_shard_annotated_like_the_plain_tar(tmp_path, coco, capsys, suffix):
+    """A .tar.gz (etc.) gets exactly the plain tar's annotation, written back compressed the same way;
+    webdataset's own reader (what training uses) reads it."""
+    import webdataset as wds
+    plain = tmp_path / "in" / "shard-000000.tar"
+    plain.parent.mkdir()
+    make_shard(plain, shard_samples(coco, 0, 9))
+    packed = tmp_path / "in" / ("shard-000000" + suffix)
+    packed.write_bytes(_compress(plain.read_bytes(), suffix))
+    assert run_cli([plain, "--output-dir", tmp_path / "out_plain"], capsys)[0] == 0
+    code, text = run_cli([packed, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0 and "captions: 9" in text and "failures: 0" in text
+    out = tmp_path / "out" / packed.name
+    assert C.read_record(str(out)) is not None
+    expected = (tmp_path / "out_plain" / plain.name).read_bytes()
+    import tarfile as _tarfile
+    with _tarfile.open(out, "r:*") as tar:  # the compressed output holds the plain output's bytes
+        assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == \
+            [(m.name, d) for m, d in read_members(tmp_path / "out_plain" / plain.name)]
+    assert out.read_bytes()[:3] == _compress(expected, suffix)[:3]  # same compression format
+    got = [json.loads(s["json"])["concepts"] for s in wds.WebDataset(str(out), shardshuffle=False)]
+    assert len(got) == 9 and got == C.extract_concepts([coco[i] for i in range(9)])
+    assert not list((tmp_path / "out").glob(".c2lip-untar-*"))  # the scratch copy is gone
+    # a rerun finds it finished
+    code, text = run_cli([packed, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0 and "1 skipped as finished" in text, text
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar.xz"])
+def test_cli_cut_compressed_shard_is_detected_salvaged_and_counted(tmp_path, capsys, suffix):
+    src = tmp_path / "d.tar"
+    eight_sample_shard(src)
+    packed = tmp_path / ("d" + suffix)
+    blob = _compress(src.read_bytes(), suffix)
+    packed.write_bytes(blob[: len(blob) * 2 // 3])  # the download stopped two thirds in
+    with pytest.raises(SystemExit) as info:
+        run_cli([packed, "--output-dir", tmp_path / "out"])
+    message = str(info.value)
+    assert str(packed) in message and f"damaged {COMPRESSIONS[suffix]} stream" in message
+    assert not (tmp_path / "out" / packed.name).exists()
+    code, text = run_cli([packed, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
+    assert code == 1 and "failures: 1" in text
+    salvaged = int(re.search(r"samples salvaged from truncated shards: (\d+)", text).group(1))
+    assert 0 < salvaged < 8 and f"captions: {salvaged}" in text
+    import tarfile as _tarfile
+    with _tarfile.open(tmp_path / "out" / packed.name, "r:*") as tar:  # a complete archive
+        keys = sorted({m.name.split(".")[0] for m in tar.getmembers()})
+    assert keys == [f"s{i}" for i in range(salvaged)]
+
+
+def test_cli_corrupt_gzip_is_a_named_failure(tmp_path, capsys):
+    bad = tmp_path / "x.tar.gz"
+    bad.write_bytes(b"this is not gzip data at all" * 10)
+    with pytest.raises(SystemExit, match=re.escape(str(bad)) + r".*damaged gzip stream"):
+        run_cli([bad, "--output-dir", tmp_path / "out"])
+    assert not (tmp_path / "out" / bad.name).exists()
