@@ -6,7 +6,9 @@ package.
 - ``patch_ddp_cpu_device_ids``: ``DistributedDataParallel(cpu_module, device_ids=[cpu])`` crash
   (CPU / gloo training); ``patches/open_clip_train-ddp-cpu-device-ids.diff``.
 - ``wrap_train_one_epoch``: gradient accumulation gives the logit scale and bias ``accum_freq``
-  times their one-big-batch gradient; ``patches/open_clip_train-accum-shared-grad.diff``.
+  times their one-big-batch gradient; ``patches/open_clip_train-accum-shared-grad.diff``. It also
+  stops a run whose weights became NaN/inf (``check_finite_parameters``): upstream trains on, saves
+  the NaN checkpoints and exits 0; ``patches/open_clip_train-stop-on-nonfinite.diff``.
 """
 import functools
 import inspect
@@ -107,9 +109,28 @@ class AccumulationExactLoss:
         return getattr(self.__dict__["loss"], name)
 
 
+def check_finite_parameters(model, epoch: int) -> None:
+    """Raise ``FloatingPointError`` if any parameter of ``model`` holds NaN or inf after ``epoch``.
+
+    Called when an epoch ends, before open_clip_train saves its checkpoint: a diverged run (NaN loss
+    from a too high ``--lr``, an fp16 overflow without a scaler, bad data ...) then stops with a
+    non-zero exit status instead of training on NaN weights, saving them and exiting 0. One pass
+    over the weights per epoch; no per-step synchronisation."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise FloatingPointError(
+            f"training diverged: after epoch {epoch}, {len(bad)} parameter tensor(s) hold NaN or inf "
+            f"(first: {bad[0]}); stopped before this epoch's checkpoint was saved. The logged losses "
+            f"show where it started; lower --lr, set --grad-clip-norm or check the data, then resume "
+            f"from the last good checkpoint")
+
+
 def wrap_train_one_epoch(train_one_epoch: Callable) -> Callable:
     """``open_clip_train.train.train_one_epoch`` whose loss is ``AccumulationExactLoss`` when
-    ``args.accum_freq > 1`` (otherwise the call is passed through unchanged). Idempotent.
+    ``args.accum_freq > 1`` (otherwise the loss is passed through unchanged), followed by
+    ``check_finite_parameters``. Idempotent.
 
     Upstream-ready fix: ``patches/open_clip_train-accum-shared-grad.diff`` (applying it upstream
     makes this wrapper obsolete: drop it then, or the scale and bias would get 1/k of their
@@ -125,7 +146,9 @@ def wrap_train_one_epoch(train_one_epoch: Callable) -> Callable:
         accum_freq = getattr(bound.arguments["args"], "accum_freq", 1)
         if accum_freq > 1 and not isinstance(bound.arguments["loss"], AccumulationExactLoss):
             bound.arguments["loss"] = AccumulationExactLoss(bound.arguments["loss"], accum_freq)
-        return train_one_epoch(*bound.args, **bound.kwargs)
+        result = train_one_epoch(*bound.args, **bound.kwargs)
+        check_finite_parameters(bound.arguments["model"], bound.arguments["epoch"])
+        return result
 
     setattr(c2lip_train_one_epoch, WRAPPED, True)
     return c2lip_train_one_epoch

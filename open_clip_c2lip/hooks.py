@@ -8,7 +8,7 @@ All are attribute replacements at import time (nothing is edited on disk), each 
 | ``open_clip`` | register the C2 configs + pretrained-tag aliases (``registry.register``); wrap ``create_model`` and ``create_loss`` in ``open_clip.factory`` and the ``open_clip`` package (``open_clip_train.main`` from-imports them, so the package bindings matter) |
 | ``open_clip_train.params`` | ``argparse`` -> ``params.argparse_proxy()`` (C2LIP flags); CPU-DDP ``device_ids`` fix |
 | ``open_clip_train.data`` | ``open_clip_c2lip.data.patch_train_data`` (webdataset EOF fix, packed train texts); ``open_clip_c2lip.data_order.patch_data_order`` (train data order a function of ``--seed``, epoch, rank, worker) |
-| ``open_clip_train.train`` | ``train_one_epoch`` -> ``fixes.wrap_train_one_epoch`` (exact gradient accumulation) |
+| ``open_clip_train.train`` | ``train_one_epoch`` -> ``fixes.wrap_train_one_epoch`` (exact gradient accumulation, stop on NaN weights) |
 
 The upstream bug fixes (CPU-DDP, accumulation) live in ``fixes``, which ``params`` imports too.
 

@@ -184,6 +184,53 @@ def test_accum_diff_fixes_upstream_train_one_epoch(tmp_path):
         assert error < 2e-5, (name, ratio, error)
 
 
+# ----------------------------------------------------------------------------- diverged runs stop
+
+def _run_on_images(train_one_epoch, images, lr: float = 0.1):
+    model, loss, _, texts = _model_and_batch("c2lip-text", len(images))
+    args = argparse.Namespace(
+        device="cpu", precision="fp32", accum_freq=1, distill=False, skip_scheduler=True, horovod=False,
+        grad_clip_norm=None, log_every_n_steps=1, batch_size=len(images), world_size=1, rank=0,
+        local_rank=0, wandb=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    train_one_epoch(model, {"train": DataInfo(_Loader([(images, texts)], len(images)))}, loss, 7, optimizer,
+                    None, None, None, args)
+    return model
+
+
+def test_a_diverged_epoch_raises_before_its_checkpoint():
+    """One NaN pixel makes the loss, the gradients and (after the step) the weights NaN. Upstream's
+    train_one_epoch returns normally (main.py then saves the NaN checkpoint and exits 0); the hooked
+    one raises, naming the epoch and a parameter."""
+    images = torch.randn(MICRO_BATCH, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    hooked = open_clip_train.train.train_one_epoch
+    clean = _run_on_images(hooked, images)
+    assert all(torch.isfinite(p).all() for p in clean.parameters())
+    images[2, 1, 10, 10] = float("nan")
+    upstream = _run_on_images(hooked.__wrapped__, images)
+    assert not all(torch.isfinite(p).all() for p in upstream.parameters())
+    with pytest.raises(FloatingPointError, match=r"after epoch 7, \d+ parameter tensor\(s\) hold NaN or inf"):
+        _run_on_images(hooked, images)
+    model = torch.nn.Linear(2, 2)
+    fixes.check_finite_parameters(model, 0)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"\(first: bias\)"):
+        fixes.check_finite_parameters(model, 0)
+
+
+def test_nonfinite_diff_stops_upstream_train_one_epoch(tmp_path):
+    path = _apply_diff(tmp_path, "open_clip_train-stop-on-nonfinite.diff", "train.py")
+    spec = importlib.util.spec_from_file_location("nonfinite_open_clip_train_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    images = torch.randn(MICRO_BATCH, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    _run_on_images(module.train_one_epoch, images)
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="after epoch 7"):
+        _run_on_images(module.train_one_epoch, images)
+
+
 def test_accumulation_loss_wrapper_scales_only_shared_inputs():
     seen = {}
 
