@@ -392,7 +392,8 @@ def test_cli_rejects_bad_settings():
 def test_variants_differ_only_in_their_loss_tail():
     from open_clip_c2lip.demo.cli import parse_args, settings_of
     from open_clip_c2lip.demo.study import expected_seconds, run_specs
-    args = parse_args(["--seeds", "0", "1", "--variants", "siglip", "c2lip", "c2lip_span", "npc_only", "xac_only"])
+    args = parse_args(["--seeds", "0", "1", "--variants", "siglip", "c2lip", "c2lip_span", "npc_only", "xac_only",
+                       "dup_ignore"])
     specs = run_specs(settings_of(args), 1, "x.tar")
     commands = {}
     for name, spec in specs.items():
@@ -408,9 +409,12 @@ def test_variants_differ_only_in_their_loss_tail():
         return tails[name][tails[name].index(key) + 1]
     assert flag("c2lip", "--c2lip-concept-mode") == "text" and flag("c2lip_span", "--c2lip-concept-mode") == "span"
     assert float(flag("npc_only", "--c2lip-xac-weight")) == 0 and float(flag("npc_only", "--c2lip-npc-weight")) == 1
-    # the ablations differ from c2lip_span in one weight each
-    assert {name: flag(name, "--c2lip-concept-mode") for name in ("npc_only", "xac_only")} == {
-        "npc_only": "span", "xac_only": "span"}
+    # the ablations differ from c2lip (text mode, the authors' default) in one flag each
+    for name, changed in (("npc_only", "--c2lip-xac-weight"), ("xac_only", "--c2lip-npc-weight"),
+                          ("dup_ignore", "--c2lip-duplicate-concepts")):
+        differing = [key for key in tails[name] if key.startswith("--") and
+                     (key not in tails["c2lip"] or flag(name, key) != flag("c2lip", key))]
+        assert differing == [changed], (name, differing)
     assert float(flag("xac_only", "--c2lip-npc-weight")) == 0 and float(flag("xac_only", "--c2lip-xac-weight")) == 0.01
     assert expected_seconds(settings_of(args)) > 0
 
