@@ -129,15 +129,14 @@ class SimpleTokenizerAligner:
             raise ValueError("concept spans need a SimpleTokenizer without reduction_mask")
         self.tokenizer = tokenizer
         self.clean_fn = tokenizer.clean_fn
+        self._special_texts = frozenset(tokenizer.decoder[i] for i in tokenizer.all_special_ids)
 
     def clean(self, text: str) -> str:
         return self.clean_fn(text)
 
     def has_content(self, cleaned: str) -> bool:
         """Whether cleaned text has a token that is not special (``"<end_of_text>"`` has none)."""
-        tok = self.tokenizer
-        special = {tok.decoder[i] for i in tok.all_special_ids}
-        return any(match.group() not in special for match in tok.pat.finditer(cleaned))
+        return any(match.group() not in self._special_texts for match in self.tokenizer.pat.finditer(cleaned))
 
     def tokens(self, caption: str, context_length: int) -> CaptionTokens:
         tok = self.tokenizer
@@ -174,6 +173,7 @@ class FastTokenizerAligner:
         self.fast_tokenizer = fast_tokenizer
         self.clean_fn = clean_fn
         self.strip_sep_token = strip_sep_token
+        self._special_ids = frozenset(fast_tokenizer.all_special_ids)
         self._has_content: Dict[str, bool] = {}
 
     def clean(self, text: str) -> str:
@@ -186,8 +186,7 @@ class FastTokenizerAligner:
             if len(self._has_content) >= _MAX_CLEANED_CONCEPTS:
                 self._has_content.clear()
             ids = self.fast_tokenizer(cleaned, add_special_tokens=False)["input_ids"]
-            special = set(self.fast_tokenizer.all_special_ids)
-            known = self._has_content[cleaned] = any(i not in special for i in ids)
+            known = self._has_content[cleaned] = any(i not in self._special_ids for i in ids)
         return known
 
     def tokens(self, caption: str, context_length: int) -> CaptionTokens:
