@@ -133,11 +133,13 @@ def study_table(summary: Mapping[str, Any], variants: Sequence[str], metrics: Se
     return "\n".join(lines)
 
 
-def difference_table(summary: Mapping[str, Any], variants: Sequence[str], metrics: Sequence[str]) -> str:
-    """Markdown: per metric and non-baseline variant, the mean paired difference to the baseline and its
-    95 % t interval over seeds; **bold** where the interval excludes 0."""
+def difference_table(summary: Mapping[str, Any], variants: Sequence[str], metrics: Sequence[str],
+                     baseline: str = "siglip") -> str:
+    """Markdown: per metric and non-baseline variant, the mean paired difference to ``baseline`` (the
+    one ``summary`` was aggregated against) and its 95 % t interval over seeds; **bold** where the
+    interval excludes 0."""
     others = [v for v in variants if v in summary["vs_baseline"]]
-    lines = ["| metric | " + " | ".join(f"{v} − {BASELINE_LABEL}" for v in others) + " |",
+    lines = ["| metric | " + " | ".join(f"{v} − {baseline}" for v in others) + " |",
              "|" + "---|" * (len(others) + 1)]
     for metric in metrics:
         cells = []
@@ -155,9 +157,6 @@ def difference_table(summary: Mapping[str, Any], variants: Sequence[str], metric
             cells.append(text)
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-BASELINE_LABEL = "siglip"
 
 
 def seed_table(seeds: Mapping[Any, Mapping[str, Any]], variants: Sequence[str], metrics: Sequence[str]) -> str:
@@ -235,7 +234,7 @@ def plot_study(path, seeds: Mapping[Any, Mapping[str, Any]], summary: Mapping[st
     diff_ax.set_ylim(max(low, -100), min(high, 100))
     diff_ax.set_xticks(range(len(percent)))
     diff_ax.set_xticklabels(percent, rotation=35, ha="right", fontsize=7)
-    diff_ax.set_ylabel(f"variant − {BASELINE_LABEL}, points")
+    diff_ax.set_ylabel("variant − siglip, points")
     diff_ax.set_title("paired difference to the baseline, mean and 95 % t interval over seeds", fontsize=9)
     diff_ax.legend(fontsize=7, ncol=3)
     if title:

@@ -1,0 +1,78 @@
+"""Vary the xac temperature and weight on VALIDATION worlds (issue 10, item 5): does C2LIP need them?
+
+Each ``--grid T:W`` point becomes a demo variant ``xac_t{T}_w{W}``: the text-mode ``c2lip`` variant
+with ``--c2lip-xac-temperature T --c2lip-xac-weight W`` (npc weight and everything else unchanged).
+The demo study (``python -m open_clip_c2lip.demo``, same world, budget and report) then trains
+SigLIP, the default ``c2lip`` (temperature 1, weight 0.01) and every grid point on each seed. Seeds
+0-4 are the demo's evaluation worlds and are refused: settings are chosen on validation worlds only.
+
+Writes the demo's outputs under ``--output-dir`` and ``sweep.md``: the study tables (vs SigLIP) and
+the paired difference of every grid point to the default ``c2lip`` with its 95 % t interval.
+
+``python scripts/demo_sweep.py --seeds 100 101 102 --grid 1:0.1 1:1 5:0.1 --output-dir /tmp/demo_sweep``
+"""
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+EVALUATION_SEEDS = range(5)
+
+
+def grid_point(text: str) -> Tuple[float, float]:
+    try:
+        temperature, weight = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid point {text!r} is not TEMPERATURE:WEIGHT, e.g. 5:0.1")
+    return temperature, weight
+
+
+def register(points: Sequence[Tuple[float, float]]) -> List[str]:
+    """Add one demo variant per grid point; returns their names."""
+    from open_clip_c2lip.demo.variants import VARIANTS, Variant, _c2lip
+
+    names = []
+    for temperature, weight in points:
+        name = f"xac_t{temperature:g}_w{weight:g}"
+        VARIANTS[name] = Variant(
+            f"c2lip with --c2lip-xac-temperature {temperature:g} --c2lip-xac-weight {weight:g}",
+            lambda s, t=temperature, w=weight: _c2lip(dataclasses.replace(s, xac_temperature=t, xac_weight=w)))
+        names.append(name)
+    return names
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", nargs="+", type=grid_point, required=True, metavar="T:W",
+                        help="xac temperature:weight points, e.g. 1:0.1 5:0.1")
+    own, rest = parser.parse_known_args(argv)
+    if "--variants" in rest or "--runs" in rest:
+        parser.error("the variants are siglip, c2lip and the grid points")
+    from open_clip_c2lip.demo import cli
+    from open_clip_c2lip.demo.report import difference_table, is_shown
+    from open_clip_c2lip.demo.study import aggregate, metric_names
+
+    names = register(own.grid)
+    args = cli.parse_args(rest)
+    if set(args.seeds) & set(EVALUATION_SEEDS) or len(args.seeds) < 2:
+        parser.error("--seeds: two or more validation worlds, none of 0-4 (the demo's evaluation worlds)")
+    results = cli.main(list(rest) + ["--variants", "siglip", "c2lip", *names])
+    seeds = results["seeds"]
+    summary = aggregate(seeds, ["c2lip", *names], baseline="c2lip")
+    metrics = [m for m in metric_names(seeds) if is_shown(m)]
+    text = (f"# xac sweep on validation worlds {list(seeds)}\n\n`python scripts/demo_sweep.py "
+            f"{' '.join(sys.argv[1:] if argv is None else argv)}`: {results['total_s']:.0f} s, "
+            f"{results['machine']}, load average {results['load_average_start'][0]:.1f} at the start, "
+            f"{results['load_average_end'][0]:.1f} at the end.\n\n## Every variant, mean ± std\n\n"
+            f"{results['tables']['study']}\n\n## Paired difference to SigLIP\n\n{results['tables']['differences']}"
+            f"\n\n## Paired difference to the default c2lip (xac temperature 1, weight 0.01)\n\n"
+            f"{difference_table(summary, names, metrics, baseline='c2lip')}\n")
+    out = Path(args.output_dir) / "sweep.md"
+    out.write_text(text)
+    print(text)
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
