@@ -10,9 +10,11 @@ spaCy parses the caption *as the model's tokenizer sees it* (``concept_source``)
 cleaning of the tokenizer (``--clean``: ``lower``, CLIP BPE's default; ``canonicalize``, SigLIP's;
 ``whitespace``, other HF tokenizers': ftfy, HTML unescape, whitespace, and case / punctuation),
 cut at the last space before ``MAX_PARSE_CHARS`` characters (more than any open_clip text tower
-sees; spaCy refuses over 1,000,000). So "Fish &amp; chips" gives "fish", "chips", never "amp". The
+sees; spaCy refuses over 1,000,000). So "Fish &amp; chips" gives "fish", "chips", never "amp".
+Markup is blanked first (``strip_markup``: special-token literals such as "<end_of_text>", "</s>",
+"[CLS]", and HTML tags such as "<br/>"), so "a dog </s>" gives "a dog", never "</s" or "br/>on". The
 training packer's on-the-fly extraction applies the same rule with its tokenizer's own cleaning.
-A caption with no letter or digit left after cleaning has no concept: a failure of that sample.
+A caption with no letter or digit left after that has no concept: a failure of that sample.
 
 Python API::
 
@@ -45,7 +47,8 @@ Command line (adds the concepts to existing data, one output per input)::
   captions), written back with the same separator; parquet keeps its column types.
 
 Each output keeps its input's file name under ``--output-dir``. An output is written to
-``NAME.partial`` and renamed when complete, then its record ``NAME.concepts.json`` (input path, size,
+``.NAME.<8 hex digits>.c2lip-partial`` (a new file, never one that existed; a killed run's are
+removed by the next) and renamed when complete, then its record ``NAME.concepts.json`` (input path, size,
 mtime_ns; the options that matter; the output's size and mtime_ns; its stats and failures). On a
 rerun an output whose record matches is skipped as finished, its recorded failures counted again (exit
 status 1); one whose input or options changed is re-annotated (said in the summary); one without a
@@ -68,9 +71,11 @@ import concurrent.futures
 import contextlib
 import functools
 import gzip
+import html
 import json
 import lzma
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -78,6 +83,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .atomic import atomic_output, stale_partials
 from .messages import excerpt
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
@@ -189,14 +195,46 @@ def cut_for_parsing(text: str, max_chars: int = MAX_PARSE_CHARS) -> Tuple[str, b
     return (head[:cut] if cut > 0 else head[:max_chars]).rstrip(), True
 
 
+# Markup in a caption names nothing an image shows: tokenizers' special-token literals
+# ("<end_of_text>", "</s>", "<pad>", "<|endoftext|>", "[CLS]") and HTML tags ("<br/>", "<i>") of web
+# captions. Parsed as text, spaCy splits them into chunks such as "<end_of_text" or "br/>on" (which
+# no tokenizer reads as its special token), so they are blanked before parsing. Only these names
+# are markup: "<NA>", "a <3 b" or "x < y > z" stay text.
+SPECIAL_TOKEN_NAMES = (  # open_clip's SimpleTokenizer, SentencePiece / T5 / SigLIP, BERT-style, GPT-style
+    "start_of_text", "end_of_text", "startoftext", "endoftext", "s", "pad", "unk", "mask", "cls", "sep",
+    "bos", "eos")
+HTML_TAG_NAMES = (
+    "a", "abbr", "b", "big", "blockquote", "body", "br", "center", "cite", "code", "del", "div", "em",
+    "font", "h1", "h2", "h3", "h4", "h5", "h6", "head", "hr", "html", "i", "img", "ins", "li", "mark", "ol",
+    "p", "pre", "q", "small", "span", "strike", "strong", "sub", "sup", "table", "tbody", "td", "th",
+    "thead", "tr", "u", "ul", "wbr")
+_NAMES = "|".join(sorted({re.escape(n) for n in SPECIAL_TOKEN_NAMES + HTML_TAG_NAMES}, key=len, reverse=True))
+MARKUP = re.compile(
+    rf"</?(?:{_NAMES})(?:\s[^<>]{{0,200}})?\s*/?>"  # <b>, </b>, <br/>, <span class="x">, </s>, <end_of_text>
+    r"|<\|(?:startoftext|endoftext)\|>"            # GPT-style <|endoftext|>
+    r"|\[(?:CLS|SEP|PAD|MASK|UNK|BOS|EOS)\]",      # BERT-style [CLS]
+    re.IGNORECASE)
+
+
+def strip_markup(text: str) -> str:
+    """``text`` with every ``MARKUP`` match replaced by a space ("a dog </s>" -> "a dog  ")."""
+    return MARKUP.sub(" ", text)
+
+
 def concept_source(caption: str, clean: Optional[Union[str, Callable[[str], str]]] = DEFAULT_CLEAN,
                    max_chars: int = MAX_PARSE_CHARS) -> Tuple[str, bool]:
     """The text spaCy parses for ``caption``: the tokenizer's cleaning of it (``clean``, a name in
-    ``CLEAN_NAMES``, a function, or None for text already cleaned), cut by ``cut_for_parsing``.
-    Returns ``(text, was_cut)``. The concepts CLI, ``extract_concepts`` and the training packer's
-    on-the-fly extraction all go through here."""
+    ``CLEAN_NAMES``, a function, or None for text already cleaned) without markup (``strip_markup``,
+    also of HTML-escaped markup such as "&lt;br&gt;"), cut by
+    ``cut_for_parsing``. Returns ``(text, was_cut)``. The concepts CLI, ``extract_concepts`` and the
+    training packer's on-the-fly extraction all go through here."""
     clean_fn = get_clean_fn(clean)
-    return cut_for_parsing(clean_fn(caption) if clean_fn is not None else caption, max_chars)
+    if clean_fn is None:
+        return cut_for_parsing(strip_markup(caption), max_chars)
+    # open_clip's cleanings unescape HTML twice and canonicalize then drops punctuation, which would
+    # turn "&lt;br&gt;" into a word "br": unescape (as they do) and blank markup before cleaning
+    text = strip_markup(html.unescape(html.unescape(caption)))
+    return cut_for_parsing(strip_markup(clean_fn(text)), max_chars)
 
 
 def doc_concepts(doc) -> List[str]:
@@ -414,7 +452,8 @@ class ConceptExtractor:
         """(text to parse, None), or (None, result) for a caption that needs no parse."""
         text, cut = concept_source(caption, self.clean_fn)
         if not has_text(text):
-            how = "" if self.clean_fn is None else f" after the tokenizer's cleaning ({excerpt(text)})"
+            how = (" after removing markup" + ("" if self.clean_fn is None else " and the tokenizer's cleaning")
+                   + f" ({excerpt(text)})")
             return None, CaptionError(f"caption has no letter or digit{how}: {excerpt(caption)}")
         return text, cut
 
@@ -687,9 +726,30 @@ def _decompressed(input_path: str, compression: str, scratch_dir: str,
         if decompressor is None or not decompressor.eof:
             problem = f"damaged {compression} stream: cut before its end, after {tar.tell()} decompressed bytes"
     except _STREAM_ERRORS as exc:
+        actual = tar.tell() == 0 and file_format(input_path)
+        if actual and actual != compression:  # not damage: the suffix names another format
+            raise CaptionError(f"{input_path}: not {compression}-compressed, the file is {FORMAT_NAMES[actual]}; "
+                               f"rename it to a {FORMAT_SUFFIX[actual]} suffix")
         problem = f"damaged {compression} stream after {tar.tell()} decompressed bytes ({exc})"
     tar.seek(0)
     return tar, problem
+
+
+# leading bytes of each format (gzip RFC 1952, bzip2 "BZh" + block size, xz's stream header magic)
+# and POSIX tar's "ustar" magic at offset 257
+_MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00"}
+FORMAT_NAMES = {"gzip": "gzip-compressed", "bz2": "bzip2-compressed", "xz": "xz-compressed", "tar": "a plain tar"}
+FORMAT_SUFFIX = {"gzip": ".tar.gz", "bz2": ".tar.bz2", "xz": ".tar.xz", "tar": ".tar"}
+
+
+def file_format(path: str) -> Optional[str]:
+    """``gzip``, ``bz2``, ``xz`` or ``tar`` from a file's leading bytes; None if none matches."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    for name, magic in _MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return "tar" if head[257:262] == b"ustar" else None
 
 
 def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
@@ -713,7 +773,7 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
 def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compression: Optional[str],
                   output_path: str, options: AnnotateOptions,
                   progress: Optional[Callable[[int], None]]) -> ConceptStats:
-    from .shards import TruncatedTarError, end_of_archive, iter_tar_samples, json_member_info, member_bytes
+    from .shards import TruncatedTarError, iter_tar_samples
 
     stats = ConceptStats()
     caption_key = options.caption_key or SHARD_CAPTION_KEY
@@ -756,10 +816,21 @@ def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compressi
         if num_samples == 0:
             raise CaptionError(f"{input_path}: empty shard (no samples)")
 
-    partial = output_path + ".partial"
+    with atomic_output(output_path) as partial:
+        _write_annotated_tar(partial, compression, options, items(), stats, progress)
+        for message in damage:
+            stats.salvaged += num_samples
+            stats.add_failure(f"{message} (the {num_samples} complete samples were written)")
+    return stats
+
+
+def _write_annotated_tar(partial: str, compression: Optional[str], options: AnnotateOptions, items,
+                         stats: ConceptStats, progress: Optional[Callable[[int], None]]) -> None:
+    from .shards import end_of_archive, json_member_info, member_bytes
+
     with open(partial, "wb") as raw, (_COMPRESS[compression](raw) if compression else contextlib.nullcontext(raw)) as out:
         size = 0
-        for concepts, (sample, meta, where) in options.extractor().pipe(items(), stats=stats):
+        for concepts, (sample, meta, where) in options.extractor().pipe(items, stats=stats):
             concepts = _concepts_or_failure(concepts, where, stats, options.on_error)
             chunks = list(sample.raw)  # unchanged members: their exact bytes
             if concepts is not None:
@@ -777,11 +848,6 @@ def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compressi
             if progress is not None and sample.key is not None:
                 progress(1)
         out.write(end_of_archive(size))
-    for message in damage:
-        stats.salvaged += num_samples
-        stats.add_failure(f"{message} (the {num_samples} complete samples were written)")
-    os.replace(partial, output_path)
-    return stats
 
 
 def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
@@ -819,20 +885,19 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
         if progress is not None:
             progress(1)
 
-    partial = output_path + ".partial"
-    if hasattr(table, "column_names"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        column = pa.array(cells, type=pa.string())
-        if options.concepts_key in columns:
-            table = table.set_column(columns.index(options.concepts_key), options.concepts_key, column)
+    with atomic_output(output_path) as partial:
+        if hasattr(table, "column_names"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            column = pa.array(cells, type=pa.string())
+            if options.concepts_key in columns:
+                table = table.set_column(columns.index(options.concepts_key), options.concepts_key, column)
+            else:
+                table = table.append_column(options.concepts_key, column)
+            pq.write_table(table, partial)
         else:
-            table = table.append_column(options.concepts_key, column)
-        pq.write_table(table, partial)
-    else:
-        table[options.concepts_key] = cells
-        tables.write_text_table(table, partial, options.csv_separator)
-    os.replace(partial, output_path)
+            table[options.concepts_key] = cells
+            tables.write_text_table(table, partial, options.csv_separator)
     return stats
 
 
@@ -871,10 +936,8 @@ def write_record(input_path: str, input_identity: Dict[str, int], output_path: s
         f"input_{k}": v for k, v in input_identity.items()}, **{
         f"output_{k}": v for k, v in _file_identity(output_path).items()},
         "options": record_options(input_path, options), "stats": stats.to_dict()}
-    path = record_path(output_path)
-    with open(path + ".partial", "w") as f:
+    with atomic_output(record_path(output_path)) as partial, open(partial, "w") as f:
         json.dump(record, f, ensure_ascii=False)
-    os.replace(path + ".partial", path)
 
 
 def read_record(output_path: str) -> Optional[Dict[str, Any]]:
@@ -923,6 +986,8 @@ def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
     and its record is removed first: an output without a valid record is never taken as finished."""
     annotate = annotate_shard if input_suffix(input_path) in SHARD_SUFFIXES else annotate_table
     try:
+        for leftover in stale_partials(output_path) + stale_partials(record_path(output_path)):
+            os.remove(leftover)  # a killed run's (atomic_output names no one else's files)
         if read_record(output_path) is not None:
             os.remove(output_path)
         if os.path.exists(record_path(output_path)):
@@ -935,9 +1000,6 @@ def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
         raise
     except (OSError, tarfile.TarError, ValueError) as exc:
         raise CaptionError(f"{input_path}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if os.path.exists(output_path + ".partial"):
-            os.remove(output_path + ".partial")
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
@@ -957,6 +1019,13 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     if clashes:
         raise CaptionError(f"inputs share output file names {clashes}: outputs keep the input's name")
     return paths
+
+
+def same_file(input_path: str, output_path: str) -> bool:
+    """Whether ``output_path`` names ``input_path`` once symlinks are resolved (e.g. a linked output
+    folder). A hard link is not: the output is written as a new file renamed over that name, so the
+    input keeps its content."""
+    return os.path.realpath(input_path) == os.path.realpath(output_path)
 
 
 def prepare_output_dir(path: str) -> None:
@@ -1019,6 +1088,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.processes < 1 or args.batch_size < 1:
         parser.error("--processes and --batch-size must be >= 1")
+    # training refuses an empty --c2lip-concepts-key, so an empty field written here could never be read
+    for flag, value in (("--concepts-key", args.concepts_key), ("--caption-key", args.caption_key)):
+        if value is not None and not value.strip():
+            parser.error(f"{flag} must not be empty")
     try:
         args.csv_separator = parse_separator(args.csv_separator)
     except TableError as exc:
@@ -1042,8 +1115,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"error: {exc}")
     outputs = {path: os.path.join(args.output_dir, os.path.basename(path)) for path in inputs}
     for path, output in outputs.items():
-        if os.path.abspath(path) == os.path.abspath(output):
-            raise SystemExit(f"error: {path}: output would overwrite the input; pick another --output-dir")
+        if same_file(path, output):
+            raise SystemExit(f"error: {path}: output {output} would overwrite the input (the same file"
+                             f"{'' if os.path.abspath(path) == os.path.abspath(output) else ' through a symlink'}); "
+                             "pick another --output-dir")
     options = AnnotateOptions(
         concepts_key=args.concepts_key, caption_key=args.caption_key, on_error=args.on_error,
         spacy_model=args.spacy_model, batch_size=args.batch_size, fallback=args.fallback, clean=args.clean,

@@ -105,7 +105,8 @@ def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
              "Default: %(default)s.")
     group.add_argument(
         "--c2lip-max-concepts", type=_max_concepts, default=_DEFAULTS.max_concepts, metavar="P",
-        help="Concepts kept per caption (extra ones are counted and reported). Default: %(default)s.")
+        help=f"Concepts kept per caption, 1 to {runtime.MAX_CONCEPTS} (extra ones are counted and "
+             "reported). Default: %(default)s.")
     group.add_argument(
         "--c2lip-concepts-key", type=_non_empty, default=_DEFAULTS.concepts_key, metavar="KEY",
         help="Webdataset json field / CSV column holding precomputed concepts (the authors' "

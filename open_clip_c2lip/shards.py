@@ -48,6 +48,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
+from .atomic import write_text
 from .messages import excerpt
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -207,10 +208,7 @@ class _ShardSink:
     def _write_manifest(self, complete: bool) -> None:
         record = {"prefix": self.prefix, "samples_per_shard": self.samples_per_shard, "complete": complete,
                   "shards": [os.path.basename(p) for p in self.paths]}
-        path = manifest_path(self.output_dir, self.prefix)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_text(manifest_path(self.output_dir, self.prefix), json.dumps(record, indent=1))
 
     def add(self, members: List[Tuple[tarfile.TarInfo, bytes]]) -> None:
         if self._tar is None:

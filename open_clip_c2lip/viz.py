@@ -16,15 +16,14 @@ model attends more, violet where it attends less (matplotlib ``PiYG``, as the pa
 --caption "a cat on a red sofa" --compare C2LIP-Tiny --compare-pretrained epoch_0.pt --output cat.png``
 """
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_output
 from .loading import add_model_args, load_model, model_kwargs
 
 
@@ -122,15 +121,11 @@ def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], label
     fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".png", dir=output.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, output)
+        with atomic_output(str(output)) as partial:
+            fig.savefig(partial, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return output
 
 

@@ -361,11 +361,13 @@ def test_cli_resume_skips_finished_not_partial(tmp_path, coco, capsys):
         make_shard(inputs[-1], shard_samples(coco, 5 * i, 5))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "part-000000.tar.partial").write_bytes(b"half written")  # interrupted earlier run
+    (out / ".part-000000.tar.0123abcd.c2lip-partial").write_bytes(b"half written")  # a killed earlier run
+    (out / "part-000000.tar.partial").write_bytes(b"someone else's")  # not a name the CLI writes: kept
     code, text = run_cli([tmp_path / "part-{000000..000001}.tar", "--output-dir", out], capsys)
     assert code == 0 and "2 written, 0 skipped as finished" in text
-    assert sorted(p.name for p in out.iterdir()) == [
-        f"part-{i:06d}.tar{r}" for i in range(2) for r in ("", ".concepts.json")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"part-{i:06d}.tar{r}" for i in range(2) for r in ("", ".concepts.json")] + ["part-000000.tar.partial"])
+    assert (out / "part-000000.tar.partial").read_bytes() == b"someone else's"
     assert len(read_members(out / "part-000000.tar")) > 5
     finished = {i: (out / f"part-{i:06d}.tar").stat().st_mtime_ns for i in range(2)}
 
@@ -558,15 +560,21 @@ def test_concepts_come_from_the_text_the_tokenizer_sees(clean):
     from open_clip.tokenizer import get_clean_fn
 
     clean_fn = get_clean_fn(clean)
-    assert [C.concept_source(c, clean)[0] for c in MESSY_CAPTIONS] == [naive_clean(c, clean) for c in MESSY_CAPTIONS]
+
+    def without_tags(caption):  # the one markup in these captions: the (escaped) <b> tags
+        return re.sub(r"</?b>", " ", html.unescape(html.unescape(caption)))
+
+    assert [C.concept_source(c, clean)[0] for c in MESSY_CAPTIONS] == [
+        naive_clean(without_tags(c), clean) for c in MESSY_CAPTIONS]
     got = C.extract_concepts(MESSY_CAPTIONS, clean=clean)
     for caption, concepts in zip(MESSY_CAPTIONS, got):
-        seen = clean_fn(caption).lower()
+        seen = clean_fn(without_tags(caption)).lower()
         for concept in concepts:
             # every concept is words of the cleaned caption: never "amp", "lt", "quot" ...
             assert re.search(r"(?<!\w)" + re.escape(concept) + r"(?!\w)", seen), (clean, caption, concept)
     words = {w for concepts in got for c in concepts for w in re.findall(r"\w+", c)}
-    assert not words & {"amp", "lt", "gt", "quot", "ndash", "8212"}  # "<b>" itself is text the model sees
+    assert not words & {"amp", "lt", "gt", "quot", "ndash", "8212", "b", "bredb"}  # nor the <b> tags
+    assert any("a red bus" in c for c in got[1])
     assert any("fish" in c for c in got[0]) and "a white plate" in got[0]
     assert any("café" in c for c in got[2])  # the mojibake is fixed before parsing
 
@@ -1006,3 +1014,91 @@ def test_cli_corrupt_gzip_is_a_named_failure(tmp_path, capsys):
     with pytest.raises(SystemExit, match=re.escape(str(bad)) + r".*damaged gzip stream"):
         run_cli([bad, "--output-dir", tmp_path / "out"])
     assert not (tmp_path / "out" / bad.name).exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Markup in captions, linked output folders, files that are not ours, mislabelled compression
+
+MARKUP_CAPTIONS = [  # (caption, concepts under every cleaning): markup never reaches a concept
+    ("a dog <end_of_text>", ["a dog"]),
+    ("<start_of_text>a dog on a mat<end_of_text>", ["a dog", "a mat"]),
+    ("<s> a cat </s>", ["a cat"]),
+    ("a dog </s> on a mat <pad><pad>", ["a dog", "a mat"]),
+    ("[CLS] a red ball [SEP]", ["a red ball"]),
+    ("a man <|endoftext|>", ["a man"]),
+    ("a dog <unk> a cat", ["a dog", "a cat"]),
+    ("a <i>red</i> car<br/>on a road", ["a red car", "a road"]),
+    ('a <span class="x">small boat</span>', ["a small boat"]),
+    ("fish &lt;br&gt; chips", ["fish chips"]),
+]
+
+
+@pytest.mark.parametrize("clean", C.CLEAN_NAMES)
+@pytest.mark.parametrize("caption,expected", MARKUP_CAPTIONS)
+def test_markup_never_becomes_a_concept(caption, expected, clean):
+    assert C.extract_concepts([caption], clean=clean) == [expected]
+
+
+@pytest.mark.parametrize("caption", ["<end_of_text>", "<pad><pad>", "<start_of_text> <end_of_text>", "</s>",
+                                     "[CLS] [SEP]", "<br/>", "&lt;br&gt;"])
+def test_markup_only_caption_has_no_text(caption):
+    with pytest.raises(C.CaptionError, match="no letter or digit after removing markup"):
+        C.extract_concepts([caption])
+
+
+def test_markup_pattern_keeps_comparisons_and_emoticons():
+    for text in ("a 2<3 ratio", "x > y and y < z", "i <3 cats", "a <> b", "1 < 2 > 0", "<NA>", "<bold> text"):
+        assert C.strip_markup(text) == text
+
+
+def test_cli_refuses_an_output_folder_linked_to_the_input(tmp_path, coco):
+    src_dir = tmp_path / "data"
+    src_dir.mkdir()
+    src = src_dir / "a.tar"
+    make_shard(src, shard_samples(coco, 0, 3))
+    before = src.read_bytes()
+    (tmp_path / "link").symlink_to(src_dir)
+    (tmp_path / "file_link.tar").symlink_to(src)  # an input that is a link to a file in the output folder
+    for args in ([src, "--output-dir", tmp_path / "link"], [src, "--output-dir", tmp_path / "link", "--overwrite"],
+                 [tmp_path / "file_link.tar", "--output-dir", tmp_path, "--overwrite"]):
+        with pytest.raises(SystemExit, match="would overwrite the input"):
+            run_cli(args)
+    assert src.read_bytes() == before
+
+
+def test_cli_never_removes_files_it_did_not_create(tmp_path, coco):
+    src = tmp_path / "a.tar"
+    make_shard(src, shard_samples(coco, 0, 3))
+    out = tmp_path / "out"
+    (out / "a.tar.partial").mkdir(parents=True)  # names a previous version used: someone else's now
+    (out / ".a.tar.partial").write_text("notes")
+    (out / ".a.tar.0123abcd.c2lip-partial.keep").write_text("notes")
+    (out / ".a.tar.0123abcd.c2lip-partial").write_text("a killed run's")  # the CLI's own name: removed
+    old_umask = os.umask(0o022)
+    try:
+        assert run_cli([src, "--output-dir", out])[0] == 0
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".a.tar.0123abcd.c2lip-partial.keep", ".a.tar.partial", "a.tar", "a.tar.concepts.json", "a.tar.partial"])
+    assert (out / "a.tar").stat().st_mode & 0o777 == 0o644  # the umask's, like any new file
+
+
+@pytest.mark.parametrize("name,mode,actual", [("plain.tar.gz", "w", "a plain tar"), ("x.tar.bz2", "w:xz", "xz-compressed"),
+                                              ("g.tgz", "w:bz2", "bzip2-compressed")])
+def test_cli_names_a_compression_the_suffix_does_not_say(tmp_path, name, mode, actual):
+    path = tmp_path / name
+    with tarfile.open(path, mode) as tar:
+        info = tarfile.TarInfo("s0.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"a dog"))
+    with pytest.raises(SystemExit, match=re.escape(f"{path}: not ") + rf".*the file is {actual}; rename it"):
+        run_cli([path, "--output-dir", tmp_path / "out"])
+    assert not (tmp_path / "out" / name).exists()
+
+
+@pytest.mark.parametrize("flag", ["--concepts-key", "--caption-key"])
+def test_cli_refuses_empty_keys(tmp_path, flag):
+    with pytest.raises(SystemExit) as info:
+        C._parse_args([str(tmp_path / "a.tar"), "--output-dir", str(tmp_path), flag, " "])
+    assert info.value.code == 2

@@ -352,6 +352,31 @@ def test_samples_without_image_or_caption_are_named_and_counted(tmp_path, caplog
         assert any(f"key {key!r}" in m and "no image" in m for m in messages), key
 
 
+def test_a_sample_with_two_members_of_one_extension_is_skipped_whole(tmp_path, caplog):
+    """Two ``k.txt`` members: upstream's grouping splits the sample in two; both parts are skipped,
+    named with the repeated extension and counted once as read and once as bad (not trained on one
+    of its captions, not called "incomplete")."""
+    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+
+    members = _good("g0", 0) + [("dup.jpg", jpeg(5)), ("dup.txt", b"a cat"), ("dup.txt", b"a dog")]
+    members += [("dup3.txt", b"a"), ("dup3.txt", b"b"), ("dup3.txt", b"c")] + _good("g1", 1)
+    shard = write_tar(tmp_path / "d-000000.tar", members)
+    counts = _Counts()
+    with caplog.at_level(logging.WARNING):
+        keys = [s["__key__"] for s in tarfile_to_samples_nothrow([{"url": shard}], stats=counts)]
+    assert keys == ["g0", "g1"]
+    assert counts.stats["samples_read"] == 4 and counts.stats["skipped_bad_samples"] == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("key 'dup'" in m and "2 members of extension(s) ['txt']" in m for m in messages), messages
+    assert any("key 'dup3'" in m and "3 members of extension(s) ['txt']" in m for m in messages), messages
+    # in training: counted in the epoch's data counters, not as incomplete
+    info = _train(_args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "2",
+                        batch_size=2))
+    _epoch(info)
+    totals = info.c2lip_counters.totals()
+    assert totals["skipped_bad_samples"] >= 2 and totals.get("skipped_incomplete", 0) == 0
+
+
 # ------------------------------------------------------------------------------------------------
 # counters reach the training process
 

@@ -695,3 +695,25 @@ def test_sweep_grid_points_are_c2lip_with_their_xac_flags(monkeypatch):
     for seeds in (["0", "100"], ["100"]):
         with pytest.raises(SystemExit):
             module.main(["--grid", "5:0.1", "--seeds", *seeds, "--quick", "--output-dir", "unused"])
+
+
+def test_readme_eval_command_runs_on_the_demo_output(quick_run, tmp_path):
+    """The README's demo -> clip-benchmark-style eval command, with its DIR and seed filled in,
+    evaluates the demo's checkpoint and reproduces the demo's own numbers."""
+    import re
+    import shlex
+
+    from open_clip_c2lip.eval.cli import main as eval_main
+    out, _, results = quick_run
+    readme = (REPO / "README.md").read_text()
+    line = next(m.group(0) for m in re.finditer(r"^python -m open_clip_c2lip\.eval --model C2LIP-Tiny .*$",
+                                                readme, re.MULTILINE) if "DIR/" in m.group(0))
+    argv = [a.replace("DIR", str(out)).replace("seed_0", "seed_3") for a in shlex.split(line)[3:]]
+    argv[argv.index("--output") + 1] = str(tmp_path / "r.json")
+    evaluation = eval_main(argv)
+    ours = json.loads((tmp_path / "r.json").read_text())
+    demo = results["seeds"]["3"]["runs"]["c2lip"]["evaluation"]["unseen_pairs"]["sugarcrepe"]
+    assert ours and evaluation
+    for split, value in demo.items():
+        if split != "_average":
+            assert ours["sugarcrepe"][split]["acc"] == pytest.approx(value["acc"]), split

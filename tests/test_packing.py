@@ -433,7 +433,7 @@ def test_on_the_fly_extraction_parses_the_cleaned_caption(kind, make_tokenizer):
 
     packer = TextPacker(make_tokenizer(kind, 32), max_concepts=2, concept_extractor=extractor)
     long = "a kite over the sea " * 1_000  # 20,000 characters: over MAX_PARSE_CHARS
-    captions = ["Fish &amp; chips on a  white plate.", "Caf\u00c3\u00a9 &lt;tables&gt;", long, "!!!"]
+    captions = ["Fish &amp; chips on a  white plate.", "Caf\u00c3\u00a9 &lt;3 tables", long, "!!!"]
     packer(captions)
     clean = CLEANING[kind]
     assert received[:2] == [clean(c) for c in captions[:2]]
@@ -455,6 +455,20 @@ def test_real_spacy_on_the_fly_survives_a_caption_over_max_length():
     assert torch.equal(concept_ids[0], tokenizer(["a brown dog", "the green grass"]))
     assert span_masks[0, 0].nonzero().flatten().tolist() == [1, 2, 3]
     assert packer.stats["captions_cut_for_parsing"] == 1
+
+
+def test_real_spacy_on_the_fly_drops_markup():
+    """Special-token literals and HTML tags in a caption name nothing: a caption of markup alone is
+    packed without concepts (counted), and markup never reaches a concept row."""
+    from open_clip_c2lip.packing import SpacyConceptExtractor
+
+    tokenizer = _make_simple(32)
+    packer = TextPacker(tokenizer, max_concepts=2, concept_extractor=SpacyConceptExtractor())
+    _, concept_ids, _ = unpack_texts(packer(["<end_of_text>", "a dog <end_of_text>", "a <b>red</b> car<br/>"]))
+    assert not concept_ids[0].any()
+    assert torch.equal(concept_ids[1, :1], tokenizer(["a dog"])) and not concept_ids[1, 1:].any()
+    assert torch.equal(concept_ids[2, :1], tokenizer(["a red car"]))
+    assert packer.stats["captions_without_text"] == 1 and packer.stats["concepts"] == 2
 
 
 SPECIAL_ONLY = {"simple": ["<end_of_text>", "<start_of_text>", "<start_of_text> <end_of_text>"],

@@ -1,8 +1,9 @@
 """Demo outputs: the markdown comparison table, ``results.json`` and the PNG figure."""
 import json
 import math
-from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
+
+from ..atomic import write_text
 
 # Row label -> how to read it from one run's results.
 _RETRIEVAL_ROWS = {
@@ -44,10 +45,7 @@ def comparison_table(runs: Mapping[str, Mapping[str, Any]], splits: Sequence[str
 
 def write_results(path, results: Mapping[str, Any]) -> None:
     """``results.json``, written to a temporary name and renamed so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False))
-    tmp.replace(path)
+    write_text(str(path), json.dumps(results, indent=2, sort_keys=False))
 
 
 def plot_results(path, runs: Mapping[str, Mapping[str, Any]], splits: Sequence[str], title: str = "") -> None:

@@ -4,14 +4,12 @@ The command line of ``python -m open_clip_c2lip.eval`` (see the package docstrin
 output).
 """
 import argparse
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from ..atomic import write_text
 from ..loading import add_model_args, load_model, model_kwargs
 from .core import BENCHMARKS
 from .encode import PRECISIONS
@@ -21,18 +19,10 @@ from .suite import evaluate, format_markdown, plan_benchmarks
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, so no partial file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` (its folder created) through ``atomic.atomic_output``: no partial
+    file is left, and the file's permissions follow the umask."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text(str(path), text)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -1,0 +1,54 @@
+"""Atomic file outputs: write a new temporary file next to the target, rename it when complete.
+
+Every file the package writes goes through ``atomic_output``, so a reader never sees half a file,
+a failure leaves no partial one behind, and no file that existed before is overwritten or deleted
+except the target itself: the temporary is a new file (``O_EXCL``) under a name only this module
+makes, ``.<name>.<8 hex digits>.c2lip-partial``. Its permissions come from the umask, like any file
+``open(path, "w")`` creates (``tempfile.mkstemp`` would make it 0600).
+"""
+import contextlib
+import os
+import re
+import secrets
+from typing import Iterator, List
+
+PARTIAL_SUFFIX = ".c2lip-partial"
+_PARTIAL_NAME = r"\.{}\.[0-9a-f]{{8}}" + re.escape(PARTIAL_SUFFIX)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yield the path of a new, empty file next to ``path``; rename it to ``path`` when the block
+    completes, remove it when the block raises (``KeyboardInterrupt`` included)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    while True:
+        partial = os.path.join(directory, f".{name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another partial of this target holds the name: draw another
+            continue
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        if os.path.lexists(partial):
+            os.remove(partial)
+
+
+def stale_partials(path: str) -> List[str]:
+    """Partial files of ``path`` that a killed run left (``atomic_output``'s names, nothing else)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(_PARTIAL_NAME.format(re.escape(name)))
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(os.path.join(directory, e) for e in entries
+                  if pattern.fullmatch(e) and os.path.isfile(os.path.join(directory, e)))
+
+
+def write_text(path: str, text: str) -> None:
+    """``text`` to ``path`` (UTF-8) through ``atomic_output``."""
+    with atomic_output(path) as partial, open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
