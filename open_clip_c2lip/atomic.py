@@ -4,13 +4,16 @@ Every file the package writes goes through ``atomic_output``, so a reader never 
 a failure leaves no partial one behind, and no file that existed before is overwritten or deleted
 except the target itself: the temporary is a new file (``O_EXCL``) under a name only this module
 makes, ``.<name>.<8 hex digits>.c2lip-partial``. Its permissions come from the umask, like any file
-``open(path, "w")`` creates (``tempfile.mkstemp`` would make it 0600).
+``open(path, "w")`` creates (``tempfile.mkstemp`` would make it 0600). The writer holds an exclusive
+``flock`` on it, so ``partial_files`` tells a running writer's partial from a killed one's leftover;
+leftovers are reported by the callers, never deleted (a name is no proof of who made a file).
 """
 import contextlib
+import fcntl
 import os
 import re
 import secrets
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 PARTIAL_SUFFIX = ".c2lip-partial"
 _PARTIAL_NAME = r"\.{}\.[0-9a-f]{{8}}" + re.escape(PARTIAL_SUFFIX)
@@ -24,28 +27,47 @@ def atomic_output(path: str) -> Iterator[str]:
     while True:
         partial = os.path.join(directory, f".{name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
         try:
-            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             break
         except FileExistsError:  # another partial of this target holds the name: draw another
             continue
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when this process ends, however it ends
         yield partial
         os.replace(partial, path)
     finally:
-        if os.path.lexists(partial):
-            os.remove(partial)
+        try:
+            if os.path.lexists(partial):
+                os.remove(partial)
+        finally:
+            os.close(fd)
 
 
-def stale_partials(path: str) -> List[str]:
-    """Partial files of ``path`` that a killed run left (``atomic_output``'s names, nothing else)."""
+def partial_files(path: str) -> Tuple[List[str], List[str]]:
+    """``(live, leftover)``: files of ``atomic_output``'s name pattern for ``path`` that a running
+    writer holds (its ``flock``), and the others (a killed run's, or someone's file of that name)."""
     directory, name = os.path.split(os.path.abspath(path))
     pattern = re.compile(_PARTIAL_NAME.format(re.escape(name)))
     try:
-        entries = os.listdir(directory)
+        entries = sorted(e for e in os.listdir(directory)
+                         if pattern.fullmatch(e) and os.path.isfile(os.path.join(directory, e)))
     except OSError:
-        return []
-    return sorted(os.path.join(directory, e) for e in entries
-                  if pattern.fullmatch(e) and os.path.isfile(os.path.join(directory, e)))
+        return [], []
+    live, leftover = [], []
+    for entry in entries:
+        candidate = os.path.join(directory, entry)
+        try:
+            fd = os.open(candidate, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or not readable: not ours to judge
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            leftover.append(candidate)
+        except BlockingIOError:
+            live.append(candidate)
+        finally:
+            os.close(fd)
+    return live, leftover
 
 
 def write_text(path: str, text: str) -> None:

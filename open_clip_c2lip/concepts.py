@@ -47,8 +47,9 @@ Command line (adds the concepts to existing data, one output per input)::
   captions), written back with the same separator; parquet keeps its column types.
 
 Each output keeps its input's file name under ``--output-dir``. An output is written to
-``.NAME.<8 hex digits>.c2lip-partial`` (a new file, never one that existed; a killed run's are
-removed by the next) and renamed when complete, then its record ``NAME.concepts.json`` (input path, size,
+``.NAME.<8 hex digits>.c2lip-partial`` (``atomic.atomic_output``: a new file, never one that existed;
+a killed run's are reported by the next, not removed; a run still writing one stops a second run)
+and renamed when complete, then its record ``NAME.concepts.json`` (input path, size,
 mtime_ns; the options that matter; the output's size and mtime_ns; its stats and failures). On a
 rerun an output whose record matches is skipped as finished, its recorded failures counted again (exit
 status 1); one whose input or options changed is re-annotated (said in the summary); one without a
@@ -83,7 +84,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .atomic import atomic_output, stale_partials
+from .atomic import atomic_output, partial_files
 from .messages import excerpt
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
@@ -196,29 +197,49 @@ def cut_for_parsing(text: str, max_chars: int = MAX_PARSE_CHARS) -> Tuple[str, b
 
 
 # Markup in a caption names nothing an image shows: tokenizers' special-token literals
-# ("<end_of_text>", "</s>", "<pad>", "<|endoftext|>", "[CLS]") and HTML tags ("<br/>", "<i>") of web
-# captions. Parsed as text, spaCy splits them into chunks such as "<end_of_text" or "br/>on" (which
-# no tokenizer reads as its special token), so they are blanked before parsing. Only these names
-# are markup: "<NA>", "a <3 b" or "x < y > z" stay text.
-SPECIAL_TOKEN_NAMES = (  # open_clip's SimpleTokenizer, SentencePiece / T5 / SigLIP, BERT-style, GPT-style
+# ("<end_of_text>", "</s>", "<pad>", "<|endoftext|>", "[CLS]"), HTML tags ("<br/>", '<a href="x">')
+# and comments of web captions. Parsed as text, spaCy splits them into chunks such as "<end_of_text"
+# or "br/>on" (which no tokenizer reads as its special token), so they are removed before parsing.
+# Only these names, with attributes written as name=value, are markup: "<NA>", "<A Quiet Place>",
+# "a <3 b", "if a<b and c>d" stay text. Inline tags join what they touch, as a browser renders them
+# ("co<b>ok</b>ies" -> "cookies", "H<sub>2</sub>O" -> "H2O"); other markup separates words.
+SPECIAL_TOKEN_NAMES = (  # open_clip's SimpleTokenizer, SentencePiece / T5 / SigLIP, BERT-style
     "start_of_text", "end_of_text", "startoftext", "endoftext", "s", "pad", "unk", "mask", "cls", "sep",
     "bos", "eos")
-HTML_TAG_NAMES = (
-    "a", "abbr", "b", "big", "blockquote", "body", "br", "center", "cite", "code", "del", "div", "em",
-    "font", "h1", "h2", "h3", "h4", "h5", "h6", "head", "hr", "html", "i", "img", "ins", "li", "mark", "ol",
-    "p", "pre", "q", "small", "span", "strike", "strong", "sub", "sup", "table", "tbody", "td", "th",
-    "thead", "tr", "u", "ul", "wbr")
-_NAMES = "|".join(sorted({re.escape(n) for n in SPECIAL_TOKEN_NAMES + HTML_TAG_NAMES}, key=len, reverse=True))
+INLINE_TAG_NAMES = (  # HTML phrasing elements: no word break
+    "a", "abbr", "acronym", "b", "bdi", "bdo", "big", "cite", "code", "data", "del", "dfn", "em", "font",
+    "i", "ins", "kbd", "mark", "nobr", "q", "rp", "rt", "ruby", "s", "samp", "small", "span", "strike",
+    "strong", "sub", "sup", "time", "tt", "u", "var", "wbr")
+BLOCK_TAG_NAMES = (  # every other HTML element a caption may carry: a word break
+    "address", "area", "article", "aside", "audio", "base", "blockquote", "body", "br", "button", "canvas",
+    "caption", "center", "col", "colgroup", "dd", "details", "dialog", "div", "dl", "dt", "embed",
+    "fieldset", "figcaption", "figure", "footer", "form", "frame", "frameset", "h1", "h2", "h3", "h4", "h5",
+    "h6", "head", "header", "hgroup", "hr", "html", "iframe", "img", "input", "label", "legend", "li",
+    "link", "main", "map", "menu", "meta", "meter", "nav", "noscript", "object", "ol", "optgroup", "option",
+    "output", "p", "param", "picture", "pre", "progress", "script", "section", "select", "slot", "source",
+    "style", "summary", "svg", "table", "tbody", "td", "template", "textarea", "tfoot", "th", "thead",
+    "title", "tr", "track", "ul", "video")
+
+
+def _tag_pattern(names) -> str:
+    alternatives = "|".join(sorted({re.escape(n) for n in names}, key=len, reverse=True))
+    value = r"""(?:"[^"]{0,1000}"|'[^']{0,1000}'|[^\s"'<>=`]{1,1000})"""
+    return rf"</?(?:{alternatives})(?:\s+[\w:.-]{{1,40}}\s*=\s*{value}){{0,20}}\s*/?\s*>"
+
+
+_INLINE_MARKUP = re.compile(_tag_pattern(INLINE_TAG_NAMES), re.IGNORECASE)
 MARKUP = re.compile(
-    rf"</?(?:{_NAMES})(?:\s[^<>]{{0,200}})?\s*/?>"  # <b>, </b>, <br/>, <span class="x">, </s>, <end_of_text>
-    r"|<\|(?:startoftext|endoftext)\|>"            # GPT-style <|endoftext|>
-    r"|\[(?:CLS|SEP|PAD|MASK|UNK|BOS|EOS)\]",      # BERT-style [CLS]
-    re.IGNORECASE)
+    _tag_pattern(BLOCK_TAG_NAMES + tuple(n for n in SPECIAL_TOKEN_NAMES if n not in INLINE_TAG_NAMES))
+    + r"|<\|(?:startoftext|endoftext)\|>"        # GPT-style <|endoftext|>
+    r"|\[(?:CLS|SEP|PAD|MASK|UNK|BOS|EOS)\]"     # BERT-style [CLS]
+    r"|<!--.{0,2000}?-->",                      # comments
+    re.IGNORECASE | re.DOTALL)
 
 
 def strip_markup(text: str) -> str:
-    """``text`` with every ``MARKUP`` match replaced by a space ("a dog </s>" -> "a dog  ")."""
-    return MARKUP.sub(" ", text)
+    """``text`` without ``MARKUP``: inline tags removed, other markup replaced by a space
+    ("a dog </s>" -> "a dog  ", "co<b>ok</b>ies" -> "cookies")."""
+    return MARKUP.sub(" ", _INLINE_MARKUP.sub("", text))
 
 
 def concept_source(caption: str, clean: Optional[Union[str, Callable[[str], str]]] = DEFAULT_CLEAN,
@@ -712,13 +733,18 @@ def _decompressed(input_path: str, compression: str, scratch_dir: str,
                   stack: contextlib.ExitStack) -> Tuple[Any, Optional[str]]:
     """The tar inside a compressed shard, as a seekable temporary file in ``scratch_dir`` (the tar
     reader copies members byte-exactly by seeking), and why the compressed stream ended early, if it
-    did: what decompressed before the damage is still read, and the damage is reported like a cut tar."""
+    did: what decompressed before the damage is still read, and the damage is reported like a cut tar.
+    Zero bytes after the last stream (block padding) are ignored, as ``gzip -d`` ignores them."""
     tar = stack.enter_context(tempfile.TemporaryFile(dir=scratch_dir, prefix=".c2lip-untar-"))
     problem, decompressor = None, None
     try:
         with open(input_path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 while chunk:  # concatenated streams (multi-member gzip) continue with a new decompressor
+                    if decompressor is not None and decompressor.eof:
+                        chunk = chunk.lstrip(b"\0")
+                        if not chunk:
+                            break
                     if decompressor is None or decompressor.eof:
                         decompressor = _DECOMPRESSORS[compression]()
                     tar.write(decompressor.decompress(chunk))
@@ -726,30 +752,41 @@ def _decompressed(input_path: str, compression: str, scratch_dir: str,
         if decompressor is None or not decompressor.eof:
             problem = f"damaged {compression} stream: cut before its end, after {tar.tell()} decompressed bytes"
     except _STREAM_ERRORS as exc:
-        actual = tar.tell() == 0 and file_format(input_path)
-        if actual and actual != compression:  # not damage: the suffix names another format
-            raise CaptionError(f"{input_path}: not {compression}-compressed, the file is {FORMAT_NAMES[actual]}; "
-                               f"rename it to a {FORMAT_SUFFIX[actual]} suffix")
         problem = f"damaged {compression} stream after {tar.tell()} decompressed bytes ({exc})"
     tar.seek(0)
     return tar, problem
 
 
-# leading bytes of each format (gzip RFC 1952, bzip2 "BZh" + block size, xz's stream header magic)
-# and POSIX tar's "ustar" magic at offset 257
-_MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00"}
-FORMAT_NAMES = {"gzip": "gzip-compressed", "bz2": "bzip2-compressed", "xz": "xz-compressed", "tar": "a plain tar"}
+# leading bytes of each format (gzip RFC 1952, bzip2 "BZh" + block size, xz's stream header magic,
+# zip's local file header) and POSIX tar's "ustar" magic at offset 257
+_MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00", "zip": b"PK\x03\x04"}
+FORMAT_NAMES = {"gzip": "gzip-compressed", "bz2": "bzip2-compressed", "xz": "xz-compressed",
+                "zip": "a zip archive", "tar": "a plain tar"}
 FORMAT_SUFFIX = {"gzip": ".tar.gz", "bz2": ".tar.bz2", "xz": ".tar.xz", "tar": ".tar"}
 
 
 def file_format(path: str) -> Optional[str]:
-    """``gzip``, ``bz2``, ``xz`` or ``tar`` from a file's leading bytes; None if none matches."""
+    """``gzip``, ``bz2``, ``xz``, ``zip`` or ``tar`` from a file's leading bytes; None if none matches
+    (an empty file, a pre-POSIX tar, anything else)."""
     with open(path, "rb") as f:
         head = f.read(512)
     for name, magic in _MAGIC.items():
         if head.startswith(magic):
             return name
     return "tar" if head[257:262] == b"ustar" else None
+
+
+def check_shard_format(input_path: str) -> None:
+    """``CaptionError`` when the file's leading bytes are another known format than its suffix says
+    (a plain tar named ``.tar.gz``, gzip named ``.tar``, a zip): named, with the suffix to use."""
+    expected = SHARD_COMPRESSION[input_suffix(input_path)] or "tar"
+    actual = file_format(input_path)
+    if actual is None or actual == expected:
+        return
+    fix = (f"rename it to a {FORMAT_SUFFIX[actual]} suffix" if actual in FORMAT_SUFFIX
+           else f"shards are tars ({', '.join(SHARD_SUFFIXES)})")
+    said = f"{expected}-compressed" if expected != "tar" else "a plain tar"
+    raise CaptionError(f"{input_path}: not {said}, the file is {FORMAT_NAMES[actual]}; {fix}")
 
 
 def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
@@ -761,6 +798,7 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
     are written, counted as salvaged, and the damage counted as a failure. A compressed shard
     (``SHARD_COMPRESSION``) is read through a decompressed temporary copy next to the output and
     written compressed the same way; a cut or corrupt compressed stream is damage of the same kind."""
+    check_shard_format(input_path)
     with contextlib.ExitStack() as stack:
         compression = SHARD_COMPRESSION[input_suffix(input_path)]
         tar, stream_problem = None, None
@@ -807,6 +845,8 @@ def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compressi
             damaged(f"{exc}" + (f"; {stream_problem}" if stream_problem else ""))
             return
         except tarfile.ReadError as exc:  # not even the first header: nothing to salvage
+            if stream_problem is None and compression is not None:
+                raise CaptionError(f"{input_path}: the decompressed {compression} data is not a tar ({exc})") from exc
             if stream_problem is None:
                 raise
             raise CaptionError(f"{input_path}: {stream_problem}; no tar header could be read ({exc})") from exc
@@ -957,6 +997,17 @@ def read_record(output_path: str) -> Optional[Dict[str, Any]]:
         return None
 
 
+def _is_record(path: str) -> bool:
+    """Whether ``path`` holds a record this module wrote (whatever output it describes now)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return isinstance(record, dict) and record.get("version") == RECORD_VERSION and {
+            "input", "options", "stats", "output_size"} <= set(record)
+    except (OSError, ValueError):
+        return False
+
+
 FINISHED, REDO, UNOWNED, TODO = "finished", "redo", "unowned", "todo"
 
 
@@ -967,7 +1018,9 @@ def output_state(input_path: str, output_path: str, options: AnnotateOptions,
     options changed since: annotate again), ``UNOWNED`` (no valid record: an older version's or someone
     else's file; only ``--overwrite`` replaces it)."""
     if not os.path.exists(output_path):
-        return TODO
+        # a file where the record goes that is not a record of ours: someone else's, not replaced
+        record_file = record_path(output_path)
+        return UNOWNED if os.path.lexists(record_file) and not _is_record(record_file) else TODO
     record = read_record(output_path) if record is None else record
     if record is None:
         return UNOWNED
@@ -986,8 +1039,6 @@ def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
     and its record is removed first: an output without a valid record is never taken as finished."""
     annotate = annotate_shard if input_suffix(input_path) in SHARD_SUFFIXES else annotate_table
     try:
-        for leftover in stale_partials(output_path) + stale_partials(record_path(output_path)):
-            os.remove(leftover)  # a killed run's (atomic_output names no one else's files)
         if read_record(output_path) is not None:
             os.remove(output_path)
         if os.path.exists(record_path(output_path)):
@@ -1108,8 +1159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     try:
         inputs = expand_inputs(args.inputs)
-        prepare_output_dir(args.output_dir)
         load_spacy(args.spacy_model)  # a missing model stops here, before any file, whatever --on-error
+        prepare_output_dir(args.output_dir)  # after: a missing model leaves no new folder behind
         get_clean_fn(args.clean)  # imports open_clip's tokenizer once here; forked workers inherit it
     except (CaptionError, OSError) as exc:
         raise SystemExit(f"error: {exc}")
@@ -1129,8 +1180,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(
             f"error: {len(unowned)} output(s) already exist without a valid record of this command "
             f"({RECORD_SUFFIX} next to them: written by an older version or someone else, or changed "
-            f"since), e.g. {unowned[0]}; not replacing them. Pass --overwrite to annotate into them anyway, "
-            "or pick another --output-dir.")
+            f"since; or a file that is no such record sits at the record's name), e.g. {unowned[0]}; not "
+            "replacing them. Pass --overwrite to annotate into them anyway, or pick another --output-dir.")
+    live = [p for out in outputs.values() for p in partial_files(out)[0] + partial_files(record_path(out))[0]]
+    if live:
+        raise SystemExit(f"error: another run is writing into {args.output_dir} now ({live[0]} is in use); "
+                         "one run per output: wait for it or pick another --output-dir")
+    leftovers = [p for out in outputs.values() for p in partial_files(out)[1] + partial_files(record_path(out))[1]]
+    if leftovers:
+        print(f"note: {len(leftovers)} partial file(s) of interrupted runs in {args.output_dir} (e.g. "
+              f"{os.path.basename(leftovers[0])}) are not read and not removed; delete them once no run "
+              "writes there", file=sys.stderr)
     finished = [p for p in inputs if states[p] == FINISHED]
     redone = [p for p in inputs if states[p] == REDO]
     todo = [p for p in inputs if p not in finished]

@@ -99,8 +99,20 @@ def tarfile_to_samples_nothrow(src, handler=None, stats: Optional[TextPacker] = 
         return upstream.group_by_keys_nothrow(files, handler=handler)
     shards = passes.track(src) if passes is not None else src
     files = _expand_each_shard(shards, eof, stats)
-    samples = upstream.group_by_keys_nothrow(files, handler=handler)
+    samples = _group_each_shard(files, handler)
     return _reject_repeated_members(_count(samples, stats, "samples_read"), stats, passes)
+
+
+def _group_each_shard(files, handler):
+    """Upstream's ``group_by_keys_nothrow`` on each shard read alone: it groups by key only, so a
+    shard ending with ``k.jpg`` and the next one starting with ``k.txt`` would become one sample of
+    two shards (one's image, the other's caption)."""
+    from open_clip_train import data as upstream
+
+    for read, shard_files in itertools.groupby(files, key=lambda f: f["__read__"]):
+        for sample in upstream.group_by_keys_nothrow(shard_files, handler=handler):
+            sample["__read__"] = read  # webdataset's decoders and to_tuple ignore "__" keys
+            yield sample
 
 
 def _count(samples, stats: TextPacker, key: str):
@@ -109,8 +121,8 @@ def _count(samples, stats: TextPacker, key: str):
         yield sample
 
 
-def _sample_id(sample: Dict[str, Any]) -> Tuple[Any, Any]:
-    return sample.get("__url__"), sample.get("__key__")
+def _sample_id(sample: Dict[str, Any]) -> Tuple[Any, Any, Any]:
+    return sample.get("__read__"), sample.get("__url__"), sample.get("__key__")
 
 
 def _reject_repeated_members(samples, stats: TextPacker, passes: Optional["PassLog"] = None):
@@ -153,7 +165,7 @@ def _expand_each_shard(shards, eof, stats: TextPacker):
     truncated or empty. ``eof`` is unused: this reader never yields webdataset's end-of-shard marker."""
     from open_clip_train import data as upstream
 
-    for shard in shards:
+    for read, shard in enumerate(shards):
         url = shard.get("url")
         failure: List[Exception] = []
 
@@ -167,6 +179,7 @@ def _expand_each_shard(shards, eof, stats: TextPacker):
             try:
                 for filesample in _expand_shard(source["url"], source["stream"]):
                     num_files += 1
+                    filesample["__read__"] = read  # which read of a shard: samples never span two
                     yield filesample
             except Exception as exc:  # upstream's nothrow policy: the shard's rest is skipped, counted
                 record(exc)

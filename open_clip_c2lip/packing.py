@@ -40,7 +40,7 @@ import torch
 from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, _clean_canonicalize
 
 from . import runtime
-from .concepts import concept_source, has_text
+from .concepts import concept_source, has_text, strip_markup
 from .layout import pack_rows
 from .messages import excerpt
 
@@ -340,9 +340,10 @@ def _clean_concept(aligner, concept: str) -> str:
 
 
 def _names_something(aligner, cleaned: str) -> bool:
-    """A letter or digit, in a token that is not the tokenizer's special token (a concept
+    """A letter or digit outside markup (``concepts.strip_markup``: "<br/>", "</s>" name nothing, as
+    in extraction), in a token that is not the tokenizer's special token (a concept
     ``"<end_of_text>"`` would be encoded as the end token itself: an empty concept)."""
-    if not has_text(cleaned):
+    if not has_text(strip_markup(cleaned)):
         return False
     has_content = getattr(aligner, "has_content", None)  # aligners registered by users may lack it
     return True if has_content is None else has_content(cleaned)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from open_clip_c2lip.atomic import PARTIAL_SUFFIX, atomic_output, stale_partials, write_text
+from open_clip_c2lip.atomic import PARTIAL_SUFFIX, atomic_output, partial_files, write_text
 
 
 def test_output_appears_complete_with_the_umasks_permissions(tmp_path):
@@ -32,15 +32,18 @@ def test_a_failure_leaves_the_old_output_and_no_partial(tmp_path):
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
-def test_only_its_own_names_are_stale_partials(tmp_path):
+def test_partial_files_tells_a_running_writer_from_a_leftover(tmp_path):
     target = tmp_path / "a.tar"
-    ours = tmp_path / f".a.tar.0123abcd{PARTIAL_SUFFIX}"
+    leftover = tmp_path / f".a.tar.0123abcd{PARTIAL_SUFFIX}"
     others = [f"a.tar{PARTIAL_SUFFIX}", f".a.tar.0123abcdx{PARTIAL_SUFFIX}", f".a.tar.0123ABCD{PARTIAL_SUFFIX}",
               f".b.tar.0123abcd{PARTIAL_SUFFIX}", f".a.tar.0123abcd{PARTIAL_SUFFIX}.keep", "a.tar.partial"]
-    for name in [ours.name] + others:
+    for name in [leftover.name] + others:
         (tmp_path / name).write_text("x")
     (tmp_path / f".a.tar.99999999{PARTIAL_SUFFIX}").mkdir()  # a folder is never a partial file
-    assert stale_partials(str(target)) == [str(ours)]
+    assert partial_files(str(target)) == ([], [str(leftover)])
+    with atomic_output(str(target)) as live:  # held by this writer (flock): live, not a leftover
+        assert partial_files(str(target)) == ([live], [str(leftover)])
+    assert partial_files(str(target)) == ([], [str(leftover)]) and leftover.exists()
 
 
 def test_write_text_is_utf8(tmp_path):

@@ -361,13 +361,18 @@ def test_cli_resume_skips_finished_not_partial(tmp_path, coco, capsys):
         make_shard(inputs[-1], shard_samples(coco, 5 * i, 5))
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".part-000000.tar.0123abcd.c2lip-partial").write_bytes(b"half written")  # a killed earlier run
+    leftover = out / ".part-000000.tar.0123abcd.c2lip-partial"
+    leftover.write_bytes(b"half written")  # a killed earlier run's, or a file of that name: reported, kept
     (out / "part-000000.tar.partial").write_bytes(b"someone else's")  # not a name the CLI writes: kept
-    code, text = run_cli([tmp_path / "part-{000000..000001}.tar", "--output-dir", out], capsys)
+    code = C.main([str(tmp_path / "part-{000000..000001}.tar"), "--output-dir", str(out), "--quiet"])
+    text, err = capsys.readouterr()
     assert code == 0 and "2 written, 0 skipped as finished" in text
+    assert "note: 1 partial file(s) of interrupted runs" in err and leftover.name in err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"part-{i:06d}.tar{r}" for i in range(2) for r in ("", ".concepts.json")] + ["part-000000.tar.partial"])
+        [f"part-{i:06d}.tar{r}" for i in range(2) for r in ("", ".concepts.json")]
+        + ["part-000000.tar.partial", leftover.name])
     assert (out / "part-000000.tar.partial").read_bytes() == b"someone else's"
+    assert leftover.read_bytes() == b"half written"
     assert len(read_members(out / "part-000000.tar")) > 5
     finished = {i: (out / f"part-{i:06d}.tar").stat().st_mtime_ns for i in range(2)}
 
@@ -1030,6 +1035,12 @@ MARKUP_CAPTIONS = [  # (caption, concepts under every cleaning): markup never re
     ("a <i>red</i> car<br/>on a road", ["a red car", "a road"]),
     ('a <span class="x">small boat</span>', ["a small boat"]),
     ("fish &lt;br&gt; chips", ["fish chips"]),
+    ("a dog <br / > on a mat", ["a dog", "a mat"]),
+    ('<a title="a>b" href=x>a cat</a> on a mat', ["a cat", "a mat"]),
+    ("co<b>ok</b>ies on a plate", ["cookies", "a plate"]),  # inline tags do not break words
+    ("a <script>cat</script> on a <figcaption>mat</figcaption>", ["a cat", "a mat"]),
+    ("a dog <!-- alt text --> on a mat", ["a dog", "a mat"]),
+    ("the poster <A Quiet Place> on a wall", ["the poster", "a quiet place", "a wall"]),  # not a tag: text
 ]
 
 
@@ -1047,8 +1058,10 @@ def test_markup_only_caption_has_no_text(caption):
 
 
 def test_markup_pattern_keeps_comparisons_and_emoticons():
-    for text in ("a 2<3 ratio", "x > y and y < z", "i <3 cats", "a <> b", "1 < 2 > 0", "<NA>", "<bold> text"):
+    for text in ("a 2<3 ratio", "x > y and y < z", "i <3 cats", "a <> b", "1 < 2 > 0", "<NA>", "<bold> text",
+                 "<A Quiet Place>", "<I love NY>", "<b and w photos>", "if a<b and c>d", "<<<a cat>>>"):
         assert C.strip_markup(text) == text
+    assert C.strip_markup("H<sub>2</sub>O <br/>x") == "H2O  x"
 
 
 def test_cli_refuses_an_output_folder_linked_to_the_input(tmp_path, coco):
@@ -1070,22 +1083,50 @@ def test_cli_never_removes_files_it_did_not_create(tmp_path, coco):
     src = tmp_path / "a.tar"
     make_shard(src, shard_samples(coco, 0, 3))
     out = tmp_path / "out"
-    (out / "a.tar.partial").mkdir(parents=True)  # names a previous version used: someone else's now
-    (out / ".a.tar.partial").write_text("notes")
-    (out / ".a.tar.0123abcd.c2lip-partial.keep").write_text("notes")
-    (out / ".a.tar.0123abcd.c2lip-partial").write_text("a killed run's")  # the CLI's own name: removed
+    others = {"a.tar.partial": None, ".a.tar.partial": "notes", ".a.tar.0123abcd.c2lip-partial.keep": "notes",
+              ".a.tar.0123abcd.c2lip-partial": "the CLI's name pattern: still not provably its file",
+              ".a.tar.concepts.json.deadbeef.c2lip-partial": "same"}
+    for name, text in others.items():
+        (out / name).mkdir(parents=True) if text is None else (out / name).write_text(text)
     old_umask = os.umask(0o022)
     try:
         assert run_cli([src, "--output-dir", out])[0] == 0
     finally:
         os.umask(old_umask)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [".a.tar.0123abcd.c2lip-partial.keep", ".a.tar.partial", "a.tar", "a.tar.concepts.json", "a.tar.partial"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(list(others) + ["a.tar", "a.tar.concepts.json"])
+    assert all((out / n).read_text() == t for n, t in others.items() if t is not None)
     assert (out / "a.tar").stat().st_mode & 0o777 == 0o644  # the umask's, like any new file
 
 
+def test_cli_refuses_a_file_at_the_records_name_that_is_not_a_record(tmp_path, coco):
+    src = tmp_path / "a.tar"
+    make_shard(src, shard_samples(coco, 0, 3))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.tar.concepts.json").write_text("mine")
+    with pytest.raises(SystemExit, match="without a valid record"):
+        run_cli([src, "--output-dir", out])
+    assert (out / "a.tar.concepts.json").read_text() == "mine" and not (out / "a.tar").exists()
+    assert run_cli([src, "--output-dir", out, "--overwrite"])[0] == 0  # asked for: replaced
+
+
+def test_cli_stops_while_another_run_writes_the_same_output(tmp_path, coco):
+    from open_clip_c2lip.atomic import atomic_output
+
+    src = tmp_path / "a.tar"
+    make_shard(src, shard_samples(coco, 0, 3))
+    out = tmp_path / "out"
+    out.mkdir()
+    with atomic_output(str(out / "a.tar")) as live:  # a running writer holds its partial
+        with pytest.raises(SystemExit, match="another run is writing"):
+            run_cli([src, "--output-dir", out, "--overwrite"])
+        assert os.path.exists(live)
+    assert run_cli([src, "--output-dir", out, "--overwrite"])[0] == 0
+
+
 @pytest.mark.parametrize("name,mode,actual", [("plain.tar.gz", "w", "a plain tar"), ("x.tar.bz2", "w:xz", "xz-compressed"),
-                                              ("g.tgz", "w:bz2", "bzip2-compressed")])
+                                              ("g.tgz", "w:bz2", "bzip2-compressed"), ("z.tar", "w:gz", "gzip-compressed"),
+                                              ("y.tar.xz", "w:gz", "gzip-compressed")])
 def test_cli_names_a_compression_the_suffix_does_not_say(tmp_path, name, mode, actual):
     path = tmp_path / name
     with tarfile.open(path, mode) as tar:
@@ -1095,6 +1136,31 @@ def test_cli_names_a_compression_the_suffix_does_not_say(tmp_path, name, mode, a
     with pytest.raises(SystemExit, match=re.escape(f"{path}: not ") + rf".*the file is {actual}; rename it"):
         run_cli([path, "--output-dir", tmp_path / "out"])
     assert not (tmp_path / "out" / name).exists()
+
+
+def test_cli_names_a_zip_and_a_compressed_non_tar(tmp_path):
+    import gzip
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "z.tar.gz", "w") as archive:
+        archive.writestr("a.txt", "a dog")
+    (tmp_path / "n.tar.gz").write_bytes(gzip.compress(b"a dog on a mat " * 100))
+    with pytest.raises(SystemExit, match="the file is a zip archive; shards are tars"):
+        run_cli([tmp_path / "z.tar.gz", "--output-dir", tmp_path / "out"])
+    with pytest.raises(SystemExit, match="the decompressed gzip data is not a tar"):
+        run_cli([tmp_path / "n.tar.gz", "--output-dir", tmp_path / "out"])
+
+
+def test_cli_reads_gzip_with_trailing_zero_padding(tmp_path, coco):
+    import gzip
+
+    plain = tmp_path / "p.tar"
+    make_shard(plain, shard_samples(coco, 0, 3))
+    padded = tmp_path / "p.tar.gz"
+    padded.write_bytes(gzip.compress(plain.read_bytes()) + b"\0" * 3000)  # block padding, as tape tools write
+    assert run_cli([padded, "--output-dir", tmp_path / "out"])[0] == 0
+    assert run_cli([plain, "--output-dir", tmp_path / "out_plain"])[0] == 0
+    assert gzip.decompress((tmp_path / "out" / "p.tar.gz").read_bytes()) == (tmp_path / "out_plain" / "p.tar").read_bytes()
 
 
 @pytest.mark.parametrize("flag", ["--concepts-key", "--caption-key"])

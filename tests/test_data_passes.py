@@ -377,6 +377,27 @@ def test_a_sample_with_two_members_of_one_extension_is_skipped_whole(tmp_path, c
     assert totals["skipped_bad_samples"] >= 2 and totals.get("skipped_incomplete", 0) == 0
 
 
+def test_samples_never_span_two_shards(tmp_path):
+    """Shard 0 ends with ``k.jpg`` alone, shard 1 starts with ``k.txt`` (same key): upstream's key-only
+    grouping would make one sample of shard 0's image and shard 1's caption."""
+    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+
+    first = write_tar(tmp_path / "s-000000.tar", _good("g0", 0) + [("k.jpg", jpeg(1))])
+    second = write_tar(tmp_path / "s-000001.tar", [("k.txt", b"a caption of shard 1"), ("k.jpg", jpeg(2))]
+                       + _good("g1", 1))
+    counts = _Counts()
+    samples = list(tarfile_to_samples_nothrow([{"url": first}, {"url": second}], stats=counts))
+    assert [(s["__url__"], s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples] == [
+        (first, "g0", ["jpg", "json", "txt"]), (first, "k", ["jpg"]), (second, "k", ["jpg", "txt"]),
+        (second, "g1", ["jpg", "json", "txt"])]
+    assert counts.stats.get("skipped_bad_samples", 0) == 0  # shard 0's lone image is incomplete, not bad
+    # the same shard read twice in a row (resampling), its last key its first: never one sample across
+    loop = write_tar(tmp_path / "s-000002.tar", [("k.txt", b"a caption")] + _good("g1", 1) + [("k.jpg", jpeg(3))])
+    again = list(tarfile_to_samples_nothrow([{"url": loop}, {"url": loop}], stats=_Counts()))
+    assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in again] == [
+        ("k", ["txt"]), ("g1", ["jpg", "json", "txt"]), ("k", ["jpg"])] * 2
+
+
 # ------------------------------------------------------------------------------------------------
 # counters reach the training process
 
