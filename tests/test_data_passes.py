@@ -398,6 +398,37 @@ def test_samples_never_span_two_shards(tmp_path):
         ("k", ["txt"]), ("g1", ["jpg", "json", "txt"]), ("k", ["jpg"])] * 2
 
 
+def test_upstream_group_per_shard_diff(tmp_path):
+    """patches/open_clip_train-group-per-shard.diff: upstream 3.3.0 merges k.jpg (end of shard 0) and
+    k.txt (start of shard 1) into one sample; the patched function keeps them apart, as the plugin does."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    from open_clip_train import data as upstream
+
+    if shutil.which("patch") is None:
+        pytest.skip("the `patch` program is needed to apply the diff")
+    root = tmp_path / "upstream"
+    (root / "src" / "open_clip_train").mkdir(parents=True)
+    shutil.copy(upstream.__file__, root / "src" / "open_clip_train" / "data.py")
+    diff = Path(__file__).resolve().parents[1] / "patches" / "open_clip_train-group-per-shard.diff"
+    subprocess.run(["patch", "-p1", "--quiet", "-i", str(diff)], cwd=root, check=True)
+    spec = importlib.util.spec_from_file_location("grouped_per_shard", root / "src" / "open_clip_train" / "data.py")
+    patched = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patched)
+    files = [("s0", "g0.jpg"), ("s0", "g0.txt"), ("s0", "k.jpg"), ("s1", "k.txt"), ("s1", "g1.jpg"), ("s1", "g1.txt")]
+    stream = [{"fname": name, "data": b"x", "__url__": url} for url, name in files]
+
+    def grouped(function):
+        return [(s["__url__"], s["__key__"], sorted(k for k in s if not k.startswith("__")))
+                for s in function(iter([dict(f) for f in stream]))]
+
+    assert ("s0", "k", ["jpg", "txt"]) in grouped(upstream.group_by_keys_nothrow)  # one sample, two shards
+    assert grouped(patched.group_by_keys_nothrow) == [
+        ("s0", "g0", ["jpg", "txt"]), ("s0", "k", ["jpg"]), ("s1", "k", ["txt"]), ("s1", "g1", ["jpg", "txt"])]
+
+
 # ------------------------------------------------------------------------------------------------
 # counters reach the training process
 
