@@ -206,10 +206,16 @@ def cut_for_parsing(text: str, max_chars: int = MAX_PARSE_CHARS) -> Tuple[str, b
 SPECIAL_TOKEN_NAMES = (  # open_clip's SimpleTokenizer, SentencePiece / T5 / SigLIP, BERT-style
     "start_of_text", "end_of_text", "startoftext", "endoftext", "s", "pad", "unk", "mask", "cls", "sep",
     "bos", "eos")
-INLINE_TAG_NAMES = (  # HTML phrasing elements: no word break
+INLINE_TAG_NAMES = (  # HTML phrasing elements: no word break ("s" is SentencePiece's </s> here: a break)
     "a", "abbr", "acronym", "b", "bdi", "bdo", "big", "cite", "code", "data", "del", "dfn", "em", "font",
-    "i", "ins", "kbd", "mark", "nobr", "q", "rp", "rt", "ruby", "s", "samp", "small", "span", "strike",
+    "i", "ins", "kbd", "mark", "nobr", "q", "rp", "rt", "ruby", "samp", "small", "span", "strike",
     "strong", "sub", "sup", "time", "tt", "u", "var", "wbr")
+# valueless attributes taken as such (HTML's boolean attributes); any other bare word makes "<a ...>"
+# text: "<A Quiet Place>" is a title, "<p hidden>" a tag
+BOOLEAN_ATTRIBUTES = (
+    "allowfullscreen", "async", "autofocus", "autoplay", "checked", "controls", "default", "defer",
+    "disabled", "hidden", "inert", "ismap", "itemscope", "loop", "multiple", "muted", "nomodule",
+    "novalidate", "nowrap", "open", "playsinline", "readonly", "required", "reversed", "selected")
 BLOCK_TAG_NAMES = (  # every other HTML element a caption may carry: a word break
     "address", "area", "article", "aside", "audio", "base", "blockquote", "body", "br", "button", "canvas",
     "caption", "center", "col", "colgroup", "dd", "details", "dialog", "div", "dl", "dt", "embed",
@@ -221,19 +227,24 @@ BLOCK_TAG_NAMES = (  # every other HTML element a caption may carry: a word brea
     "title", "tr", "track", "ul", "video")
 
 
+def _alternatives(names) -> str:
+    return "|".join(sorted({re.escape(n) for n in names}, key=len, reverse=True))
+
+
 def _tag_pattern(names) -> str:
-    alternatives = "|".join(sorted({re.escape(n) for n in names}, key=len, reverse=True))
     value = r"""(?:"[^"]{0,1000}"|'[^']{0,1000}'|[^\s"'<>=`]{1,1000})"""
-    return rf"</?(?:{alternatives})(?:\s+[\w:.-]{{1,40}}\s*=\s*{value}){{0,20}}\s*/?\s*>"
+    attribute = rf"(?:[\w:.-]{{1,40}}\s*=\s*{value}|(?:{_alternatives(BOOLEAN_ATTRIBUTES)})(?![\w:.=-]))"
+    return rf"</?(?:{_alternatives(names)})(?:\s+{attribute}){{0,20}}\s*/?\s*>"
 
 
-_INLINE_MARKUP = re.compile(_tag_pattern(INLINE_TAG_NAMES), re.IGNORECASE)
+# inline tags and comments are removed (a browser shows "co<!-- x -->okies" as "cookies")
+_INLINE_MARKUP = re.compile(_tag_pattern(INLINE_TAG_NAMES) + r"|<!--.{0,2000}?-->", re.IGNORECASE | re.DOTALL)
 MARKUP = re.compile(
-    _tag_pattern(BLOCK_TAG_NAMES + tuple(n for n in SPECIAL_TOKEN_NAMES if n not in INLINE_TAG_NAMES))
+    _tag_pattern(BLOCK_TAG_NAMES + SPECIAL_TOKEN_NAMES)
     + r"|<\|(?:startoftext|endoftext)\|>"        # GPT-style <|endoftext|>
     r"|\[(?:CLS|SEP|PAD|MASK|UNK|BOS|EOS)\]"     # BERT-style [CLS]
-    r"|<!--.{0,2000}?-->",                      # comments
-    re.IGNORECASE | re.DOTALL)
+    r"|<![A-Za-z][^<>]{0,200}>",                # <!DOCTYPE html>
+    re.IGNORECASE)
 
 
 def strip_markup(text: str) -> str:

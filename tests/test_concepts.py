@@ -1041,6 +1041,9 @@ MARKUP_CAPTIONS = [  # (caption, concepts under every cleaning): markup never re
     ("a <script>cat</script> on a <figcaption>mat</figcaption>", ["a cat", "a mat"]),
     ("a dog <!-- alt text --> on a mat", ["a dog", "a mat"]),
     ("the poster <A Quiet Place> on a wall", ["the poster", "a quiet place", "a wall"]),  # not a tag: text
+    ("co<!-- x -->okies on a plate", ["cookies", "a plate"]),  # a comment joins, as a browser shows it
+    ("a <p hidden>dog</p> on a <input disabled> mat", ["a dog", "a mat"]),  # boolean attributes
+    ("<!DOCTYPE html> a dog on a mat", ["a dog", "a mat"]),
 ]
 
 
@@ -1059,9 +1062,11 @@ def test_markup_only_caption_has_no_text(caption):
 
 def test_markup_pattern_keeps_comparisons_and_emoticons():
     for text in ("a 2<3 ratio", "x > y and y < z", "i <3 cats", "a <> b", "1 < 2 > 0", "<NA>", "<bold> text",
-                 "<A Quiet Place>", "<I love NY>", "<b and w photos>", "if a<b and c>d", "<<<a cat>>>"):
+                 "<A Quiet Place>", "<I love NY>", "<b and w photos>", "if a<b and c>d", "<<<a cat>>>",
+                 "<P and G products>"):
         assert C.strip_markup(text) == text
     assert C.strip_markup("H<sub>2</sub>O <br/>x") == "H2O  x"
+    assert C.strip_markup("a dog</s>cat") == "a dog cat"  # SentencePiece's end token separates
 
 
 def test_cli_refuses_an_output_folder_linked_to_the_input(tmp_path, coco):
