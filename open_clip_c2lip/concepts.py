@@ -1186,7 +1186,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spacy_model=args.spacy_model, batch_size=args.batch_size, fallback=args.fallback, clean=args.clean,
         csv_separator=args.csv_separator)
     states = {p: TODO if args.overwrite else output_state(p, outputs[p], options) for p in inputs}
-    unowned = [outputs[p] for p in inputs if states[p] == UNOWNED]
+    # name the file in the way: the output, or a non-record at its record's name
+    unowned = [outputs[p] if os.path.lexists(outputs[p]) else record_path(outputs[p])
+               for p in inputs if states[p] == UNOWNED]
     if unowned:
         raise SystemExit(
             f"error: {len(unowned)} output(s) already exist without a valid record of this command "
