@@ -130,26 +130,22 @@ def _reject_repeated_members(samples, stats: TextPacker, passes: Optional["PassL
     (``k.txt`` twice). Upstream's ``group_by_keys_nothrow`` starts a new sample at the repeated
     extension, so it would train the first part on one of the captions and drop the rest as
     incomplete; the concepts CLI fails such a sample too. The parts are consecutive here (before the
-    shuffle buffer): one sample of look-ahead finds them. Counted as one sample read (the parts were
+    shuffle buffer), so grouping by (read, shard, key) finds them with one sample of look-ahead. Counted as one sample read (the parts were
     counted as read; the extra ones are taken back) that left the buffer (``PassLog``)."""
-    group: List[Dict[str, Any]] = []
-    for sample in itertools.chain(samples, [None]):
-        if sample is not None and group and _sample_id(sample) == _sample_id(group[0]):
-            group.append(sample)
-            continue
+    for _, parts in itertools.groupby(samples, key=_sample_id):
+        group = list(parts)
         if len(group) == 1:
             yield group[0]
-        elif group:
-            members = [sorted(k for k in part if not k.startswith("__")) for part in group]
-            repeated = sorted({k for i, m in enumerate(members) for k in m if any(k in o for o in members[:i])})
-            stats.count("samples_read", 1 - len(group))
-            stats.count("skipped_bad_samples")
-            if passes is not None:
-                passes.left_buffer += 1
-            _logger.warning(f"C2LIP: skipping sample ({_where(group[0])}): it has {len(group)} members of "
-                            f"extension(s) {repeated} (webdataset split it into parts {members}); one "
-                            "sample has one member per extension")
-        group = [sample] if sample is not None else []
+            continue
+        members = [sorted(k for k in part if not k.startswith("__")) for part in group]
+        repeated = sorted({k for i, m in enumerate(members) for k in m if any(k in o for o in members[:i])})
+        stats.count("samples_read", 1 - len(group))
+        stats.count("skipped_bad_samples")
+        if passes is not None:
+            passes.left_buffer += 1
+        _logger.warning(f"C2LIP: skipping sample ({_where(group[0])}): it has {len(group)} members of "
+                        f"extension(s) {repeated} (webdataset split it into parts {members}); one "
+                        "sample has one member per extension")
 
 
 def _expand_shard(url: str, stream) -> Any:
