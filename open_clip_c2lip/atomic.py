@@ -13,10 +13,10 @@ import fcntl
 import os
 import re
 import secrets
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Set, Tuple
 
 PARTIAL_SUFFIX = ".c2lip-partial"
-_PARTIAL_NAME = r"\.{}\.[0-9a-f]{{8}}" + re.escape(PARTIAL_SUFFIX)
+_PARTIAL_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX))  # group 1: the target's name
 
 
 @contextlib.contextmanager
@@ -43,30 +43,36 @@ def atomic_output(path: str) -> Iterator[str]:
             os.close(fd)
 
 
-def partial_files(path: str) -> Tuple[List[str], List[str]]:
-    """``(live, leftover)``: files of ``atomic_output``'s name pattern for ``path`` that a running
-    writer holds (its ``flock``), and the others (a killed run's, or someone's file of that name)."""
-    directory, name = os.path.split(os.path.abspath(path))
-    pattern = re.compile(_PARTIAL_NAME.format(re.escape(name)))
-    try:
-        entries = sorted(e for e in os.listdir(directory)
-                         if pattern.fullmatch(e) and os.path.isfile(os.path.join(directory, e)))
-    except OSError:
-        return [], []
+def partial_files(paths: Iterable[str]) -> Tuple[List[str], List[str]]:
+    """``(live, leftover)``: files of ``atomic_output``'s name pattern for any of ``paths`` that a
+    running writer holds (its ``flock``), and the others (a killed run's, or someone's file of that
+    name). Each folder is listed once, however many targets it holds."""
+    targets: Dict[str, Set[str]] = {}
+    for path in paths:
+        directory, name = os.path.split(os.path.abspath(path))
+        targets.setdefault(directory, set()).add(name)
     live, leftover = [], []
-    for entry in entries:
-        candidate = os.path.join(directory, entry)
+    for directory, names in targets.items():
         try:
-            fd = os.open(candidate, os.O_RDONLY)
-        except OSError:  # gone meanwhile, or not readable: not ours to judge
+            entries = sorted(os.listdir(directory))
+        except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            leftover.append(candidate)
-        except BlockingIOError:
-            live.append(candidate)
-        finally:
-            os.close(fd)
+        for entry in entries:
+            match = _PARTIAL_NAME.fullmatch(entry)
+            candidate = os.path.join(directory, entry)
+            if not match or match.group(1) not in names or not os.path.isfile(candidate):
+                continue
+            try:
+                fd = os.open(candidate, os.O_RDONLY)
+            except OSError:  # gone meanwhile, or not readable: not ours to judge
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                leftover.append(candidate)
+            except BlockingIOError:
+                live.append(candidate)
+            finally:
+                os.close(fd)
     return live, leftover
 
 

@@ -1195,11 +1195,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"({RECORD_SUFFIX} next to them: written by an older version or someone else, or changed "
             f"since; or a file that is no such record sits at the record's name), e.g. {unowned[0]}; not "
             "replacing them. Pass --overwrite to annotate into them anyway, or pick another --output-dir.")
-    live = [p for out in outputs.values() for p in partial_files(out)[0] + partial_files(record_path(out))[0]]
+    live, leftovers = partial_files([p for out in outputs.values() for p in (out, record_path(out))])
     if live:
         raise SystemExit(f"error: another run is writing into {args.output_dir} now ({live[0]} is in use); "
                          "one run per output: wait for it or pick another --output-dir")
-    leftovers = [p for out in outputs.values() for p in partial_files(out)[1] + partial_files(record_path(out))[1]]
     if leftovers:
         print(f"note: {len(leftovers)} partial file(s) of interrupted runs in {args.output_dir} (e.g. "
               f"{os.path.basename(leftovers[0])}) are not read and not removed; delete them once no run "

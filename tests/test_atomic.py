@@ -40,10 +40,13 @@ def test_partial_files_tells_a_running_writer_from_a_leftover(tmp_path):
     for name in [leftover.name] + others:
         (tmp_path / name).write_text("x")
     (tmp_path / f".a.tar.99999999{PARTIAL_SUFFIX}").mkdir()  # a folder is never a partial file
-    assert partial_files(str(target)) == ([], [str(leftover)])
+    assert partial_files([str(target)]) == ([], [str(leftover)])
     with atomic_output(str(target)) as live:  # held by this writer (flock): live, not a leftover
-        assert partial_files(str(target)) == ([live], [str(leftover)])
-    assert partial_files(str(target)) == ([], [str(leftover)]) and leftover.exists()
+        assert partial_files([str(target)]) == ([live], [str(leftover)])
+    assert partial_files([str(target)]) == ([], [str(leftover)]) and leftover.exists()
+    # several targets, one listing: b.tar's leftover is found with a.tar's
+    assert partial_files([str(target), str(tmp_path / "b.tar")]) == (
+        [], [str(leftover), str(tmp_path / f".b.tar.0123abcd{PARTIAL_SUFFIX}")])
 
 
 def test_write_text_is_utf8(tmp_path):
