@@ -84,7 +84,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .atomic import atomic_output, partial_files
+from .atomic import atomic_output, partial_files, write_text
 from .messages import excerpt
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
@@ -856,10 +856,10 @@ def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compressi
             damaged(f"{exc}" + (f"; {stream_problem}" if stream_problem else ""))
             return
         except tarfile.ReadError as exc:  # not even the first header: nothing to salvage
-            if stream_problem is None and compression is not None:
-                raise CaptionError(f"{input_path}: the decompressed {compression} data is not a tar ({exc})") from exc
             if stream_problem is None:
-                raise
+                if compression is None:
+                    raise
+                raise CaptionError(f"{input_path}: the decompressed {compression} data is not a tar ({exc})") from exc
             raise CaptionError(f"{input_path}: {stream_problem}; no tar header could be read ({exc})") from exc
         if stream_problem is not None:  # the tar ended cleanly inside the damaged stream
             damaged(f"{input_path}: {stream_problem} ({num_samples} complete samples before it)")
@@ -987,15 +987,14 @@ def write_record(input_path: str, input_identity: Dict[str, int], output_path: s
         f"input_{k}": v for k, v in input_identity.items()}, **{
         f"output_{k}": v for k, v in _file_identity(output_path).items()},
         "options": record_options(input_path, options), "stats": stats.to_dict()}
-    with atomic_output(record_path(output_path)) as partial, open(partial, "w") as f:
-        json.dump(record, f, ensure_ascii=False)
+    write_text(record_path(output_path), json.dumps(record, ensure_ascii=False))
 
 
 def read_record(output_path: str) -> Optional[Dict[str, Any]]:
     """The record of ``output_path``, or None when there is none, it is unreadable, or the output
     changed since it was written (then it is not provably the output we wrote)."""
     try:
-        with open(record_path(output_path)) as f:
+        with open(record_path(output_path), encoding="utf-8") as f:
             record = json.load(f)
         if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
             return None
@@ -1011,7 +1010,7 @@ def read_record(output_path: str) -> Optional[Dict[str, Any]]:
 def _is_record(path: str) -> bool:
     """Whether ``path`` holds a record this module wrote (whatever output it describes now)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             record = json.load(f)
         return isinstance(record, dict) and record.get("version") == RECORD_VERSION and {
             "input", "options", "stats", "output_size"} <= set(record)
