@@ -24,11 +24,12 @@ def reference_aro(ref: Reference, root, name: str, min_samples: int, cmp: Compar
         v = ref.image(root / name / "images" / d["image_path"], box)
         groups.setdefault(key(d), []).append(cmp.gt(v @ ref.text(d["true_caption"]), v @ ref.text(d["false_caption"])))
     kept = {g: c for g, c in sorted(groups.items()) if len(c) >= min_samples}
-    results = {g: {"acc": sum(c) / len(c), "n": len(c)} for g, c in kept.items()}
+    # no true caption equals its false one here and every margin is checked clear: no ties
+    results = {g: {"acc": sum(c) / len(c), "n": len(c), "ties": 0} for g, c in kept.items()}
     published = {g: c for g, c in kept.items() if g not in excluded}
     flat = [x for c in published.values() for x in c]
     results["_average"] = {"acc": np.mean([sum(c) / len(c) for c in published.values()]),
-                           "acc_micro": sum(flat) / len(flat), "n": len(flat)}
+                           "acc_micro": sum(flat) / len(flat), "n": len(flat), "ties": 0}
     if name == "aro_vgr":
         results["_average"]["acc_all_relations"] = np.mean([sum(c) / len(c) for c in kept.values()])
         results["_average"]["n_all_relations"] = sum(len(c) for c in kept.values())
@@ -106,5 +107,5 @@ def test_vga_filter_reports_when_everything_is_dropped(stub, data_root, caplog):
     model, preprocess, tokenizer = stub
     with caplog.at_level(logging.WARNING, logger="open_clip_c2lip.eval"):
         results = c2eval.evaluate(model, preprocess, tokenizer, ["aro_vga"], data_root, progress=False)
-    assert results["aro_vga"] == {"_average": {"acc": None, "acc_micro": None, "n": 0}}
+    assert results["aro_vga"] == {"_average": {"acc": None, "acc_micro": None, "n": 0, "ties": 0}}
     assert "dropped 2 split(s) with fewer than 25 items (4 items)" in caplog.text

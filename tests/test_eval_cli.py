@@ -32,10 +32,12 @@ def test_cli_with_tiny_model_checkpoint(data_root, tmp_path, capsys):
         for split, metrics in splits.items():
             assert isinstance(metrics["n"], int) and metrics["n"] > 0
             if split != "_average":
-                assert set(metrics) == metric_keys[benchmark] | {"n"}
-            assert all(0 <= v <= 1 for k, v in metrics.items() if k != "n" and not k.startswith("n_"))
-    assert set(results["sugarcrepe"]["_average"]) == {"micro", "macro", "add", "replace", "swap", "n"}
-    assert set(results["aro_vgr"]["_average"]) == {"acc", "acc_micro", "n", "acc_all_relations", "n_all_relations"}
+                assert set(metrics) == metric_keys[benchmark] | {"n", "ties"}
+            assert isinstance(metrics["ties"], int) and 0 <= metrics["ties"] <= metrics["n"]
+            assert all(0 <= v <= 1 for k, v in metrics.items() if k not in ("n", "ties") and not k.startswith("n_"))
+    assert set(results["sugarcrepe"]["_average"]) == {"micro", "macro", "add", "replace", "swap", "n", "ties"}
+    assert set(results["aro_vgr"]["_average"]) == {"acc", "acc_micro", "n", "ties", "acc_all_relations",
+                                                   "n_all_relations"}
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
     assert len(rows) == sum(r["_average"].get("n_all_relations", r["_average"]["n"]) for r in results.values())
     # the plain per-item check with the real model: SugarCrepe add_att through one encode per item
@@ -53,7 +55,7 @@ def test_cli_with_tiny_model_checkpoint(data_root, tmp_path, capsys):
             assert by_id[key]["neg"] == pytest.approx(float(v @ t[1]), abs=1e-5)
     printed = capsys.readouterr().out
     assert "### sugarcrepe" in printed and "| swap_att |" in printed and "### winoground" in printed
-    assert "| acc | acc_micro | acc_all_relations | n | n_all_relations |" in printed
+    assert "| acc | acc_micro | acc_all_relations | n | ties | n_all_relations |" in printed
 
 
 def test_cli_on_a_partial_root_reports_each_absence_once(data_root, tmp_path, capsys, caplog):

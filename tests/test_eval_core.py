@@ -48,3 +48,43 @@ def test_missing_and_bad_files_give_clear_errors(stub, data_root, tmp_path):
         run(tmp_path, ["aro_vgr"])
     with pytest.raises(ValueError, match="unknown benchmark"):
         run(data_root, ["valse"])
+
+
+# ---------------------------------------------------------------------------------------- tie rules
+
+def _naive_choice(row, answer, ties):
+    """Independent scorer: the answer wins iff no other option beats it (ties: per rule)."""
+    others = [s for k, s in enumerate(row) if k != answer]
+    best = max(others)
+    return (row[answer] > best) if ties == "wrong" else (row[answer] >= best), row[answer] == best
+
+
+def test_choice_outcome_matches_naive_rule_with_ties():
+    from open_clip_c2lip.eval.core import choice_outcome
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 3, size=(200, 4)).astype(float)  # small integers: many exact ties
+    answers = rng.integers(0, 4, size=200)
+    for ties in ("wrong", "correct"):
+        correct, tied = choice_outcome(scores, answers, ties=ties)
+        expected = [_naive_choice(list(r), a, ties) for r, a in zip(scores, answers)]
+        assert correct.tolist() == [e[0] for e in expected]
+        assert tied.tolist() == [e[1] for e in expected]
+    assert 0 < tied.sum() < 200  # the fixture really has ties and non-ties
+
+
+def test_choice_outcome_rejects_unknown_rule_and_bad_shape():
+    from open_clip_c2lip.eval.core import choice_outcome
+
+    with pytest.raises(ValueError, match="ties must be one of"):
+        choice_outcome(np.zeros((2, 2)), ties="first")
+    with pytest.raises(ValueError, match="K >= 2"):
+        choice_outcome(np.zeros((2, 1)))
+
+
+def test_tied_counts_any_equal_comparison():
+    from open_clip_c2lip.eval.core import tied
+
+    a, b, c = np.array([1.0, 2.0, 3.0]), np.array([1.0, 0.0, 3.0]), np.array([0.0, 0.0, 3.0])
+    assert tied((a, b)).tolist() == [True, False, True]
+    assert tied((a, c), (b, c)).tolist() == [False, True, True]

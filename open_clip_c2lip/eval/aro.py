@@ -29,7 +29,7 @@ from typing import Any, Callable, FrozenSet, Iterable, Mapping, Optional
 import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, load_json, mean, pair_similarity,
-                   register_benchmark, require_dir, require_file, require_items, selection_correct)
+                   register_benchmark, require_dir, require_file, require_items, selection_correct, tied)
 
 _logger = logging.getLogger(__name__)
 
@@ -84,13 +84,14 @@ def _load_aro(name: str, annotation: str, group_of: Callable[[Mapping, Path, Any
         true = pair_similarity(image_features, text_features, rows["image"], rows["true"])
         false = pair_similarity(image_features, text_features, rows["image"], rows["false"])
         correct = selection_correct(true, false)
+        is_tied = tied((true, false))
         results, dropped = OrderedDict(), []
         for group in sorted(set(rows["group"])):
             mask = groups == group
             if mask.sum() < min_samples:
                 dropped.append(int(mask.sum()))
                 continue
-            results[group] = {"acc": fraction(correct[mask]), "n": int(mask.sum())}
+            results[group] = {"acc": fraction(correct[mask]), "n": int(mask.sum()), "ties": int(is_tied[mask].sum())}
         if dropped:
             _logger.warning("%s: dropped %d split(s) with fewer than %d items (%d items) from the averages "
                             "(min_samples; set --aro-min-samples 0 to keep them)", name, len(dropped),
@@ -99,7 +100,8 @@ def _load_aro(name: str, annotation: str, group_of: Callable[[Mapping, Path, Any
         counted_set = set(counted)
         counted_mask = np.array([g in counted_set for g in rows["group"]], dtype=bool)
         average = {"acc": mean([results[g]["acc"] for g in counted]),
-                   "acc_micro": fraction(correct[counted_mask]), "n": int(counted_mask.sum())}
+                   "acc_micro": fraction(correct[counted_mask]), "n": int(counted_mask.sum()),
+                   "ties": int(is_tied[counted_mask].sum())}
         if excluded is not None:
             left_out = [g for g in results if g in excluded]
             if left_out:

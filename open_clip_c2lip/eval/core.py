@@ -196,6 +196,46 @@ def selection_correct(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
     return np.asarray(positive) > np.asarray(negative)
 
 
+def tied(*comparisons: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``[N]`` bool: items where any of the ``(a, b)`` score comparisons is an exact tie ``a == b``.
+
+    Every benchmark reports this count (``"ties"``) next to its accuracies: under reduced precision
+    (bf16 autocast) equal scores are common, and whether a tie counts as right or wrong is a rule of
+    each benchmark's official code (see ``TIE_RULES``)."""
+    out = None
+    for a, b in comparisons:
+        equal = np.asarray(a) == np.asarray(b)
+        out = equal if out is None else out | equal
+    return out
+
+
+# How a benchmark's official code counts an exact tie between the answer and the best other option:
+# "wrong" (a strict ``>`` comparison: SugarCrepe, ARO VG, VALSE, ...) or "correct" (``argmax`` over the
+# options with the answer listed first: WhatsUp, ARO order sets, ...).
+TIE_RULES = ("wrong", "correct")
+
+
+def choice_outcome(scores: np.ndarray, answer=0, ties: str = "wrong") -> Tuple[np.ndarray, np.ndarray]:
+    """Multiple choice: ``scores [N, K]`` (one row per item, one column per option), ``answer`` the index
+    of the right option (an int, or ``[N]`` ints). Returns ``(correct [N] bool, tied [N] bool)``;
+    ``tied``: the answer's score equals the best other option's, and ``ties`` says how such an item
+    counts (``TIE_RULES``)."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be [N, K] with K >= 2 options, got shape {scores.shape}")
+    rows = np.arange(scores.shape[0])
+    answer = np.broadcast_to(np.asarray(answer, dtype=np.int64), rows.shape)
+    right = scores[rows, answer]
+    others = scores.copy()
+    others[rows, answer] = -np.inf
+    best_other = others.max(axis=1)
+    is_tied = right == best_other
+    correct = right > best_other if ties == "wrong" else right >= best_other
+    return correct, is_tied
+
+
 def fraction(correct: np.ndarray) -> Optional[float]:
     """Fraction of true entries; ``None`` (JSON null) when there are no items."""
     return float(np.mean(correct)) if len(correct) else None

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .core import (Scorer, Vocabulary, coco_caption_splits, fraction, mean, pair_similarity, register_benchmark,
-                   selection_correct, split_names)
+                   selection_correct, split_names, tied)
 
 SUGARCREPE_SPLITS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
@@ -37,7 +37,7 @@ def load_sugarcrepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
             neg = pair_similarity(image_features, text_features, rows["image"], rows["neg"])
             correct = selection_correct(pos, neg)
             pooled[split] = correct
-            results[split] = {"acc": fraction(correct), "n": len(correct)}
+            results[split] = {"acc": fraction(correct), "n": len(correct), "ties": int(tied((pos, neg)).sum())}
             records += [{"benchmark": name, "split": split, "id": i, "pos": p, "neg": q, "correct": bool(c)}
                         for i, p, q, c in zip(rows["id"], pos, neg, correct)]
         everything = np.concatenate(list(pooled.values())) if pooled else np.zeros(0, dtype=bool)
@@ -48,6 +48,7 @@ def load_sugarcrepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
             if members:
                 average[category] = fraction(np.concatenate(members))
         average["n"] = len(everything)
+        average["ties"] = sum(r["ties"] for r in results.values())
         results["_average"] = average
         return results, records
 

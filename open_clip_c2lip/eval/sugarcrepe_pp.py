@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from .core import (Scorer, Vocabulary, coco_caption_splits, fraction, mean, pair_similarity, register_benchmark,
-                   split_names, text_similarity)
+                   split_names, text_similarity, tied)
 
 SUGARCREPE_PP_SPLITS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
@@ -52,7 +52,8 @@ def load_sugarcrepe_pp(data_root: Path, images: Vocabulary, texts: Vocabulary,
             itt, tot = sugarcrepe_pp_correct(sims["p1"], sims["p2"], sims["neg"], p1_p2, p1_neg, p2_neg)
             pooled["itt"].append(itt)
             pooled["tot"].append(tot)
-            results[split] = {"itt": fraction(itt), "tot": fraction(tot), "n": len(itt)}
+            ties = tied((sims["p1"], sims["neg"]), (sims["p2"], sims["neg"]), (p1_p2, p1_neg), (p1_p2, p2_neg))
+            results[split] = {"itt": fraction(itt), "tot": fraction(tot), "n": len(itt), "ties": int(ties.sum())}
             records += [{"benchmark": name, "split": split, "id": i, "image_p1": a, "image_p2": b,
                          "image_neg": c, "p1_p2": d, "p1_neg": e, "p2_neg": f, "itt": bool(g), "tot": bool(h)}
                         for i, a, b, c, d, e, f, g, h in zip(rows["id"], sims["p1"], sims["p2"], sims["neg"],
@@ -64,6 +65,7 @@ def load_sugarcrepe_pp(data_root: Path, images: Vocabulary, texts: Vocabulary,
         for metric in ("itt", "tot"):
             average[f"{metric}_micro"] = fraction(np.concatenate(pooled[metric]) if pooled[metric] else [])
         average["n"] = sum(r["n"] for r in split_results)
+        average["ties"] = sum(r["ties"] for r in split_results)
         results["_average"] = average
         return results, records
 

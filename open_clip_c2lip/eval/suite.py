@@ -136,7 +136,7 @@ def evaluate(model, preprocess: Callable, tokenizer: Callable, benchmarks: Seque
 
 
 def _is_count(key: str) -> bool:
-    return key == "n" or key.startswith("n_")
+    return key in ("n", "ties") or key.startswith("n_")
 
 
 def format_markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:

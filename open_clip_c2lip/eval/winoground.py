@@ -12,7 +12,7 @@ from typing import Mapping, Tuple
 import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, pair_similarity, register_benchmark,
-                   require_dir, require_file, require_items, resolve_image)
+                   require_dir, require_file, require_items, resolve_image, tied)
 
 ANNOTATION = "examples.jsonl"
 
@@ -58,13 +58,15 @@ def load_winoground(data_root: Path, images: Vocabulary, texts: Vocabulary) -> S
         s = {f"c{c}_i{i}": pair_similarity(image_features, text_features, rows[f"i{i}"], rows[f"c{c}"])
              for c in (0, 1) for i in (0, 1)}
         text, image, group = winoground_correct(s["c0_i0"], s["c0_i1"], s["c1_i0"], s["c1_i1"])
+        ties = tied((s["c0_i0"], s["c1_i0"]), (s["c1_i1"], s["c0_i1"]), (s["c0_i0"], s["c0_i1"]),
+                    (s["c1_i1"], s["c1_i0"]))
         results = OrderedDict()
         for tag in sorted(set(rows["tag"])):
             mask = tags == tag
             results[tag] = {"text": fraction(text[mask]), "image": fraction(image[mask]),
-                            "group": fraction(group[mask]), "n": int(mask.sum())}
+                            "group": fraction(group[mask]), "n": int(mask.sum()), "ties": int(ties[mask].sum())}
         results["_average"] = {"text": fraction(text), "image": fraction(image), "group": fraction(group),
-                               "n": len(text)}
+                               "n": len(text), "ties": int(ties.sum())}
         records = [{"benchmark": name, "split": rows["tag"][j], "id": rows["id"][j],
                     **{key: float(v[j]) for key, v in s.items()},
                     "text": bool(text[j]), "image": bool(image[j]), "group": bool(group[j])}
