@@ -93,3 +93,38 @@ def test_nothing_points_outside_the_repository(path):
     for outside in ("../shared", "/work/shared", "METHOD.md", "DEMO_NOTES", "OPEN_CLIP_INTEGRATION.md",
                     "design README", "design/"):
         assert outside not in text, f"{path.relative_to(REPO)} points at {outside!r}"
+
+
+PARSE = """
+import json, sys
+import open_clip_c2lip  # activates the hooks also where the .pth is absent
+from open_clip_train.params import parse_args
+args = parse_args(sys.argv[1:])
+print("ARGS " + json.dumps({k: getattr(args, k) for k in ("model", "c2lip_loss", "siglip", "batch_size", "precision")}))
+"""
+
+
+def training_commands():
+    """(file, argv) of every documented ``open_clip_train.main`` / ``open_clip_c2lip.train`` command."""
+    import shlex
+
+    for path in (README, REPO / "docs" / "training.md"):
+        for block in code_blocks(path.read_text(encoding="utf-8"), "bash"):
+            for command in block.replace("\\\n", " ").splitlines():
+                if "open_clip_train.main" in command or "-m open_clip_c2lip.train" in command:
+                    words = shlex.split(command, comments=True)
+                    module = next(i for i, w in enumerate(words) if w in ("open_clip_train.main", "open_clip_c2lip.train"))
+                    argv = words[module + 1:]
+                    yield path.name, argv[1:] if argv[:1] == ["--"] else argv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, argv", list(training_commands()), ids=lambda v: v if isinstance(v, str) else "")
+def test_documented_training_commands_parse(where, argv):
+    """Every documented training command is accepted by open_clip_train's parser with the plugin."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("OPEN_CLIP_C2LIP_DISABLE", None)
+    result = subprocess.run([sys.executable, "-c", PARSE, *argv], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{where}: {result.stderr[-2000:]}"
+    parsed = json.loads(next(l for l in result.stdout.splitlines() if l.startswith("ARGS "))[5:])
+    assert parsed["c2lip_loss"] and parsed["siglip"] and parsed["model"] == "ViT-B-16-SigLIP-C2", parsed
