@@ -1,6 +1,6 @@
 """Share of the authors' concept negatives that are false in a demo world (benchmarks/demo.md, item 5).
 
-With the authors' labels (METHOD.md §6.4) the concept of caption j is a negative for every image
+With the authors' labels (docs/method.md §7) the concept of caption j is a negative for every image
 i != j of the batch, even when image i shows that very object. This counts, over sampled training
 batches, the fraction of those (image, concept) negatives whose concept names an object the image
 shows. No training; the v0.1 world is given by its flags.

@@ -698,14 +698,14 @@ def test_sweep_grid_points_are_c2lip_with_their_xac_flags(monkeypatch):
 
 
 def test_readme_eval_command_runs_on_the_demo_output(quick_run, tmp_path):
-    """The README's demo -> clip-benchmark-style eval command, with its DIR and seed filled in,
+    """The documented demo -> eval command (docs/evaluation.md), with its DIR and seed filled in,
     evaluates the demo's checkpoint and reproduces the demo's own numbers."""
     import re
     import shlex
 
     from open_clip_c2lip.eval.cli import main as eval_main
     out, _, results = quick_run
-    readme = (REPO / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     line = next(m.group(0) for m in re.finditer(r"^python -m open_clip_c2lip\.eval --model C2LIP-Tiny .*$",
                                                 readme, re.MULTILINE) if "DIR/" in m.group(0))
     argv = [a.replace("DIR", str(out)).replace("seed_0", "seed_3") for a in shlex.split(line)[3:]]
