@@ -50,19 +50,24 @@ AnnotationFiles = Callable[[Path], Mapping[str, Path]]
 
 BENCHMARKS: "OrderedDict[str, BenchmarkLoader]" = OrderedDict()
 BENCHMARK_FILES: Dict[str, AnnotationFiles] = {}
+BENCHMARK_SOURCES: Dict[str, str] = {}  # where to get a benchmark's files (named when they are absent)
 SPLIT_OPTION = "splits"  # the loader option that selects splits (benchmarks registered with splits=True)
 SPLIT_BENCHMARKS: List[str] = []
 
 
-def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False):
+def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False,
+                       source: Optional[str] = None):
     """Register ``loader(data_root, images, texts, **options) -> Scorer`` under ``name``.
 
     ``files`` names the annotation file of each split (how a partial data root is told apart from
-    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them."""
+    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them;
+    ``source`` says where to get the files (shown when they are absent)."""
     def decorator(loader: BenchmarkLoader) -> BenchmarkLoader:
         BENCHMARKS[name] = loader
         if files is not None:
             BENCHMARK_FILES[name] = files
+        if source is not None:
+            BENCHMARK_SOURCES[name] = source
         if splits and name not in SPLIT_BENCHMARKS:
             SPLIT_BENCHMARKS.append(name)
         return loader
