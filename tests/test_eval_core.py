@@ -47,7 +47,7 @@ def test_missing_and_bad_files_give_clear_errors(stub, data_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="visual_genome_relation.json"):
         run(tmp_path, ["aro_vgr"])
     with pytest.raises(ValueError, match="unknown benchmark"):
-        run(data_root, ["valse"])
+        run(data_root, ["no_such_benchmark"])
 
 
 # ---------------------------------------------------------------------------------------- tie rules
