@@ -306,6 +306,16 @@ def write_aro_order(root: Path):
 
 
 @pytest.fixture(scope="module")
+def written_root(tmp_path_factory):
+    """The benchmarks whose items are written here (no shared data needed)."""
+    root = tmp_path_factory.mktemp("written")
+    write_aro_order(root)
+    write_vl_checklist(root)
+    write_whatsup(root)
+    return root
+
+
+@pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     subset_sugarcrepe(root)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eval_fixtures import (ARO_ORDER_ENTRIES, Comparisons, Reference, Scripted, assert_results_equal,  # noqa: F401
-                           block_image, c2eval, data_root, id_image, scored, stub, write_json)
+                           block_image, c2eval, id_image, scored, stub, write_json, written_root)
 from open_clip_c2lip.eval import aro_order
 
 NOUNS, ADJECTIVES = {"NN", "NNS", "NNP", "NNPS"}, {"JJ", "JJR", "JJS"}
@@ -115,15 +115,15 @@ def reference_order(ref: Reference, root, name, cmp: Comparisons):
     return {"test": result, "_average": dict(result)}, options
 
 
-def test_aro_order_matches_independent_reference(stub, data_root):
+def test_aro_order_matches_independent_reference(stub, written_root):
     model, preprocess, tokenizer = stub
     results, records = c2eval.evaluate(model, preprocess, tokenizer, ["aro_coco_order", "aro_flickr_order"],
-                                       data_root, batch_size=3, progress=False, return_scores=True)
+                                       written_root, batch_size=3, progress=False, return_scores=True)
     cmp = Comparisons()
     ref = Reference(model, preprocess, tokenizer)
     want, options = {}, {}
     for name in ("aro_coco_order", "aro_flickr_order"):
-        want[name], options[name] = reference_order(ref, data_root, name, cmp)
+        want[name], options[name] = reference_order(ref, written_root, name, cmp)
     cmp.assert_clear()
     assert_results_equal(results, want)
     for name in options:

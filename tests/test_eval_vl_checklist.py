@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from eval_fixtures import (Comparisons, Reference, Scripted, assert_results_equal, c2eval, data_root,  # noqa: F401
-                           id_image, scored, stub, write_json)
+from eval_fixtures import (Comparisons, Reference, Scripted, assert_results_equal, c2eval, id_image,  # noqa: F401
+                           scored, stub, write_json, written_root)
 from open_clip_c2lip.eval import vl_checklist
 
 RELEASE_TYPES = ["Object/Location/center", "Object/Location/margin", "Object/Location/mid", "Object/Size/large",
@@ -64,12 +64,12 @@ def reference_vl_checklist(ref: Reference, root, cmp: Comparisons, max_items=100
     return results
 
 
-def test_vl_checklist_matches_independent_reference(stub, data_root):
+def test_vl_checklist_matches_independent_reference(stub, written_root):
     model, preprocess, tokenizer = stub
-    results = c2eval.evaluate(model, preprocess, tokenizer, ["vl_checklist"], data_root, batch_size=6,
+    results = c2eval.evaluate(model, preprocess, tokenizer, ["vl_checklist"], written_root, batch_size=6,
                               progress=False)
     cmp = Comparisons()
-    want = {"vl_checklist": reference_vl_checklist(Reference(model, preprocess, tokenizer), data_root, cmp)}
+    want = {"vl_checklist": reference_vl_checklist(Reference(model, preprocess, tokenizer), written_root, cmp)}
     cmp.assert_clear()
     assert_results_equal(results, want)
     average = results["vl_checklist"]["_average"]

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from eval_fixtures import (Comparisons, Reference, Scripted, assert_results_equal, c2eval, data_root,  # noqa: F401
-                           id_image, scored, stub, write_json)
+from eval_fixtures import (Comparisons, Reference, Scripted, assert_results_equal, c2eval, id_image,  # noqa: F401
+                           scored, stub, write_json, written_root)
 
 SUBSETS = {"WhatsUp_A": "controlled_images_dataset.json", "WhatsUp_B": "controlled_clevr_dataset.json",
            "COCO_QA_ONE": "coco_qa_one_obj.json", "COCO_QA_TWO": "coco_qa_two_obj.json",
@@ -39,12 +39,12 @@ def reference_whatsup(ref: Reference, root, cmp: Comparisons):
     return results
 
 
-def test_whatsup_matches_independent_reference(stub, data_root):
+def test_whatsup_matches_independent_reference(stub, written_root):
     model, preprocess, tokenizer = stub
-    results, records = c2eval.evaluate(model, preprocess, tokenizer, ["whatsup"], data_root, batch_size=4,
+    results, records = c2eval.evaluate(model, preprocess, tokenizer, ["whatsup"], written_root, batch_size=4,
                                        progress=False, return_scores=True)
     cmp = Comparisons()
-    want = {"whatsup": reference_whatsup(Reference(model, preprocess, tokenizer), data_root, cmp)}
+    want = {"whatsup": reference_whatsup(Reference(model, preprocess, tokenizer), written_root, cmp)}
     cmp.assert_clear()
     assert_results_equal(results, want)
     # VG_QA_TWO item 1 has its right text as the wrong one too: a tie, counted right
