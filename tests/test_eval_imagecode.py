@@ -6,7 +6,7 @@ import re
 import pytest
 
 from eval_fixtures import (Comparisons, Reference, Scripted, assert_results_equal, c2eval, data_root,  # noqa: F401
-                           id_image, scored, stub, write_json)
+                           id_image, scored, shared_data, stub, write_json)
 
 
 def reference_imagecode(ref: Reference, root, cmp: Comparisons):
@@ -86,3 +86,26 @@ def test_bad_sets_are_named_errors(tmp_path):
     write_json(tmp_path / "imagecode" / "valid_data.json", {name: {"0": "t"}})
     with pytest.raises(ValueError, match=r"frame7.jpg is not named img<frame number>.jpg"):
         scripted.evaluate(["imagecode"], tmp_path)
+
+
+def test_subset_counts_on_the_real_file(tmp_path):
+    """The whole real validation file through the loader: 430 static and 1,872 video descriptions
+    (vl_compo's n), with empty stand-in files for the 10 images of each of the 1,039 sets."""
+    import torch
+    from open_clip_c2lip.eval import imagecode
+    data = json.loads(shared_data("imagecode", "valid_data.json").read_text())
+    (tmp_path / "imagecode").mkdir()
+    (tmp_path / "imagecode" / "valid_data.json").symlink_to(shared_data("imagecode", "valid_data.json"))
+    for set_name in data:
+        folder = tmp_path / "imagecode" / "image-sets" / set_name
+        folder.mkdir(parents=True)
+        for k in range(10):
+            (folder / f"img{k}.jpg").touch()  # only the names are read before encoding
+    images, texts = c2eval.Vocabulary(), c2eval.Vocabulary()
+    score = imagecode.load_imagecode(tmp_path, images, texts)
+    generator = torch.Generator().manual_seed(0)
+    results, records = score(torch.nn.functional.normalize(torch.randn(len(images), 8, generator=generator), dim=-1),
+                             torch.nn.functional.normalize(torch.randn(len(texts), 8, generator=generator), dim=-1))
+    assert (len(data), len(images)) == (1039, 10390)
+    assert (results["static"]["n"], results["videos"]["n"], results["_average"]["n"]) == (430, 1872, 2302)
+    assert 0 < results["_average"]["acc"] < 0.3  # random features: about 1 in 10

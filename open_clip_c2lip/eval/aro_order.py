@@ -38,7 +38,7 @@ from typing import List, Sequence
 import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, check_images, choice_outcome, field, fraction, load_json,
-                   register_benchmark, require_file, require_items)
+                   option_similarity, register_benchmark, require_file, require_items)
 
 _logger = logging.getLogger(__name__)
 
@@ -157,9 +157,7 @@ def _load_order(name: str, annotation: str, data_root: Path, images: Vocabulary,
     option_index = np.asarray([[texts.add(o) for o in row] for row in options])
 
     def score(image_features, text_features):
-        image = image_features[image_index]  # [N, D]
-        # float32 products, as pair_similarity: an unchanged caption ties exactly with the original
-        scores = (image[:, None, :] * text_features[option_index]).sum(-1).double().numpy()  # [N, 5]
+        scores = option_similarity(image_features, text_features, image_index, option_index)  # [N, 5]
         correct, tied = choice_outcome(scores, answer=0, ties="correct")
         result = {"acc": fraction(correct), "n": len(correct), "ties": int(tied.sum())}
         records = [{"benchmark": name, "split": SPLIT, "id": i, "options": o, "scores": s.tolist(), "correct": bool(c)}

@@ -21,10 +21,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
-import numpy as np
-
 from .core import (ImageRef, Scorer, Vocabulary, check_images, choice_outcome, fraction, load_json, mean,
-                   register_benchmark, require_dir, require_file, require_items, split_names)
+                   option_similarity, register_benchmark, require_dir, require_file, require_items, split_names)
 
 NAME = "whatsup"
 SOURCE = ("the Google Drive folder 164q6X9hrvP-QYpi3ioSnfMuyHpG5oRkZ linked from "
@@ -107,10 +105,7 @@ def load_whatsup(data_root: Path, images: Vocabulary, texts: Vocabulary,
     def score(image_features, text_features):
         results, records = OrderedDict(), []
         for subset, rows in per_subset.items():
-            image = image_features[rows["image"]]  # [N, D]
-            options = text_features[np.asarray(rows["options"])]  # [N, K, D]
-            # float32 products, as pair_similarity: equal options give exactly equal scores
-            scores = (image[:, None, :] * options).sum(-1).double().numpy()  # [N, K]
+            scores = option_similarity(image_features, text_features, rows["image"], rows["options"])  # [N, K]
             correct, tied = choice_outcome(scores, answer=0, ties="correct")
             results[subset] = {"acc": fraction(correct), "n": len(correct), "ties": int(tied.sum())}
             records += [{"benchmark": NAME, "split": subset, "id": i, "scores": s.tolist(), "correct": bool(c)}
