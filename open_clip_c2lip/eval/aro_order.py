@@ -28,6 +28,7 @@ Protocol (``evaluate_scores``, Precision@1): correct iff ``np.argmax`` over the 
 similarities is 0, the original caption; ``np.argmax`` returns the first maximum, so a tie
 (e.g. a perturbation that leaves the caption unchanged) counts as correct.
 """
+import functools
 import logging
 import random
 import re
@@ -61,13 +62,18 @@ def pre_caption(caption: str, max_words: int = MAX_WORDS) -> str:
     return " ".join(words[:max_words]) if len(words) > max_words else text
 
 
-def word_tokens(text: str) -> List[str]:
-    """NLTK word tokens: Punkt sentences (no trained abbreviation list), each Treebank-tokenized."""
+@functools.lru_cache(maxsize=None)
+def _nltk_tokenizers():
     from nltk.tokenize import NLTKWordTokenizer
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-    words = NLTKWordTokenizer()
-    return [token for sentence in PunktSentenceTokenizer().tokenize(text) for token in words.tokenize(sentence)]
+    return PunktSentenceTokenizer(), NLTKWordTokenizer()
+
+
+def word_tokens(text: str) -> List[str]:
+    """NLTK word tokens: Punkt sentences (no trained abbreviation list), each Treebank-tokenized."""
+    sentences, words = _nltk_tokenizers()
+    return [token for sentence in sentences.tokenize(text) for token in words.tokenize(sentence)]
 
 
 def _trigrams(tokens: Sequence[str]) -> List[List[str]]:
