@@ -8,9 +8,10 @@ Protocol (zero-shot CLIP baseline, ``baselines/clip/zero_shot.py``): a set's ima
 the integer X (not by file name, not by position in the folder), and the target is the
 ``int(index)``-th image in that order; the description is ``description.strip()``. A description is
 correct iff its most similar image is the target. The official ranking is numpy's ``argsort`` of the
-negated similarities, which for ten entries keeps tied images in their order, so the first of the
-tied images (in frame order) ranks first: a tie is correct iff the target is the first of the
-images tied at the top (``np.argmax``). Sets whose name contains ``open-images`` are the ``static``
+negated similarities; for ten entries that sort kept tied images in their order (numpy of the
+release's time, and still for the float16 scores CLIP gives on a GPU; numpy >= 1.25 with AVX-512
+orders float32 ties otherwise), so the first of the tied images in frame order ranks first: a tie is
+correct iff the target is the first of the images tied at the top (``np.argmax``). Sets whose name contains ``open-images`` are the ``static``
 subset, the others ``videos``; ``_average`` is the micro accuracy over all descriptions.
 """
 import re
