@@ -24,20 +24,30 @@ def test_cli_with_tiny_model_checkpoint(data_root, tmp_path, capsys):
     assert json.loads(output.read_text()) == results
     assert not [p for p in output.parent.iterdir() if p.name != "results.json"]  # no temp files left
     # contract: benchmark -> split -> metric in [0, 1] plus n; _average present
-    assert list(results) == ["sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga", "winoground"]
+    assert list(results) == ["sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga", "aro_coco_order", "aro_flickr_order",
+                             "winoground", "valse", "imagecode", "vl_checklist", "whatsup"]
     metric_keys = {"sugarcrepe": {"acc"}, "sugarcrepe_pp": {"itt", "tot"}, "aro_vgr": {"acc"}, "aro_vga": {"acc"},
-                   "winoground": {"text", "image", "group"}}
+                   "aro_coco_order": {"acc"}, "aro_flickr_order": {"acc"}, "winoground": {"text", "image", "group"},
+                   "valse": {"acc", "n_unvalidated"}, "imagecode": {"acc"}, "whatsup": {"acc"}}
+    corpora = {kind: {f"acc_{c}" for c in names} for kind, names in c2eval.VL_CHECKLIST_TYPES.items()}
+    metric_keys.update({f"vl_checklist/{kind.replace('/', '_')}": {"acc", "n_missing_images", "n_corpora"} | accs
+                        for kind, accs in corpora.items()})
     for benchmark, splits in results.items():
         assert "_average" in splits
         for split, metrics in splits.items():
             assert isinstance(metrics["n"], int) and metrics["n"] > 0
             if split != "_average":
-                assert set(metrics) == metric_keys[benchmark] | {"n", "ties"}
+                expected = metric_keys.get(benchmark) or metric_keys[f"{benchmark}/{split}"]
+                assert set(metrics) == expected | {"n", "ties"}
             assert isinstance(metrics["ties"], int) and 0 <= metrics["ties"] <= metrics["n"]
             assert all(0 <= v <= 1 for k, v in metrics.items() if k not in ("n", "ties") and not k.startswith("n_"))
     assert set(results["sugarcrepe"]["_average"]) == {"micro", "macro", "add", "replace", "swap", "n", "ties"}
     assert set(results["aro_vgr"]["_average"]) == {"acc", "acc_micro", "n", "ties", "acc_all_relations",
                                                    "n_all_relations"}
+    assert set(results["vl_checklist"]["_average"]) == {"acc", "Object", "Attribute", "Relation", "n", "ties",
+                                                        "n_missing_images"}
+    assert list(results["whatsup"]) == list(c2eval.WHATSUP_SUBSETS) + ["_average"]
+    assert list(results["imagecode"]) == ["static", "videos", "_average"]
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
     assert len(rows) == sum(r["_average"].get("n_all_relations", r["_average"]["n"]) for r in results.values())
     # the plain per-item check with the real model: SugarCrepe add_att through one encode per item

@@ -11,14 +11,16 @@ import pytest
 
 from eval_fixtures import StubModel, c2eval, data_root, stub  # noqa: F401
 
+ALL_BENCHMARKS = ["sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga", "aro_coco_order", "aro_flickr_order",
+           "winoground", "valse", "imagecode", "vl_checklist", "whatsup"]
+
 
 def test_all_equals_each_benchmark_alone(stub, data_root):
     model, preprocess, tokenizer = stub
     options = {"aro_vga": {"min_samples": 2}}
     results, records = c2eval.evaluate(model, preprocess, tokenizer, ["all"], data_root, batch_size=5,
                                        options=options, progress=False, return_scores=True)
-    assert list(results) == c2eval.list_benchmarks() == ["sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga",
-                                                         "winoground"]
+    assert list(results) == c2eval.list_benchmarks() == ALL_BENCHMARKS
     for name in results:  # shared encoding across benchmarks changes no number
         alone = c2eval.evaluate(model, preprocess, tokenizer, [name], data_root, batch_size=3, options=options,
                                 progress=False)
@@ -80,7 +82,7 @@ def test_partial_root_evaluates_what_is_present_and_lists_the_rest(stub, data_ro
     assert skipped["aro_vga"] == ["aro_vga/visual_genome_attribution.json"]
     # the warnings name what is absent and how to select
     assert "sugarcrepe: 4 of 7 splits are absent" in caplog.text and "--sugarcrepe-splits" in caplog.text
-    assert "aro_vgr (aro_vgr/visual_genome_relation.json)" in caplog.text and "--benchmark" in caplog.text
+    assert "aro_vgr (aro_vgr/visual_genome_relation.json; get it from" in caplog.text and "--benchmark" in caplog.text
     # the present parts give the numbers a full root gives for them
     full = c2eval.evaluate(model, preprocess, tokenizer, ["sugarcrepe", "winoground"], data_root, progress=False,
                            options={"sugarcrepe": {"splits": ["add_obj", "replace_obj", "swap_att"]}})
@@ -116,7 +118,7 @@ def test_demo_eval_folder_is_a_ready_eval_root(stub, tmp_path):
     written = [s for s in c2eval.SUGARCREPE_SPLITS if counts.get(s)]
     assert written and list(results["sugarcrepe"]) == written + ["_average"]
     assert results["sugarcrepe"]["_average"]["n"] == sum(counts[s] for s in written)
-    assert set(results["_skipped"]) == {"sugarcrepe", "sugarcrepe_pp", "aro_vgr", "aro_vga", "winoground"}
+    assert set(results["_skipped"]) == set(ALL_BENCHMARKS)
 
 
 def test_cli_exits_with_an_error_before_loading_a_model_when_nothing_is_present(tmp_path):
@@ -144,3 +146,52 @@ def test_empty_annotation_file_is_a_named_error(stub, data_root, tmp_path, name,
     (root / annotation).write_text(content)
     with pytest.raises(ValueError, match=rf"{re.escape(annotation)}: holds no items"):
         c2eval.evaluate(model, preprocess, tokenizer, [name], root, progress=False)
+
+
+def test_each_distinct_input_is_encoded_once_across_all_benchmarks(stub, data_root, monkeypatch):
+    """What every benchmark alone encodes, encoded once in one run of all of them (image refs and
+    captions shared across splits and benchmarks, e.g. What'sUp's COCO-QA images, are interned)."""
+    from open_clip_c2lip.eval import suite
+    model, preprocess, tokenizer = stub
+    seen = {}
+
+    def recording(kind, encode):
+        def wrapped(model, transform, items, **kwargs):
+            seen.setdefault(kind, []).append(list(items))
+            return encode(model, transform, items, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(suite, "encode_images", recording("images", suite.encode_images))
+    monkeypatch.setattr(suite, "encode_texts", recording("texts", suite.encode_texts))
+    options = {"aro_vga": {"min_samples": 2}}
+    c2eval.evaluate(model, preprocess, tokenizer, ["all"], data_root, options=options, progress=False)
+    together = {kind: calls.pop() for kind, calls in seen.items()}
+    for name in ALL_BENCHMARKS:
+        c2eval.evaluate(model, preprocess, tokenizer, [name], data_root, options=options, progress=False)
+    for kind, items in together.items():
+        alone = [item for call in seen[kind] for item in call]
+        assert len(items) == len(set(items)) == len(set(alone)) and set(items) == set(alone), kind
+        assert len(alone) > len(items), kind  # some inputs are needed by more than one benchmark
+
+
+def test_absent_benchmarks_are_listed_with_where_to_get_them(stub, data_root, tmp_path, caplog):
+    model, preprocess, tokenizer = stub
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "winoground").symlink_to(data_root / "winoground")
+    with caplog.at_level(logging.WARNING, logger="open_clip_c2lip.eval"):
+        results = c2eval.evaluate(model, preprocess, tokenizer, ["all"], root, progress=False)
+    assert list(results) == ["winoground", "_skipped"] and len(results["_skipped"]) == len(ALL_BENCHMARKS) - 1
+    assert len(results["_skipped"]["vl_checklist"]) == 56  # every corpus config is listed in the JSON
+    # the log names each absent benchmark, its files (a long list elided) and where to get it
+    assert ("valse (valse/existence.json, valse/plurals.json, valse/counting-hard.json, "
+            "valse/counting-small-quant.json, ... (11 files), valse/foil-it.json; get it from "
+            "https://github.com/Heidelberg-NLP/VALSE") in caplog.text
+    assert "vl_checklist (vl_checklist/corpus/v1/Object/Location/center/hake.yaml, " in caplog.text
+    assert "(56 files), vl_checklist/corpus/v1/Relation/spatial/vg.yaml; get it from https://github.com/om-ai-lab/" \
+        in caplog.text
+    assert "imagecode (imagecode/valid_data.json; get it from https://github.com/McGill-NLP/imagecode" in caplog.text
+    assert "aro_vgr (aro_vgr/visual_genome_relation.json; get it from the ARO release" in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"whatsup: not found under .*; get it from the Google Drive folder "
+                                                r"164q6X9hrvP-QYpi3ioSnfMuyHpG5oRkZ"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["whatsup", "winoground"], root, progress=False)

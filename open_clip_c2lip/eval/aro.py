@@ -38,6 +38,9 @@ VGA_ANNOTATION = "visual_genome_attribution.json"
 VGR_EXCLUDED_RELATIONS_FILE = Path(__file__).resolve().parent / "aro_vgr_excluded_relations.json"
 VGR_DEFAULT_MIN_SAMPLES = 0  # VG_Relation.evaluate_scores keeps every relation
 VGA_DEFAULT_MIN_SAMPLES = 25  # VG_Attribution.evaluate_scores drops pairs with fewer items
+# the Google Drive files dataset_zoo/aro_datasets.py downloads (gdown ids)
+ARO_SOURCE = ("the ARO release (mertyg/vision-language-models-are-bows): Google Drive file {annotation} (the JSON) "
+              "and 1qaPlrwhGNMrR3a11iopZUT_GPP_LrgP9 (vgr_vga_images.zip, unpacked into images/)")
 
 
 def vgr_excluded_relations() -> FrozenSet[str]:
@@ -130,7 +133,8 @@ def _attribute_pair_of(item, source, index) -> str:
     return f"{attributes[0]}_{attributes[1]}"
 
 
-@register_benchmark("aro_vgr", files=lambda root: {"aro_vgr": Path(root) / "aro_vgr" / VGR_ANNOTATION})
+@register_benchmark("aro_vgr", files=lambda root: {"aro_vgr": Path(root) / "aro_vgr" / VGR_ANNOTATION},
+                    source=ARO_SOURCE.format(annotation="1kX2iCHEv0CADL8dSO1nMdW-V0NqIAiP3"))
 def load_aro_vgr(data_root: Path, images: Vocabulary, texts: Vocabulary, min_samples: Optional[int] = None,
                  excluded_relations: Optional[Iterable[str]] = None) -> Scorer:
     """ARO VG-Relation: ``aro_vgr/visual_genome_relation.json`` + ``aro_vgr/images/``; splits = relations.
@@ -142,7 +146,8 @@ def load_aro_vgr(data_root: Path, images: Vocabulary, texts: Vocabulary, min_sam
                      data_root, images, texts, min_samples, excluded)
 
 
-@register_benchmark("aro_vga", files=lambda root: {"aro_vga": Path(root) / "aro_vga" / VGA_ANNOTATION})
+@register_benchmark("aro_vga", files=lambda root: {"aro_vga": Path(root) / "aro_vga" / VGA_ANNOTATION},
+                    source=ARO_SOURCE.format(annotation="13tWvOrNOLHxl3Rm9cR3geAdHx2qR3-Tw"))
 def load_aro_vga(data_root: Path, images: Vocabulary, texts: Vocabulary,
                  min_samples: Optional[int] = None) -> Scorer:
     """ARO VG-Attribution: ``aro_vga/visual_genome_attribution.json`` + ``aro_vga/images/``; splits = attribute pairs."""

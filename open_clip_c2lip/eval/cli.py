@@ -1,4 +1,4 @@
-"""Compositionality evaluation suite: SugarCrepe, SugarCrepe++, ARO VG-R / VG-A, Winoground.
+"""Compositionality evaluation suite: SugarCrepe(++), ARO, Winoground, VALSE, ImageCoDe, VL-CheckList, What'sUp.
 
 The command line of ``python -m open_clip_c2lip.eval`` (see the package docstring for layout and
 output).
@@ -15,6 +15,9 @@ from .core import BENCHMARKS
 from .encode import PRECISIONS
 from .sugarcrepe import SUGARCREPE_SPLITS
 from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS
+from .valse import VALSE_PIECES
+from .vl_checklist import VL_CHECKLIST_CORPORA
+from .whatsup import WHATSUP_SUBSETS
 from .suite import evaluate, format_markdown, plan_benchmarks
 
 
@@ -35,7 +38,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "aro_vgr/visual_genome_relation.json + aro_vgr/images/, "
                              "aro_vga/visual_genome_attribution.json + aro_vga/images/, "
                              "winoground/examples.jsonl + winoground/images/ (the demo's <output>/world/eval "
-                             "is one). With --benchmark all, absent benchmarks and splits are skipped and listed")
+                             "is one), "
+                             "aro_coco_order/coco_karpathy_test.json + aro_coco_order/val2014/, "
+                             "aro_flickr_order/flickr30k_test.json + aro_flickr_order/flickr30k-images/, "
+                             "valse/<piece>.json + valse/images/, "
+                             "imagecode/valid_data.json + imagecode/image-sets/<set>/img<X>.jpg, "
+                             "vl_checklist/ (the VL-CheckList repository's corpus/ and data/ + vg/, hake/, swig/), "
+                             "whatsup/<6 JSONs> + whatsup/{controlled_images,controlled_clevr,val2017,vg_images}/. "
+                             "With --benchmark all, absent benchmarks and splits are skipped and listed")
     parser.add_argument("--output", required=True, type=Path, help="results JSON (written atomically)")
     parser.add_argument("--save-scores", type=Path, default=None, help="per-item scores as JSON Lines")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
@@ -46,6 +56,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "(default: 0 for aro_vgr, 25 for aro_vga, as the ARO authors' published protocol)")
     parser.add_argument("--sugarcrepe-splits", nargs="+", default=None, choices=SUGARCREPE_SPLITS)
     parser.add_argument("--sugarcrepe-pp-splits", nargs="+", default=None, choices=SUGARCREPE_PP_SPLITS)
+    parser.add_argument("--valse-splits", nargs="+", default=None, choices=VALSE_PIECES)
+    parser.add_argument("--whatsup-splits", nargs="+", default=None, choices=list(WHATSUP_SUBSETS))
+    parser.add_argument("--vl-checklist-splits", nargs="+", default=None, choices=VL_CHECKLIST_CORPORA,
+                        metavar="TYPE/CORPUS", help="VL-CheckList corpora, e.g. Attribute/color/vaw")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -58,6 +72,9 @@ def _options(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         options["sugarcrepe"] = {"splits": args.sugarcrepe_splits}
     if args.sugarcrepe_pp_splits:
         options["sugarcrepe_pp"] = {"splits": args.sugarcrepe_pp_splits}
+    for name in ("valse", "whatsup", "vl_checklist"):
+        if getattr(args, f"{name}_splits"):
+            options[name] = {"splits": getattr(args, f"{name}_splits")}
     return options
 
 

@@ -25,7 +25,8 @@ def winoground_correct(c0_i0: np.ndarray, c0_i1: np.ndarray, c1_i0: np.ndarray,
     return text, image, text & image
 
 
-@register_benchmark("winoground", files=lambda root: {"winoground": Path(root) / "winoground" / ANNOTATION})
+@register_benchmark("winoground", files=lambda root: {"winoground": Path(root) / "winoground" / ANNOTATION},
+                    source="the gated Hugging Face dataset facebook/winoground (data/examples.jsonl, images)")
 def load_winoground(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer:
     """Winoground: ``text``, ``image``, ``group`` per ``collapsed_tag`` (``all`` without tags);
     ``_average`` is over all items (the official Winoground scores)."""
