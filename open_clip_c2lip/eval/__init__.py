@@ -48,13 +48,18 @@ registering its loader in the shared core (``core.BENCHMARKS``); ``encode`` comp
 """
 from ..loading import (SIGLIP_PREPROCESS, add_model_args, is_plugin_model, load_model, model_kwargs,
                        plugin_entry, plugin_preprocess_cfg, resolve_preprocess_cfg, tag_preprocess_cfg)
-from .core import (BENCHMARK_FILES, BENCHMARKS, ImageRef, Scorer, Vocabulary, list_benchmarks, register_benchmark,
-                   selection_correct)
+from .core import (BENCHMARK_FILES, BENCHMARKS, IMAGE_READERS, ImageRef, Scorer, Vocabulary, list_benchmarks,
+                   register_benchmark, selection_correct)
 from .encode import PRECISIONS, autocast, encode_images, encode_texts
 # benchmark modules register themselves on import, in this order (the order of results)
 from .sugarcrepe import SUGARCREPE_SPLITS, load_sugarcrepe
 from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS, load_sugarcrepe_pp, sugarcrepe_pp_correct
 from .aro import load_aro_vga, load_aro_vgr
 from .winoground import load_winoground, winoground_correct
+from .colorswap import load_colorswap
+from .crepe import CREPE_TYPES, load_crepe
+from .eqben import load_eqben
+from .mmvp_vlm import load_mmvp_vlm
+from .svo_probes import load_svo_probes
 from .suite import evaluate, expand_benchmarks, format_markdown, plan_benchmarks
 from .cli import atomic_write_text, main, parse_args
