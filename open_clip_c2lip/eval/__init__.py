@@ -8,10 +8,20 @@ Reads the benchmarks' official files from local folders (never downloads) under 
     aro_vgr/visual_genome_relation.json + aro_vgr/images/
     aro_vga/visual_genome_attribution.json + aro_vga/images/
     winoground/examples.jsonl + winoground/images/
+    colorswap/test.json + colorswap/images/      ColorSwap test split (colorswap.py)
+    crepe/prod_hard_negatives/<type>/*.csv + crepe/VG_100K{,_2}/     CREPE productivity (crepe.py)
+    eqben/ann_json_finegrained_random.json + eqben/images/           EqBen (eqben.py)
+    mmvp_vlm/Questions.csv + mmvp_vlm/MLLM_VLM Images/               MMVP-VLM (mmvp_vlm.py)
+    svo_probes/svo_probes.csv + svo_probes/images/                   SVO-Probes (svo_probes.py)
+
+Each benchmark module's docstring gives its official protocol, tie rule and summary; ``report``
+writes a row in the vl_compo study's CSV format and its comparison figure, ``zeroshot`` runs
+clip_benchmark's zero-shot classification and retrieval on the same model.
 
 Every distinct image (with its crop box) and every distinct caption is encoded once across all
-requested benchmarks; scores are cosine similarities of L2-normalized features. All comparisons
-are strict (``>``), as in the official scripts, so a tie counts as wrong.
+requested benchmarks; scores are cosine similarities of L2-normalized features. An exact tie counts
+as each benchmark's official code counts it (wrong for a strict ``>``, right for an argmax with the
+answer listed first) and every benchmark reports how many there were (``ties``).
 
 Output (values are fractions in [0, 1], ``n`` counts items)::
 
@@ -62,4 +72,6 @@ from .eqben import load_eqben
 from .mmvp_vlm import load_mmvp_vlm
 from .svo_probes import load_svo_probes
 from .suite import evaluate, expand_benchmarks, format_markdown, plan_benchmarks
+from .report import compare_figure, vl_compo_row
+from .zeroshot import run_clip_benchmark
 from .cli import atomic_write_text, main, parse_args

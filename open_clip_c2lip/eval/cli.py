@@ -15,7 +15,9 @@ from .core import BENCHMARKS
 from .encode import PRECISIONS
 from .sugarcrepe import SUGARCREPE_SPLITS
 from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS
+from .report import add_report_args, check_report_args, write_report
 from .suite import evaluate, format_markdown, plan_benchmarks
+from .zeroshot import add_clip_benchmark_args, clip_benchmark_datasets, run_clip_benchmark
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -35,7 +37,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "aro_vgr/visual_genome_relation.json + aro_vgr/images/, "
                              "aro_vga/visual_genome_attribution.json + aro_vga/images/, "
                              "winoground/examples.jsonl + winoground/images/ (the demo's <output>/world/eval "
-                             "is one). With --benchmark all, absent benchmarks and splits are skipped and listed")
+                             "is one), colorswap/, crepe/, eqben/, mmvp_vlm/, svo_probes/ (release layouts: "
+                             "docs/benchmarks/<name>.md). With --benchmark all, absent benchmarks and splits "
+                             "are skipped and listed")
     parser.add_argument("--output", required=True, type=Path, help="results JSON (written atomically)")
     parser.add_argument("--save-scores", type=Path, default=None, help="per-item scores as JSON Lines")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
@@ -46,7 +50,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "(default: 0 for aro_vgr, 25 for aro_vga, as the ARO authors' published protocol)")
     parser.add_argument("--sugarcrepe-splits", nargs="+", default=None, choices=SUGARCREPE_SPLITS)
     parser.add_argument("--sugarcrepe-pp-splits", nargs="+", default=None, choices=SUGARCREPE_PP_SPLITS)
+    parser.add_argument("--mmvp-prompt", default=None,
+                        help='prefix of MMVP-VLM statements (default: the official "a photo of "; "" for none)')
     parser.add_argument("--no-progress", action="store_true")
+    add_clip_benchmark_args(parser)
+    add_report_args(parser)
     return parser.parse_args(argv)
 
 
@@ -58,6 +66,8 @@ def _options(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         options["sugarcrepe"] = {"splits": args.sugarcrepe_splits}
     if args.sugarcrepe_pp_splits:
         options["sugarcrepe_pp"] = {"splits": args.sugarcrepe_pp_splits}
+    if args.mmvp_prompt is not None:
+        options["mmvp_vlm"] = {"prompt": args.mmvp_prompt}
     return options
 
 
@@ -68,14 +78,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if not args.data_root.is_dir():
         raise FileNotFoundError(f"--data-root folder not found: {args.data_root}")
     plan_benchmarks(args.benchmark, args.data_root, _options(args), report=False)  # fail before the model load
+    zeroshot = clip_benchmark_datasets(args)
+    check_report_args(args)
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, **model_kwargs(args))
     results, records = evaluate(
         model, preprocess, tokenizer, args.benchmark, args.data_root, device=args.device,
         precision=args.precision, batch_size=args.batch_size, workers=args.workers, options=_options(args),
         progress=not args.no_progress, return_scores=True)
+    if zeroshot:
+        results["clip_benchmark"], absent = run_clip_benchmark(
+            model, preprocess, tokenizer, args.clip_benchmark_root, zeroshot, device=args.device,
+            batch_size=args.batch_size, workers=args.workers, classnames_file=args.clip_benchmark_classnames,
+            templates_file=args.clip_benchmark_templates)
+        if absent:
+            results.setdefault("_skipped", {}).update({f"clip_benchmark/{d}": f for d, f in absent.items()})
+        if "_skipped" in results:  # keep _skipped last
+            results["_skipped"] = results.pop("_skipped")
     atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
     if args.save_scores is not None:
         atomic_write_text(args.save_scores, "".join(json.dumps(r, default=float) + "\n" for r in records))
     print(format_markdown(results))
     print(f"results written to {args.output}")
+    write_report(args, results)
     return results
