@@ -35,6 +35,9 @@ ANNOTATION = "ann_json_finegrained_random.json"
 SUBSETS = ("eqbenag", "eqbenyoucook2", "eqbengebc", "eqbenkubric_loc", "eqbenkubric_attr", "eqbenkubric_cnt",
            "eqbensd")
 KUBRIC = ("eqbenkubric_loc", "eqbenkubric_attr", "eqbenkubric_cnt")
+# samples per sub-dataset in the full test set (evaluate_eqben_locally.py SUBSET_LENGTH_INFO)
+FULL_TEST_SAMPLES = {"eqbenag": 195872, "eqbenyoucook2": 45849, "eqbengebc": 1814, "eqbenkubric_loc": 2000,
+                     "eqbenkubric_attr": 2000, "eqbenkubric_cnt": 2000, "eqbensd": 1513}
 ENTRY_NAMES = ("c0i0", "c0i1", "c1i0", "c1i1")
 NPY_READER = "eqben_bgr_npy"
 
@@ -110,6 +113,11 @@ def load_eqben(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer
         rows.add(sample, dataset, images.add(refs[0]), images.add(refs[1]),
                  texts.add(caption_of[0].pop()), texts.add(caption_of[1].pop()))
     check_images(paths, image_dir, source)
+    counts = {s: rows["subset"].count(s) for s in SUBSETS}
+    differ = {s: n for s, n in counts.items() if n and n != FULL_TEST_SAMPLES[s]}
+    if differ:
+        _logger.warning("eqben: %s holds %s samples where the full test set has %s: not the full-test "
+                        "annotation, or a subset of it", source, differ, {s: FULL_TEST_SAMPLES[s] for s in differ})
 
     def score(image_features, text_features):
         results, outcomes, records = score_groups(name, rows, SUBSETS, image_features, text_features)
