@@ -19,9 +19,12 @@ from .core import (ImageRef, Scorer, Vocabulary, check_images, field, load_json,
 from .groupscore import GroupRows, score_groups
 
 ANNOTATION = "test.json"
+SOURCE = ("https://github.com/Top34051/colorswap (its Google Drive archive: data/test.json + data/images.zip "
+          "extracted into colorswap/)")
 
 
-@register_benchmark("colorswap", files=lambda root: {"colorswap": Path(root) / "colorswap" / ANNOTATION})
+@register_benchmark("colorswap", files=lambda root: {"colorswap": Path(root) / "colorswap" / ANNOTATION},
+                    source=SOURCE)
 def load_colorswap(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer:
     """ColorSwap test split: ``text``, ``image``, ``group`` (Winoground scores)."""
     name = "colorswap"

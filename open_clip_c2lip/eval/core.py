@@ -57,19 +57,24 @@ AnnotationFiles = Callable[[Path], Mapping[str, Path]]
 
 BENCHMARKS: "OrderedDict[str, BenchmarkLoader]" = OrderedDict()
 BENCHMARK_FILES: Dict[str, AnnotationFiles] = {}
+BENCHMARK_SOURCES: Dict[str, str] = {}  # where to get a benchmark's files (named when they are absent)
 SPLIT_OPTION = "splits"  # the loader option that selects splits (benchmarks registered with splits=True)
 SPLIT_BENCHMARKS: List[str] = []
 
 
-def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False):
+def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False,
+                       source: Optional[str] = None):
     """Register ``loader(data_root, images, texts, **options) -> Scorer`` under ``name``.
 
     ``files`` names the annotation file of each split (how a partial data root is told apart from
-    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them."""
+    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them;
+    ``source`` says where to get the files (shown when they are absent)."""
     def decorator(loader: BenchmarkLoader) -> BenchmarkLoader:
         BENCHMARKS[name] = loader
         if files is not None:
             BENCHMARK_FILES[name] = files
+        if source is not None:
+            BENCHMARK_SOURCES[name] = source
         if splits and name not in SPLIT_BENCHMARKS:
             SPLIT_BENCHMARKS.append(name)
         return loader
@@ -196,6 +201,20 @@ def pair_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
 def text_similarity(text_features: torch.Tensor, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of each (text, text) index pair -> ``[N]`` float64."""
     return pair_similarity(text_features, text_features, a, b)
+
+
+def option_similarity(image_features: torch.Tensor, text_features: torch.Tensor, image_index: Sequence[int],
+                      option_index, chunk: int = 4096) -> np.ndarray:
+    """Cosine similarity of each item's image with each of its K text options -> ``[N, K]`` float64.
+
+    ``image_index [N]``, ``option_index [N, K]``; float32 products as :func:`pair_similarity`, so equal
+    options score exactly equal; computed ``chunk`` items at a time (25k items x 5 options x 768-d
+    features would otherwise take 400 MB)."""
+    image_index = torch.as_tensor(np.asarray(image_index), dtype=torch.long)
+    option_index = torch.as_tensor(np.asarray(option_index), dtype=torch.long)
+    out = [(image_features[image_index[s:s + chunk], None, :] * text_features[option_index[s:s + chunk]]).sum(-1)
+           for s in range(0, len(image_index), chunk)]
+    return torch.cat(out).double().numpy() if out else np.zeros((0, option_index.shape[-1]))
 
 
 def selection_correct(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

@@ -35,6 +35,8 @@ CREPE_TYPES = ("atom", "swap", "negate")
 COMPLEXITIES = tuple(range(4, 13))
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
 TIE_RULE = "correct"
+SOURCE = ("https://github.com/RAIVNLab/CREPE (data/prod_hard_negatives.zip extracted into crepe/) + Visual Genome "
+          "VG_100K/ and VG_100K_2/ in crepe/")
 
 
 def crepe_file(data_root: Path, negative_type: str, complexity: int) -> Path:
@@ -87,7 +89,7 @@ def read_crepe_csv(source: Path, image_dirs: Sequence[Path]):
     return require_items(items, source)
 
 
-@register_benchmark("crepe", files=crepe_files, splits=True)
+@register_benchmark("crepe", files=crepe_files, splits=True, source=SOURCE)
 def load_crepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
                splits: Optional[Sequence[str]] = None) -> Scorer:
     """CREPE productivity: ``acc`` (R@1 among the caption and its hard negatives) per negative type."""

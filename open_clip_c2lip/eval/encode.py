@@ -75,3 +75,8 @@ def encode_texts(model, tokenizer: Callable, texts: Sequence[str], *, device: st
             out = model.encode_text(tokens)
         features.append(F.normalize(out.float(), dim=-1).cpu())
     return torch.cat(features) if features else torch.zeros(0, 0)
+
+
+def concat_features(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``parts`` (``[N_i, D]`` each) concatenated in order; ``[0, 0]`` when there are none."""
+    return torch.cat(list(parts)) if parts else torch.zeros(0, 0)

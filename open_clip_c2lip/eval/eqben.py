@@ -40,6 +40,8 @@ FULL_TEST_SAMPLES = {"eqbenag": 195872, "eqbenyoucook2": 45849, "eqbengebc": 181
                      "eqbenkubric_attr": 2000, "eqbenkubric_cnt": 2000, "eqbensd": 1513}
 ENTRY_NAMES = ("c0i0", "c0i1", "c1i0", "c1i1")
 NPY_READER = "eqben_bgr_npy"
+SOURCE = ("https://github.com/Wangt-CN/EqBen (README: ann_json_finegrained_random.json into eqben/, the image "
+          "release extracted into eqben/images/)")
 
 
 def read_bgr_npy(path: Path):
@@ -70,7 +72,7 @@ def eqben_summary(results: Dict[str, Dict[str, Any]], metric: str):
                  kubric, results["eqbensd"][metric]])
 
 
-@register_benchmark("eqben", files=lambda root: {"eqben": Path(root) / "eqben" / ANNOTATION})
+@register_benchmark("eqben", files=lambda root: {"eqben": Path(root) / "eqben" / ANNOTATION}, source=SOURCE)
 def load_eqben(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer:
     """EqBen: ``text``, ``image``, ``group`` per sub-dataset; ``_average`` is the vl_compo summary."""
     name = "eqben"

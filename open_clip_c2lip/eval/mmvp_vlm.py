@@ -48,6 +48,7 @@ CATEGORIES = ("Orientation and Direction", "Presence of Specific Features", "Sta
               "Structural Characteristics", "Texts", "Viewpoint and Perspective")
 PAIRS_PER_CATEGORY = 15
 DEFAULT_PROMPT = "a photo of "
+SOURCE = "https://huggingface.co/datasets/MMVP/MMVP_VLM (Questions.csv + 'MLLM_VLM Images/' into mmvp_vlm/)"
 METRICS = GROUP_METRICS + ("pair",)
 
 
@@ -89,7 +90,8 @@ def read_questions(source: Path):
     return rows
 
 
-@register_benchmark("mmvp_vlm", files=lambda root: {"mmvp_vlm": Path(root) / "mmvp_vlm" / ANNOTATION})
+@register_benchmark("mmvp_vlm", files=lambda root: {"mmvp_vlm": Path(root) / "mmvp_vlm" / ANNOTATION},
+                    source=SOURCE)
 def load_mmvp_vlm(data_root: Path, images: Vocabulary, texts: Vocabulary, prompt: Optional[str] = None) -> Scorer:
     """MMVP-VLM: ``text``, ``image``, ``group`` (vl_compo) and ``pair`` (official) per category."""
     name = "mmvp_vlm"

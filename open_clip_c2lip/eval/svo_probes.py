@@ -30,6 +30,8 @@ _logger = logging.getLogger(__name__)
 
 ANNOTATION = "svo_probes.csv"
 SUBSETS = ("subj_neg", "verb_neg", "obj_neg")
+SOURCE = ("https://storage.googleapis.com/dm-mmt-models/svo_probes.csv (google-deepmind/svo_probes) into "
+          "svo_probes/ + its images (pos_url / neg_url) saved as svo_probes/images/<image_id>.jpg")
 _TRUE, _FALSE = {"true", "1", "yes", "t"}, {"false", "0", "no", "f", ""}
 
 
@@ -42,7 +44,8 @@ def _flag(value: str, column: str, source: Path, line: int) -> bool:
     raise ValueError(f"{source}:{line}: column {column!r} must be True/False, got {value!r}")
 
 
-@register_benchmark("svo_probes", files=lambda root: {"svo_probes": Path(root) / "svo_probes" / ANNOTATION})
+@register_benchmark("svo_probes", files=lambda root: {"svo_probes": Path(root) / "svo_probes" / ANNOTATION},
+                    source=SOURCE)
 def load_svo_probes(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer:
     """SVO-Probes: ``acc`` per negative type (subj_neg / verb_neg / obj_neg)."""
     name = "svo_probes"
