@@ -23,7 +23,8 @@ from open_clip_c2lip import eval as c2eval
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(os.environ.get("C2LIP_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+# real annotation files (no images): $C2LIP_TEST_DATA, by default the shared/data folder beside the repository
+SHARED_DATA = Path(os.environ.get("C2LIP_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 IMAGE_SIZE = 32
 ITEMS_PER_SPLIT = 3
