@@ -56,10 +56,16 @@ def fake_results(seed=0):
 def expected_summary(r):
     """vl_compo's summary definitions, written out directly (percent)."""
     m = lambda xs: 100 * sum(xs) / len(xs)  # noqa: E731
-    micro = lambda splits: 100 * sum(r["sugarcrepe"][s]["acc"] * SC[s] for s in splits) / sum(SC[s] for s in splits)  # noqa: E731,E501
     eq = lambda s: r["eqben"][s]["group"]  # noqa: E731
     v = lambda p: r["valse"][p]["acc"]  # noqa: E731
-    vl = lambda k: sum(r["vl_checklist"][t]["acc"] for t in VLC if t.startswith(k)) / sum(t.startswith(k) for t in VLC)  # noqa: E731,E501
+
+    def micro(splits):
+        return 100 * sum(r["sugarcrepe"][s]["acc"] * SC[s] for s in splits) / sum(SC[s] for s in splits)
+
+    def vl(kind):
+        types = [t for t in VLC if t.startswith(kind)]
+        return sum(r["vl_checklist"][t]["acc"] for t in types) / len(types)
+
     ic = r["imagecode"]
     out = {
         "aro": m([r[b]["_average"]["acc"] for b in ("aro_vgr", "aro_vga", "aro_coco_order", "aro_flickr_order")]),
@@ -180,3 +186,18 @@ def test_report_cli(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a vl_compo-format CSV"):
         report.read_csv(tmp_path / "bad.csv")
+
+
+def test_report_arguments_are_checked_before_evaluating(tmp_path):
+    import argparse
+    write_published(tmp_path / "results.csv", [("OpenCLIP", 60.0, [40.0] * 12)])
+    args = argparse.Namespace(compare=tmp_path / "results.csv", figure=None)
+    with pytest.raises(ValueError, match="--compare and --figure go together"):
+        report.check_report_args(args, ["imagenet1k"])
+    args.figure = tmp_path / "fig.png"
+    with pytest.raises(ValueError, match="add --clip-benchmark-root DIR with imagenet1k"):
+        report.check_report_args(args, ["mscoco_captions"])
+    report.check_report_args(args, ["imagenet1k-unverified"])
+    args.compare = tmp_path / "absent.csv"
+    with pytest.raises(FileNotFoundError, match="absent.csv"):
+        report.check_report_args(args, ["imagenet1k"])

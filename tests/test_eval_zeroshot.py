@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval_fixtures import Reference, block_image, c2eval, stub  # noqa: F401
+from eval_fixtures import Reference, block_image, stub  # noqa: F401
 from open_clip_c2lip.eval import zeroshot
 
 CLASSES = ["cat", "dog", "car", "tree", "boat", "cup"]

@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise FileNotFoundError(f"--data-root folder not found: {args.data_root}")
     plan_benchmarks(args.benchmark, args.data_root, _options(args), report=False)  # fail before the model load
     zeroshot = clip_benchmark_datasets(args)
-    check_report_args(args)
+    check_report_args(args, zeroshot)
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, **model_kwargs(args))
     results, records = evaluate(
         model, preprocess, tokenizer, args.benchmark, args.data_root, device=args.device,

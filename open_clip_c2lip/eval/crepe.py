@@ -70,7 +70,8 @@ def read_crepe_csv(source: Path, image_dirs: Sequence[Path]):
             try:
                 negatives = ast.literal_eval(row["hard_negs"])
             except (ValueError, SyntaxError) as e:
-                raise ValueError(f"{source}:{line}: hard_negs is not a Python list literal: {row['hard_negs']!r:.80}") from e
+                raise ValueError(f"{source}:{line}: hard_negs is not a Python list literal: "
+                                 f"{row['hard_negs']!r:.80}") from e
             if not isinstance(negatives, (list, tuple)) or not negatives:
                 raise ValueError(f"{source}:{line}: hard_negs must be a non-empty list, got {negatives!r:.80}")
             image_id = row["image_id"].strip()

@@ -29,7 +29,6 @@ and DFN ViT-H-14 in 8 of 9, differing by one pair elsewhere, which points to the
 """
 import csv
 import logging
-from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 

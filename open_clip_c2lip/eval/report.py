@@ -261,7 +261,8 @@ def comparison_axis(ours: Sequence[Mapping[str, Any]], x: str = "imagenet") -> L
                              f"imagenet1k with --clip-benchmark-root / --clip-benchmark-datasets)")
     shared = [c for c in COMPOSITIONALITY if all(row.get(c) not in (None, "") for row in ours)]
     if not shared:
-        raise ValueError("the marked rows share none of the 12 compositionality benchmarks: " + ", ".join(COMPOSITIONALITY))
+        raise ValueError("the marked rows share none of the 12 compositionality benchmarks: "
+                         + ", ".join(COMPOSITIONALITY))
     return shared
 
 
@@ -324,11 +325,16 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
                        help="with --compare: PNG of the compositionality average vs ImageNet zero-shot")
 
 
-def check_report_args(args: argparse.Namespace) -> None:
+def check_report_args(args: argparse.Namespace, zeroshot_datasets: Sequence[str] = ()) -> None:
+    """Fail before the model is loaded: --compare without --figure (or the reverse), an unreadable
+    comparison CSV, or a comparison without an ImageNet zero-shot run (the figure's x-axis)."""
     if (args.compare is None) != (args.figure is None):
         raise ValueError("--compare and --figure go together")
     if args.compare is not None:
-        read_csv(args.compare)  # fail before evaluating
+        read_csv(args.compare)
+        if not {"imagenet1k", "imagenet1k-unverified"} & set(zeroshot_datasets):
+            raise ValueError("--compare plots against ImageNet zero-shot top-1: add --clip-benchmark-root DIR "
+                             "with imagenet1k (or imagenet1k-unverified) among --clip-benchmark-datasets")
 
 
 def write_report(args: argparse.Namespace, results: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
