@@ -1,4 +1,4 @@
-"""Compositionality evaluation suite: SugarCrepe, SugarCrepe++, ARO VG-R / VG-A, Winoground.
+"""Compositionality evaluation suite: the 14 benchmarks of the vl_compo study plus clip_benchmark zero-shot.
 
 Reads the benchmarks' official files from local folders (never downloads) under one ``--data-root``::
 
@@ -14,6 +14,15 @@ Reads the benchmarks' official files from local folders (never downloads) under 
     imagecode/valid_data.json + imagecode/image-sets/<set>/img<X>.jpg
     vl_checklist/{corpus/v1/, data/, vg/, hake/, swig/}   om-ai-lab/VL-CheckList + its image roots
     whatsup/<6 JSONs> + whatsup/{controlled_images, controlled_clevr, val2017, vg_images}/
+    colorswap/test.json + colorswap/images/      ColorSwap test split (colorswap.py)
+    crepe/prod_hard_negatives/<type>/*.csv + crepe/VG_100K{,_2}/     CREPE productivity (crepe.py)
+    eqben/ann_json_finegrained_random.json + eqben/images/           EqBen (eqben.py)
+    mmvp_vlm/Questions.csv + mmvp_vlm/MLLM_VLM Images/               MMVP-VLM (mmvp_vlm.py)
+    svo_probes/svo_probes.csv + svo_probes/images/                   SVO-Probes (svo_probes.py)
+
+Each benchmark module's docstring gives its official protocol, tie rule and summary; ``report``
+writes a row in the vl_compo study's CSV format and its comparison figure, ``zeroshot`` runs
+clip_benchmark's zero-shot classification and retrieval on the same model.
 
 Every distinct image (with its crop box) and every distinct caption is encoded once across all
 requested benchmarks; scores are cosine similarities of L2-normalized features. Each benchmark
@@ -67,8 +76,8 @@ registering its loader in the shared core (``core.BENCHMARKS``); ``encode`` comp
 """
 from ..loading import (SIGLIP_PREPROCESS, add_model_args, is_plugin_model, load_model, model_kwargs,
                        plugin_entry, plugin_preprocess_cfg, resolve_preprocess_cfg, tag_preprocess_cfg)
-from .core import (BENCHMARK_FILES, BENCHMARKS, ImageRef, Scorer, Vocabulary, list_benchmarks, register_benchmark,
-                   selection_correct)
+from .core import (BENCHMARK_FILES, BENCHMARKS, IMAGE_READERS, ImageRef, Scorer, Vocabulary, list_benchmarks,
+                   register_benchmark, selection_correct)
 from .encode import PRECISIONS, autocast, encode_images, encode_texts
 # benchmark modules register themselves on import, in this order (the order of results)
 from .sugarcrepe import SUGARCREPE_SPLITS, load_sugarcrepe
@@ -80,5 +89,12 @@ from .valse import VALSE_PHENOMENA, VALSE_PIECES, load_valse
 from .imagecode import load_imagecode
 from .vl_checklist import VL_CHECKLIST_CORPORA, VL_CHECKLIST_TYPES, load_vl_checklist
 from .whatsup import WHATSUP_SUBSETS, load_whatsup
+from .colorswap import load_colorswap
+from .crepe import CREPE_TYPES, load_crepe
+from .eqben import load_eqben
+from .mmvp_vlm import load_mmvp_vlm
+from .svo_probes import load_svo_probes
 from .suite import evaluate, expand_benchmarks, format_markdown, plan_benchmarks
+from .report import compare_figure, vl_compo_row
+from .zeroshot import run_clip_benchmark
 from .cli import atomic_write_text, main, parse_args

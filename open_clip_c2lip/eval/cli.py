@@ -18,7 +18,9 @@ from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS
 from .valse import VALSE_PIECES
 from .vl_checklist import VL_CHECKLIST_CORPORA
 from .whatsup import WHATSUP_SUBSETS
+from .report import add_report_args, check_report_args, write_report
 from .suite import evaluate, format_markdown, plan_benchmarks
+from .zeroshot import add_clip_benchmark_args, clip_benchmark_datasets, run_clip_benchmark
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -44,7 +46,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "valse/<piece>.json + valse/images/, "
                              "imagecode/valid_data.json + imagecode/image-sets/<set>/img<X>.jpg, "
                              "vl_checklist/ (the VL-CheckList repository's corpus/ and data/ + vg/, hake/, swig/), "
-                             "whatsup/<6 JSONs> + whatsup/{controlled_images,controlled_clevr,val2017,vg_images}/. "
+                             "whatsup/<6 JSONs> + whatsup/{controlled_images,controlled_clevr,val2017,vg_images}/, colorswap/, crepe/, eqben/, mmvp_vlm/, svo_probes/ (release layouts: docs/benchmarks/<name>.md). "
                              "With --benchmark all, absent benchmarks and splits are skipped and listed")
     parser.add_argument("--output", required=True, type=Path, help="results JSON (written atomically)")
     parser.add_argument("--save-scores", type=Path, default=None, help="per-item scores as JSON Lines")
@@ -60,7 +62,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--whatsup-splits", nargs="+", default=None, choices=list(WHATSUP_SUBSETS))
     parser.add_argument("--vl-checklist-splits", nargs="+", default=None, choices=VL_CHECKLIST_CORPORA,
                         metavar="TYPE/CORPUS", help="VL-CheckList corpora, e.g. Attribute/color/vaw")
+    parser.add_argument("--mmvp-prompt", default=None,
+                        help='prefix of MMVP-VLM statements (default: the official "a photo of "; "" for none)')
     parser.add_argument("--no-progress", action="store_true")
+    add_clip_benchmark_args(parser)
+    add_report_args(parser)
     return parser.parse_args(argv)
 
 
@@ -75,6 +81,8 @@ def _options(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     for name in ("valse", "whatsup", "vl_checklist"):
         if getattr(args, f"{name}_splits"):
             options[name] = {"splits": getattr(args, f"{name}_splits")}
+    if args.mmvp_prompt is not None:
+        options["mmvp_vlm"] = {"prompt": args.mmvp_prompt}
     return options
 
 
@@ -85,14 +93,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if not args.data_root.is_dir():
         raise FileNotFoundError(f"--data-root folder not found: {args.data_root}")
     plan_benchmarks(args.benchmark, args.data_root, _options(args), report=False)  # fail before the model load
+    zeroshot = clip_benchmark_datasets(args)
+    check_report_args(args, zeroshot)
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, **model_kwargs(args))
     results, records = evaluate(
         model, preprocess, tokenizer, args.benchmark, args.data_root, device=args.device,
         precision=args.precision, batch_size=args.batch_size, workers=args.workers, options=_options(args),
         progress=not args.no_progress, return_scores=True)
+    if zeroshot:
+        results["clip_benchmark"], absent = run_clip_benchmark(
+            model, preprocess, tokenizer, args.clip_benchmark_root, zeroshot, device=args.device,
+            batch_size=args.batch_size, workers=args.workers, classnames_file=args.clip_benchmark_classnames,
+            templates_file=args.clip_benchmark_templates)
+        if absent:
+            results.setdefault("_skipped", {}).update({f"clip_benchmark/{d}": f for d, f in absent.items()})
+        if "_skipped" in results:  # keep _skipped last
+            results["_skipped"] = results.pop("_skipped")
     atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
     if args.save_scores is not None:
         atomic_write_text(args.save_scores, "".join(json.dumps(r, default=float) + "\n" for r in records))
     print(format_markdown(results))
     print(f"results written to {args.output}")
+    write_report(args, results)
     return results

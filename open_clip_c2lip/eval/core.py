@@ -17,9 +17,16 @@ _IMAGE_SUFFIXES = ("", ".png", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image file, optionally cropped to a PIL box ``(left, upper, right, lower)``."""
+    """An image file, optionally cropped to a PIL box ``(left, upper, right, lower)``; ``reader`` names
+    an entry of ``IMAGE_READERS`` for files PIL cannot open (None: ``PIL.Image.open``)."""
     path: Path
     box: Optional[Tuple[float, float, float, float]] = None
+    reader: Optional[str] = None
+
+
+# name -> function(path) -> RGB PIL image, for image files that are not PIL-readable (EqBen's
+# YouCook2 frames are BGR ``.npy`` arrays); a benchmark module registers its reader here.
+IMAGE_READERS: Dict[str, Callable[[Path], Any]] = {}
 
 
 class Vocabulary:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 from .core import BENCHMARK_FILES, BENCHMARK_SOURCES, BENCHMARKS, SPLIT_BENCHMARKS, SPLIT_OPTION, Vocabulary
-from .encode import encode_images, encode_texts
+from .encode import concat_features, encode_images, encode_texts
 
 _logger = logging.getLogger(__name__)
 
@@ -128,17 +128,29 @@ def evaluate(model, preprocess: Callable, tokenizer: Callable, benchmarks: Seque
         raise FileNotFoundError(f"--data-root folder not found: {data_root}")
     run, skipped = plan_benchmarks(benchmarks, data_root, options)
     images, texts = Vocabulary(), Vocabulary()
-    scorers = OrderedDict((name, BENCHMARKS[name](data_root, images, texts, **opts)) for name, opts in run.items())
+    scorers, spans = OrderedDict(), []
+    for name, opts in run.items():
+        first_image, first_text = len(images), len(texts)
+        scorers[name] = BENCHMARKS[name](data_root, images, texts, **opts)
+        spans.append((name, first_image, len(images), first_text, len(texts)))
     _logger.info("encoding %d distinct images and %d distinct captions", len(images), len(texts))
     was_training = model.training
     model.eval()
+    image_parts, text_parts = [], []
     try:
-        image_features = encode_images(model, preprocess, images.items, device=device, precision=precision,
-                                       batch_size=batch_size, workers=workers, progress=progress)
-        text_features = encode_texts(model, tokenizer, texts.items, device=device, precision=precision,
-                                     batch_size=batch_size, progress=progress)
+        # benchmark by benchmark (a progress bar each), each encoding only what no earlier one had
+        for name, image_start, image_end, text_start, text_end in spans:
+            if image_end > image_start:
+                image_parts.append(encode_images(
+                    model, preprocess, images.items[image_start:image_end], device=device, precision=precision,
+                    batch_size=batch_size, workers=workers, progress=progress, desc=f"{name} images"))
+            if text_end > text_start:
+                text_parts.append(encode_texts(
+                    model, tokenizer, texts.items[text_start:text_end], device=device, precision=precision,
+                    batch_size=batch_size, progress=progress, desc=f"{name} texts"))
     finally:
         model.train(was_training)
+    image_features, text_features = concat_features(image_parts), concat_features(text_parts)
     results, records = OrderedDict(), []
     for name, scorer in scorers.items():
         results[name], rows = scorer(image_features, text_features)
