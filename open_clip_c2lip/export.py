@@ -55,8 +55,9 @@ _VERIFY_TEXTS = ("a photo of a dog", "two red apples on a wooden table")
 _LEGACY_TOKENIZER_FILES = frozenset({
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
     "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja"})
-# room for the config, export info and safetensors header besides the tensors' bytes
+# room for the config and export info; the safetensors header takes about 100 bytes + the name per tensor
 _SMALL_FILES_BYTES = 1 << 16
+_HEADER_BYTES_PER_TENSOR = 128
 
 
 def base_model_name(model_name: str) -> str:
@@ -104,8 +105,9 @@ def _tokenizer(name: str, model_cfg: Mapping[str, Any], tokenizer_source: Option
 
 
 def weights_bytes(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Bytes of the tensors of ``state_dict`` (meta tensors included): the bulk of the bundle."""
-    return sum(t.numel() * t.element_size() for t in state_dict.values())
+    """Bytes of the safetensors file of ``state_dict`` (meta tensors included), from above: the
+    tensors' bytes plus a header entry per tensor."""
+    return sum(t.numel() * t.element_size() + len(k) + _HEADER_BYTES_PER_TENSOR for k, t in state_dict.items())
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -373,7 +373,7 @@ def test_hub_tokenizer_offline_cached_or_local(tiny_hub_model, tmp_path, hub_cac
 
 def test_full_disk_is_said_up_front_with_the_size(tiny, tmp_path, monkeypatch):
     model, checkpoint = tiny
-    needed = sum(v.numel() * v.element_size() for v in model.state_dict().values()) + 65536
+    needed = sum(v.numel() * v.element_size() + len(k) + 128 for k, v in model.state_dict().items()) + 65536
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 12, 10 ** 12 - (needed - 1), needed - 1))
     _forbid(monkeypatch, "open_clip_c2lip.export.load_checkpoint_into")  # said before the model is built
     out = tmp_path / "sub" / "bundle"
@@ -381,6 +381,11 @@ def test_full_disk_is_said_up_front_with_the_size(tiny, tmp_path, monkeypatch):
     assert message == (f"error: no space left on the device for {out}: it needs about "
                        f"{diskspace.format_bytes(needed)}, {diskspace.format_bytes(needed - 1)} free in {tmp_path}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # the estimate is an upper bound of the bundle (no tokenizer here), within 64 KiB + 128 bytes a tensor
+    monkeypatch.undo()
+    bundle = export.export_bundle("C2LIP-Tiny", checkpoint, out, verify=False)
+    size = sum(p.stat().st_size for p in bundle.iterdir())
+    assert size <= needed <= size + 65536 + 128 * len(model.state_dict())
 
 
 @pytest.mark.parametrize("fault", ["oserror", "safetensors", "quota"])
