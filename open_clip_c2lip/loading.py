@@ -234,8 +234,8 @@ def load_model(model_name: str, pretrained: Optional[str] = None, *, device: str
             and not os.path.isfile(pretrained):
         raise FileNotFoundError(f"--pretrained {pretrained!r} is neither a pretrained tag of {model_name} "
                                 f"({open_clip.list_pretrained_tags_by_model(model_name)}) nor an existing file")
-    if pretrained and not has_schema and os.path.isfile(pretrained):
-        check_checkpoint(model_name, pretrained)
+    if pretrained and not has_schema and os.path.isfile(pretrained) and not pretrained.endswith((".npz", ".npy")):
+        check_checkpoint(model_name, pretrained)  # big_vision .npz weights: open_clip's own converter checks
     forced = resolve_preprocess_cfg(model_name, pretrained, {
         "mean": image_mean, "std": image_std, "interpolation": image_interpolation,
         "resize_mode": image_resize_mode})

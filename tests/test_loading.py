@@ -244,3 +244,17 @@ def test_hf_text_tower_config_comes_from_the_cache(tmp_path, hub_cache, refused_
     assert model.text.transformer.config.hidden_size == 32
     assert all(p.device.type == "meta" for p in model.parameters())
     assert refused_hub == []
+
+
+def test_big_vision_npz_weights_go_to_open_clips_converter(tmp_path, monkeypatch):
+    """open_clip loads SigLIP .npz (big_vision) weights with its own converter: not a torch
+    checkpoint, so the architecture check leaves them to it."""
+    npz = tmp_path / "webli_i18n.npz"
+    npz.write_bytes(b"PK")
+    calls = []
+    _forbid(monkeypatch, "open_clip_c2lip.loading.check_checkpoint")
+    monkeypatch.setattr(open_clip, "create_model_and_transforms",
+                        lambda name, pretrained=None, **kwargs: calls.append(pretrained) or (torch.nn.Linear(1, 1),
+                                                                                           None, None))
+    loading.load_model("C2LIP-Tiny", str(npz))
+    assert calls == [str(npz)]
