@@ -172,3 +172,22 @@ def load_checkpoint_into(model: torch.nn.Module, path, model_name: str) -> Dict[
         raise CheckpointError(f"{path}: missing keys {incompatible.missing_keys}, "
                               f"unexpected keys {incompatible.unexpected_keys}")
     return metadata
+
+
+def check_architecture(model: torch.nn.Module, path, model_name: str) -> Dict[str, Any]:
+    """Raise ``CheckpointError`` when the checkpoint at ``path`` is unreadable or does not fit
+    ``model`` (best on the ``meta`` device: shapes only, nothing copied); returns its metadata.
+
+    The checkpoint is loaded as open_clip loads it (same conversions); it is refused only for what
+    :func:`architecture_mismatch` names, so a failure of another kind is left to the real load.
+    """
+    import open_clip
+    state_dict, metadata = read_checkpoint(path)
+    try:
+        with warnings.catch_warnings():  # loading into meta parameters copies nothing, as intended
+            warnings.filterwarnings("ignore", message=".*non-meta parameter.*meta parameter", category=UserWarning)
+            open_clip.load_checkpoint(model, str(path), strict=True)
+    except (RuntimeError, AttributeError, AssertionError, KeyError, TypeError, ValueError) as e:
+        if architecture_mismatch(model, state_dict):
+            raise mismatch_error(model, state_dict, path, model_name, e) from e
+    return metadata

@@ -16,6 +16,7 @@ model attends more, violet where it attends less (matplotlib ``PiYG``, as the pa
 --caption "a cat on a red sofa" --compare C2LIP-Tiny --compare-pretrained epoch_0.pt --output cat.png``
 """
 import argparse
+import io
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -23,7 +24,9 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import cli_errors
 from .atomic import atomic_output
+from .diskspace import MIN_FREE_BYTES, check_free_space, disk_full_as_error
 from .loading import add_model_args, load_model, model_kwargs
 
 
@@ -80,7 +83,8 @@ def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], label
     """Write the figure: the image, one row of overlays per model, a difference row for two models.
 
     ``picture [H, W, 3]`` in [0, 1]; ``maps`` one ``[N, H, W]`` tensor per model, relative to
-    uniform attention (``T * a``). Returns the PNG path (written atomically).
+    uniform attention (``T * a``). Returns the PNG path (written atomically, after checking that
+    its bytes fit; a full disk raises ``diskspace.DiskFullError``).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -119,13 +123,17 @@ def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], label
         ax.set_yticks([])
     fig.suptitle(f"concept attention softmax_t({temperature:g} * cos(c, v_t))", fontsize=9)
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     try:
-        with atomic_output(str(output)) as partial:
-            fig.savefig(partial, dpi=110, format="png")
+        fig.savefig(buffer, dpi=110, format="png")
     finally:
         plt.close(fig)
+    data, output = buffer.getvalue(), Path(output)
+    with disk_full_as_error(output, len(data)):
+        check_free_space(output, len(data))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(str(output)) as partial, open(partial, "wb") as f:
+            f.write(data)
     return output
 
 
@@ -185,11 +193,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = parse_args(argv)
     if not args.image.is_file():
         raise FileNotFoundError(f"--image not found: {args.image}")
+    check_free_space(args.output, MIN_FREE_BYTES, at_least=True)  # a full disk is said before the models load
     kwargs = model_kwargs(args)
     models = [(_label(args.model, args.pretrained), *load_model(args.model, args.pretrained, **kwargs))]
     if args.compare:
+        # --tokenizer is the first model's; a second architecture brings its own
+        compare_kwargs = {**kwargs, "tokenizer": kwargs["tokenizer"] if args.compare == args.model else None}
         models.append((_label(args.compare, args.compare_pretrained),
-                       *load_model(args.compare, args.compare_pretrained, **kwargs)))
+                       *load_model(args.compare, args.compare_pretrained, **compare_kwargs)))
     output = visualize(args.image, args.caption, models, args.output, concepts=args.concepts,
                        temperature=args.temperature, spacy_model=args.spacy_model)
     print(f"attention maps written to {output}")
@@ -197,7 +208,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    cli_errors.run(main, sys.argv[1:])

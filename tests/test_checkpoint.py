@@ -13,7 +13,7 @@ import torch
 
 import open_clip
 
-from open_clip_c2lip.checkpoint import CheckpointError, load_checkpoint_into, read_checkpoint
+from open_clip_c2lip.checkpoint import CheckpointError, check_architecture, load_checkpoint_into, read_checkpoint
 
 torch.set_num_threads(1)
 
@@ -173,3 +173,45 @@ def test_load_checkpoint_into_loads_exactly(tiny_models, tmp_path):
     fresh = open_clip.create_model("C2LIP-Tiny")
     assert load_checkpoint_into(fresh, path, "C2LIP-Tiny") == {"epoch": 4, "name": "r"}
     assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def _outcome(action):
+    try:
+        return "fits", action()
+    except CheckpointError as e:
+        return "refused", str(e)
+
+
+def test_check_on_the_meta_device_agrees_with_the_real_load(tiny_models, tmp_path):
+    """check_architecture on a weightless (meta) model refuses exactly what the real load refuses,
+    with the same message, and accepts what open_clip adapts (module. keys, a missing logit bias,
+    a shorter text positional embedding)."""
+    from open_clip_c2lip.loading import bare_model
+    tiny = tiny_models["C2LIP-Tiny"].state_dict()
+    key = next(k for k in tiny if k.endswith("positional_embedding") and k.startswith("text"))
+    rows, width = tiny[key].shape
+    checkpoints = {
+        "tiny.pt": {"epoch": 2, "state_dict": {f"module.{k}": v for k, v in tiny.items()}},
+        "clip_style.pt": tiny_models["Tiny-CLIP-Test"].state_dict(),
+        "wide.pt": tiny_models["Tiny-Wide-Test"].state_dict(),
+        "no_bias.pt": {k: v for k, v in tiny.items() if k != "logit_bias"},
+        "edited.pt": {**{k: v for k, v in tiny.items() if k != "text.token_embedding.weight"},
+                      "extra.weight": torch.zeros(2)},
+        "wider_pos.pt": {**tiny, key: torch.zeros(rows, width + 8)},
+        "shorter_pos.pt": {**tiny, key: tiny[key][: rows - 4].clone()},
+    }
+    outcomes = {}
+    for name, content in checkpoints.items():
+        path = _saved(tmp_path / name, content)
+        for target in ("C2LIP-Tiny", "Tiny-Wide-Test", "Tiny-CLIP-Test"):
+            meta_model = bare_model(target)
+            checked = _outcome(lambda: check_architecture(meta_model, path, target))
+            assert all(p.device.type == "meta" for p in meta_model.parameters())  # nothing materialized
+            real = _outcome(lambda: load_checkpoint_into(open_clip.create_model(target), path, target))
+            assert checked == real, (name, target)
+            outcomes[name, target] = checked[0]
+    assert outcomes["tiny.pt", "C2LIP-Tiny"] == "fits" and outcomes["no_bias.pt", "C2LIP-Tiny"] == "fits"
+    assert outcomes["shorter_pos.pt", "C2LIP-Tiny"] == "fits"
+    assert outcomes["wide.pt", "C2LIP-Tiny"] == outcomes["edited.pt", "C2LIP-Tiny"] == "refused"
+    assert outcomes["wider_pos.pt", "C2LIP-Tiny"] == outcomes["tiny.pt", "Tiny-Wide-Test"] == "refused"
+    assert check_architecture(bare_model("C2LIP-Tiny"), tmp_path / "tiny.pt", "C2LIP-Tiny") == {"epoch": 2}

@@ -85,3 +85,92 @@ def test_cli_on_a_partial_root_reports_each_absence_once(data_root, tmp_path, ca
     assert caplog.text.count("sugarcrepe: 6 of 7 splits are absent") == 1
     assert caplog.text.count("skipped: sugarcrepe_pp") == 1
     assert "not evaluated (absent from the data root): aro_vga" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# a full disk and a missing Hub: one error line, nothing partial
+
+import errno  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from collections import namedtuple  # noqa: E402
+
+from eval_fixtures import write_winoground  # noqa: E402
+from hub_fixtures import hub_cache, refused_hub  # noqa: E402,F401
+from open_clip_c2lip import cli_errors  # noqa: E402
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def _cli(argv):
+    try:
+        cli_errors.run(c2eval.main, argv)
+    except SystemExit as e:
+        return e.code
+    return None
+
+
+def _forbid(monkeypatch, target: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{target} must not be called")
+    monkeypatch.setattr(target, refuse)
+
+
+@pytest.fixture
+def winoground_root(tmp_path):
+    root = tmp_path / "root"
+    write_winoground(root)
+    return root
+
+
+def test_full_disk_is_said_before_the_evaluation(winoground_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 9, 10 ** 9, 0))
+    _forbid(monkeypatch, "open_clip_c2lip.eval.cli.load_model")
+    output = tmp_path / "out" / "results.json"
+    message = _cli(["--model", "C2LIP-Tiny", "--data-root", str(winoground_root), "--output", str(output),
+                    "--device", "cpu", "--no-progress"])
+    assert message == (f"error: no space left on the device for {output}: it needs at least 1,048,576 bytes "
+                       f"(1.0 MiB), 0 bytes free in {tmp_path}")
+
+
+@pytest.mark.parametrize("failing", ["results", "scores"])
+def test_full_disk_while_writing_leaves_no_partial_file(winoground_root, tmp_path, monkeypatch, failing):
+    """The disk fills during a write: one line with the file and its size, no partial file (the
+    atomic writer's temporary is removed), nothing written after it."""
+    atomic = sys.modules[c2eval.cli.write_text.__module__]
+    output, scores = tmp_path / "out" / "results.json", tmp_path / "out" / "scores.jsonl"
+    sizes = {}
+
+    def filling_open(path, mode="r", **kwargs):
+        handle = open(path, mode, **kwargs)
+        target = "results" if ".results.json." in str(path) else "scores"
+        if target != failing:
+            return handle
+
+        def write(text):
+            sizes[target] = len(text.encode("utf-8"))
+            handle.buffer.write(text.encode("utf-8")[: sizes[target] // 2])
+            handle.buffer.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        handle.write = write
+        return handle
+
+    monkeypatch.setattr(atomic, "open", filling_open, raising=False)
+    message = _cli(["--model", "C2LIP-Tiny", "--data-root", str(winoground_root), "--output", str(output),
+                    "--save-scores", str(scores), "--device", "cpu", "--no-progress"])
+    path = output if failing == "results" else scores
+    assert message.startswith(f"error: no space left on the device for {path}: it needs about "
+                              f"{sizes[failing]:,} bytes") and " free in " in message
+    assert sorted(p.name for p in output.parent.iterdir()) == (["results.json"] if failing == "scores" else [])
+
+
+def test_offline_pretrained_tag_is_one_line(winoground_root, tmp_path, hub_cache, refused_hub, monkeypatch):
+    _forbid(monkeypatch, "open_clip.create_model_and_transforms")
+    message = _cli(["--model", "ViT-B-16-SigLIP-C2", "--pretrained", "webli", "--data-root", str(winoground_root),
+                    "--output", str(tmp_path / "r.json"), "--device", "cpu"])
+    assert message.startswith("error: the tokenizer of ViT-B-16-SigLIP-C2 (Hub repo timm/ViT-B-16-SigLIP) and the "
+                              "weights of --pretrained webli of ViT-B-16-SigLIP-C2 (open_clip_pytorch_model.bin of "
+                              "Hub repo timm/ViT-B-16-SigLIP) are not in the local Hugging Face cache")
+    assert "Connection refused" in message and "\n" not in message
+    assert len(refused_hub) == 1 and not (tmp_path / "r.json").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from ..atomic import write_text
+from ..diskspace import MIN_FREE_BYTES, check_free_space, disk_full_as_error
 from ..loading import add_model_args, load_model, model_kwargs
 from .core import BENCHMARKS
 from .encode import PRECISIONS
@@ -25,9 +26,13 @@ from .zeroshot import add_clip_benchmark_args, clip_benchmark_datasets, run_clip
 
 def atomic_write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` (its folder created) through ``atomic.atomic_output``: no partial
-    file is left, and the file's permissions follow the umask."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_text(str(path), text)
+    file is left, and the file's permissions follow the umask. Too little free space (checked
+    first) or a full disk while writing raises ``diskspace.DiskFullError`` naming the bytes needed."""
+    size = len(text.encode("utf-8"))
+    with disk_full_as_error(path, size):
+        check_free_space(path, size)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text(str(path), text)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -95,6 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     plan_benchmarks(args.benchmark, args.data_root, _options(args), report=False)  # fail before the model load
     zeroshot = clip_benchmark_datasets(args)
     check_report_args(args, zeroshot)
+    for path in filter(None, (args.output, args.save_scores)):  # a full disk is said before the evaluation
+        check_free_space(path, MIN_FREE_BYTES, at_least=True)
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, **model_kwargs(args))
     results, records = evaluate(
         model, preprocess, tokenizer, args.benchmark, args.data_root, device=args.device,
