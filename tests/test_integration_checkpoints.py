@@ -312,3 +312,94 @@ def test_selection_log_names_each_file(tmp_path, caplog):
         assert skipped.problem in text
     assert f".epoch_9.pt.0123abcd{PARTIAL_SUFFIX} (8 bytes) is the leftover of a save that was interrupted" in text
     assert f"newest complete checkpoint is {tmp_path / 'epoch_latest.pt'} (epoch 2)" in text
+
+
+# ------------------------------------------------------------------------------------------ upstream-ready diff
+
+ATOMIC_DIFF = "open_clip_train-atomic-checkpoints.diff"
+
+
+@pytest.fixture
+def patched_main(tmp_path):
+    from patch_fixtures import apply_diffs, import_file
+
+    return import_file(apply_diffs(tmp_path / "src", "open_clip_train", "main.py", ATOMIC_DIFF),
+                       "open_clip_train_main_atomic_diff")
+
+
+def test_atomic_diff_resume_choice(tmp_path, patched_main, caplog):
+    """The patched upstream ``get_latest_checkpoint`` alone (no plugin code) skips the same files."""
+    folder = tmp_path / "checkpoints"
+    _write_folder(folder)
+    with caplog.at_level("WARNING"):
+        assert patched_main.get_latest_checkpoint(str(folder), remote=False) == str(folder / "epoch_latest.pt")
+    for name in ("epoch_3.pt", "epoch_4.pt", "epoch_5.pt", "epoch_6.pt", "epoch_7.pt", "epoch_8.pt", "tmp.pt",
+                 "model_only.pt"):
+        assert f"Not resuming from {folder / name}: " in caplog.text, name
+    (folder / "epoch_9.pt").write_bytes(b"")
+    torch.save({**training_checkpoint(3), "args": argparse.Namespace()}, folder / "epoch_10.pt")
+    with pytest.raises(RuntimeError, match=r"epoch_10\.pt is complete but cannot be loaded"):
+        patched_main.get_latest_checkpoint(str(folder), remote=False)
+
+
+@pytest.mark.parametrize("kind", ["before_writing", "full_disk", "signal_mid_write"])
+def test_atomic_diff_save_leaves_nothing_when_interrupted(tmp_path, patched_main, monkeypatch, kind):
+    tmp_path = tmp_path / "checkpoints"
+    tmp_path.mkdir()
+    patched_main.save_checkpoint(training_checkpoint(1), str(tmp_path / "epoch_latest.pt"))
+    before = (tmp_path / "epoch_latest.pt").read_bytes()
+    monkeypatch.setattr(torch, "save", _fault(kind, torch.save))
+    for name in ("epoch_2.pt", "epoch_latest.pt"):
+        with pytest.raises((RuntimeError, OSError, KeyboardInterrupt)):
+            patched_main.save_checkpoint(training_checkpoint(2), str(tmp_path / name))
+    monkeypatch.undo()
+    assert folder_names(tmp_path) == ["epoch_latest.pt"] and (tmp_path / "epoch_latest.pt").read_bytes() == before
+    patched_main.save_checkpoint(training_checkpoint(2), str(tmp_path / "epoch_2.pt"))
+    assert loaded_epoch(tmp_path / "epoch_2.pt") == 2 and folder_names(tmp_path) == ["epoch_2.pt", "epoch_latest.pt"]
+
+
+_PATCHED_MAIN_RUNNER = r"""
+import runpy, sys
+import open_clip
+assert "open_clip_c2lip" not in sys.modules
+open_clip.add_model_config(sys.argv[1])  # C2LIP-Tiny is no builtin of plain open_clip
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_atomic_diff_main_resumes_past_damaged_files(tmp_path):
+    """The patched main.py, run as a script with the plugin off (SigLIP, synthetic data): after 2 epochs
+    with --save-most-recent, what upstream's in-place saves leave (truncated epoch_3.pt, 0-byte epoch_4.pt,
+    partial tmp.pt) is skipped by ``--resume latest`` and the run finishes epoch 3."""
+    from patch_fixtures import apply_diffs
+
+    main_path = apply_diffs(tmp_path / "src", "open_clip_train", "main.py", ATOMIC_DIFF)
+    logs = tmp_path / "logs"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPEN_CLIP_C2LIP_DISABLE="1", PYTHONUNBUFFERED="1")
+
+    def run(epochs, *extra):
+        args = ["--logs", str(logs), "--name", "run", "--model", "C2LIP-Tiny", "--siglip", "--dataset-type",
+                "synthetic", "--train-num-samples", "8", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                "--precision", "fp32", "--epochs", str(epochs), "--save-frequency", "1", "--save-most-recent",
+                "--report-to", "none", "--lr", "1e-3", "--warmup", "0", "--seed", "0", *extra]
+        return subprocess.run([sys.executable, "-c", _PATCHED_MAIN_RUNNER, str(REPO / "open_clip_c2lip" / "model_configs"
+                                                                             / "C2LIP-Tiny.json"), str(main_path), *args],
+                              env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+
+    first = run(2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = logs / "run" / "checkpoints"
+    assert folder_names(folder) == ["epoch_1.pt", "epoch_2.pt", "epoch_latest.pt"]  # no tmp.pt any more
+    data = (folder / "epoch_2.pt").read_bytes()
+    (folder / "epoch_3.pt").write_bytes(data[: len(data) * 4 // 5])
+    (folder / "epoch_4.pt").write_bytes(b"")
+    (folder / "tmp.pt").write_bytes(data[: len(data) // 2])
+    second = run(3, "--resume", "latest")
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = (logs / "run" / "out.log").read_text()
+    for name in ("epoch_3.pt", "epoch_4.pt", "tmp.pt"):
+        assert f"Not resuming from {folder / name}: " in log, name
+    assert f"=> resuming checkpoint '{folder / 'epoch_latest.pt'}' (epoch 2)" in log
+    assert torch.load(folder / "epoch_3.pt", weights_only=True)["epoch"] == 3

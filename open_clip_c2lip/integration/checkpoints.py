@@ -197,7 +197,7 @@ class ResumeSelection:
     def log(self, logger: logging.Logger = _logger) -> None:
         """One WARNING per skipped file and per partial-save leftover; INFO for the choice."""
         for skipped in self.skipped:
-            logger.warning("resume: skipping %s", skipped.problem)
+            logger.warning("resume: not usable: %s", skipped.problem)
         for path, size, live in self.leftovers:
             if live:
                 logger.warning("resume: %s (%d bytes) is being written by another running process", path, size)

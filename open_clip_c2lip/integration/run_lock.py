@@ -15,7 +15,6 @@ lock. ``patches/open_clip_train-run-lock.diff`` is the same change upstream.
 import datetime
 import errno
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -49,25 +48,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_in_child)
 
 
-def holder_description(info: dict) -> str:
-    """``pid 123 on host n01 since 2026-...: python -m ...`` from a lock file's JSON (what is known of it)."""
-    if not info:
-        return "a process that has not written its details yet"
-    text = f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
-    if info.get("started"):
-        text += f" since {info['started']}"
-    if info.get("command"):
-        text += f" ({info['command']})"
-    return text
+def holder_line() -> str:
+    """What the holder writes into the lock file: ``pid 123 on n01, started <ISO time>: <command>``
+    (the upstream-ready diff writes the same first part, so either names the other)."""
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    command = " ".join([os.path.basename(sys.executable)] + sys.argv)[:2000]
+    return f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}"
 
 
-def _read_info(fd: int) -> dict:
+def _read_holder(fd: int) -> str:
     try:
-        raw = os.pread(fd, 65536, 0)
-        info = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-        return info if isinstance(info, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        text = os.pread(fd, 65536, 0).decode("utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "a process that has not written its details yet"
 
 
 def acquire(folder: str) -> Optional[str]:
@@ -85,10 +79,10 @@ def acquire(folder: str) -> Optional[str]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        info = _read_info(fd)
+        holder = _read_holder(fd)
         os.close(fd)
         raise RunFolderBusy(
-            f"run folder {folder} is in use by another training: {holder_description(info)}. Two runs "
+            f"run folder {folder} is in use by another training: {holder}. Two runs "
             f"writing one folder mix their checkpoints and logs; wait for that run to end, stop it, or "
             f"pass another --name") from None
     except OSError as error:
@@ -98,13 +92,7 @@ def acquire(folder: str) -> Optional[str]:
                             "second training started into it would not be stopped", folder, error.strerror)
             return None
         raise
-    info = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv)[:2000],
-    }
-    data = (json.dumps(info) + "\n").encode("utf-8")
+    data = (holder_line() + "\n").encode("utf-8")
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
     _held[key] = fd
