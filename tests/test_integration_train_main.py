@@ -537,3 +537,14 @@ def test_disabled_plugin_leaves_main_untouched(tmp_path):
     env = child_env(tmp_path, plugin=False)
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["module", "False", "False"], out.stderr
+
+
+def test_c2lip_train_entry_point_exits_non_zero_when_upstream_refuses(tmp_path):
+    """``python -m open_clip_c2lip.train`` turns upstream main's -1 (here: --remote-sync with --resume latest
+    and --save-most-recent, which upstream refuses after the run folder checks) into exit status 1."""
+    table = tmp_path / "unused.csv"
+    args = train_args(table, tmp_path / "logs", "refused", "--resume", "latest", "--save-most-recent",
+                      "--remote-sync", str(tmp_path / "remote"))
+    proc = Proc.train(tmp_path, "refused", args, module="open_clip_c2lip.train").wait()
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert "Error. Cannot use save-most-recent with remote_sync and resume latest." in proc.output

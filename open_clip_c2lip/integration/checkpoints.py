@@ -171,7 +171,7 @@ def inspect_checkpoint(path: str) -> CheckpointFile:
             raise UnreadableCheckpointError(
                 f"cannot resume: {path} is a whole checkpoint file (every zip record passes its CRC check) "
                 f"but cannot be read: {error}. Resuming from an older checkpoint would overwrite it; move it "
-                f"away or resume from it explicitly (--resume PATH)", path) from error
+                f"away to resume from the newest checkpoint before it", path) from error
         return CheckpointFile(path, problem=damage)
     epoch = metadata.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool):

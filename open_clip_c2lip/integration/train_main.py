@@ -47,8 +47,9 @@ class _Run:
 # ------------------------------------------------------------------------------------- activation
 
 def wrap_parse_args(parse_args):
-    """``open_clip_train.params.parse_args`` that, when called by open_clip_train's ``main``, hooks
-    that ``main``'s module (``patch_train_main``) before ``main`` goes on. Idempotent."""
+    """``open_clip_train.params.parse_args`` that, once it has parsed, hooks open_clip_train's main
+    module(s) of this process (``patch_train_main``): called by ``main()``, it runs before ``main`` goes
+    on, with main.py fully executed. Idempotent."""
     if getattr(parse_args, WRAPPED, False):
         return parse_args
 
