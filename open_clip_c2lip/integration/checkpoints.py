@@ -77,8 +77,8 @@ def save_checkpoint(obj, path) -> None:
         hint = " (no space left on device)" if cause is not None and cause.errno == errno.ENOSPC else ""
         raise CheckpointSaveError(
             cause.errno if cause is not None else errno.EIO,
-            f"could not save checkpoint {path}{hint}: {error}; nothing was written there, "
-            f"earlier checkpoints are intact") from error
+            f"could not save checkpoint {path}{hint}: {cause if cause is not None else error}; nothing was "
+            f"written there, earlier checkpoints are intact") from error
     _fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
