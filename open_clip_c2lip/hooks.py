@@ -107,6 +107,9 @@ def patch_open_clip(open_clip_module) -> None:
     # separate bindings made by ``from .factory import ...`` in open_clip/__init__.py
     open_clip_module.create_model = factory.create_model
     open_clip_module.create_loss = factory.create_loss
+    # a checkpoint without logit_bias keeps the model's initial bias (integration/logit_bias.py)
+    from .integration.logit_bias import patch_open_clip_module
+    patch_open_clip_module(open_clip_module)
 
 
 def patch_params(params_module) -> None:
@@ -119,6 +122,9 @@ def patch_params(params_module) -> None:
         params_module.argparse = params.argparse_proxy()
     if "torch" in sys.modules:
         patch_ddp_cpu_device_ids()
+    # checkpoints, resume, run lock and exit status of open_clip_train.main (integration/train_main.py)
+    from .integration.train_main import patch_params_module
+    patch_params_module(params_module)
 
 
 def patch_data(data_module) -> None:

@@ -25,5 +25,5 @@ def main(argv: Optional[List[str]] = None):
 
 
 if __name__ == "__main__":
-    # like ``python -m open_clip_train.main``, whose return value is not the exit status
-    main()
+    # upstream's main returns -1 when it refuses to run (e.g. an existing experiment): exit status 1
+    sys.exit(0 if main() in (None, 0) else 1)

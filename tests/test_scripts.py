@@ -121,6 +121,16 @@ def test_slurm_script_command_parses(parse_args, precision_env, precision):
     check_recipe(parse_args(training_args(command)), precision)
 
 
+def test_slurm_script_requeues_resume_the_same_run(parse_args):
+    """A requeued job keeps its SLURM_JOB_ID, so its run name and ``--resume latest`` find its checkpoints;
+    RUN_NAME and flags given to the script win."""
+    env = {"SLURM_JOB_NAME": "c2lip-vitb16", "SLURM_JOB_ID": "4242"}
+    args = parse_args(training_args(dry_run(SLURM_SCRIPT, env)))
+    assert (args.name, args.resume) == ("c2lip-vitb16-4242", "latest")
+    args = parse_args(training_args(dry_run(SLURM_SCRIPT, {**env, "RUN_NAME": "earlier"}, "--resume", "x.pt")))
+    assert (args.name, args.resume) == ("earlier", "x.pt")
+
+
 def test_slurm_directives_request_the_recipe_layout():
     directives = [line.split(None, 1)[1] for line in SLURM_SCRIPT.read_text().splitlines()
                   if line.startswith("#SBATCH")]

@@ -1,0 +1,1 @@
+"""Hooks of open_clip / open_clip_train, one module per upstream surface."""
