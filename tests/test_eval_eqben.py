@@ -97,3 +97,27 @@ def test_summary_needs_all_subsets_and_bad_annotations_are_named(stub, eqben_roo
     next((root / "eqben" / "images" / "eqbengebc").rglob("*.png")).unlink()
     with pytest.raises(FileNotFoundError, match=r"1 image\(s\) referenced by .* are missing"):
         c2eval.evaluate(model, preprocess, tokenizer, ["eqben"], root, progress=False)
+
+
+def test_frames_and_sample_numbers_of_another_type_are_named_errors(stub, eqben_root, tmp_path):
+    """A float frame would have been cast to uint8 with wrap-around; a sample number of another type
+    mixed with integers failed in the sort (TypeError) or as a dict key (a list)."""
+    from open_clip_c2lip.eval.eqben import read_bgr_npy
+    model, preprocess, tokenizer = stub
+    path = tmp_path / "frame.npy"
+    np.save(path, np.full((6, 8, 3), 300.0))
+    with pytest.raises(ValueError, match=r"expected an \[H, W, 3\] uint8 frame, got shape \(6, 8, 3\), dtype float64"):
+        read_bgr_npy(path)
+    root = tmp_path / "root"
+    shutil.copytree(eqben_root, root)
+    annotation = root / "eqben" / "ann_json_finegrained_random.json"
+    entries = json.loads(annotation.read_text())
+    want = c2eval.evaluate(model, preprocess, tokenizer, ["eqben"], eqben_root, progress=False)
+    as_text = [dict(e, private_info=dict(e["private_info"], sample_cnt=str(e["private_info"]["sample_cnt"])))
+               if e["private_info"]["sample_cnt"] % 2 else e for e in entries]  # digits as text, mixed with ints
+    annotation.write_text(json.dumps(as_text))
+    assert c2eval.evaluate(model, preprocess, tokenizer, ["eqben"], root, progress=False) == want
+    annotation.write_text(json.dumps([dict(entries[0], private_info=dict(entries[0]["private_info"], sample_cnt=[1]))]
+                                     + entries[1:]))
+    with pytest.raises(ValueError, match=r"entry 0: private_info.sample_cnt must be an integer, got \[1\]"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["eqben"], root, progress=False)

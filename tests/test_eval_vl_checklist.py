@@ -147,3 +147,17 @@ def test_bad_corpus_files_are_named_errors(tmp_path):
     (tmp_path / "vl_checklist" / "corpus" / "v1" / "Relation" / "spatial" / "vg.yaml").write_text("IMG_ROOT: vg\n")
     with pytest.raises(ValueError, match=r"vg.yaml must set ANNO_PATH and IMG_ROOT"):
         scripted.evaluate(["vl_checklist"], tmp_path)
+
+
+def test_no_image_of_any_corpus_is_an_error_not_a_null_result(tmp_path):
+    """Every item dropped for a missing image would leave nothing scored (the release divides by
+    zero); a root without the image folders is an error naming where the images were looked for."""
+    scripted = Scripted([[1.0, 0.0]], {"a": scored(0.5), "b": scored(0.4)})
+    _corpus(tmp_path, "Relation/spatial/vg", [["VG_100K/1.jpg", {"POS": ["a"], "NEG": ["b"]}]])
+    _corpus(tmp_path, "Attribute/color/vg", [["VG_100K/2.jpg", {"POS": ["a"], "NEG": ["b"]}]])
+    with pytest.raises(FileNotFoundError, match=r"vl_checklist: none of the images of the 2 corpora is present "
+                                                r"\(looked in .*vl_checklist/vg\)"):
+        scripted.evaluate(["vl_checklist"], tmp_path)
+    id_image(tmp_path / "vl_checklist" / "vg" / "VG_100K" / "1.jpg", 0)  # one present: the other corpus is dropped
+    results = scripted.evaluate(["vl_checklist"], tmp_path)["vl_checklist"]
+    assert list(results) == ["Relation_spatial", "_average"] and results["_average"]["n_missing_images"] == 1

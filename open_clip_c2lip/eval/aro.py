@@ -28,8 +28,9 @@ from typing import Any, Callable, FrozenSet, Iterable, Mapping, Optional
 
 import numpy as np
 
-from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, load_json, mean, pair_similarity,
-                   register_benchmark, require_dir, require_file, require_items, selection_correct, tied)
+from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, load_json, mean, number_field,
+                   pair_similarity, register_benchmark, require_dir, require_file, require_items, selection_correct,
+                   text_field, tied)
 
 _logger = logging.getLogger(__name__)
 
@@ -69,16 +70,16 @@ def _load_aro(name: str, annotation: str, group_of: Callable[[Mapping, Path, Any
     rows = {"id": [], "group": [], "image": [], "true": [], "false": []}
     paths = []
     for index, item in enumerate(data):
-        path = image_dir / field(item, "image_path", source, index)
-        x, y, w, h = (float(field(item, key, source, index)) for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+        path = image_dir / text_field(item, "image_path", source, index)
+        x, y, w, h = (number_field(item, key, source, index) for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
         if w <= 0 or h <= 0:
             raise ValueError(f"{source}: item {index} has an empty bbox (w={w}, h={h})")
         paths.append(path)
         rows["id"].append(index)
         rows["group"].append(group_of(item, source, index))
         rows["image"].append(images.add(ImageRef(path, (x, y, x + w, y + h))))
-        rows["true"].append(texts.add(field(item, "true_caption", source, index)))
-        rows["false"].append(texts.add(field(item, "false_caption", source, index)))
+        rows["true"].append(texts.add(text_field(item, "true_caption", source, index)))
+        rows["false"].append(texts.add(text_field(item, "false_caption", source, index)))
     check_images(paths, image_dir, source)
     groups = np.asarray(rows["group"], dtype=object)
     excluded = None if excluded is None else frozenset(excluded)
@@ -123,7 +124,7 @@ def _load_aro(name: str, annotation: str, group_of: Callable[[Mapping, Path, Any
 
 
 def _relation_of(item, source, index) -> str:
-    return str(field(item, "relation_name", source, index))
+    return text_field(item, "relation_name", source, index)
 
 
 def _attribute_pair_of(item, source, index) -> str:

@@ -39,7 +39,7 @@ from typing import List, Sequence
 import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, check_images, choice_outcome, field, fraction, load_json,
-                   option_similarity, register_benchmark, require_file, require_items)
+                   option_similarity, register_benchmark, require_file, require_items, text_field)
 
 _logger = logging.getLogger(__name__)
 
@@ -145,11 +145,11 @@ def _load_order(name: str, annotation: str, data_root: Path, images: Vocabulary,
     require_items(data, source)
     ids, paths, captions = [], [], []
     for index, entry in enumerate(data):
-        image = field(entry, "image", source, index)
+        image = text_field(entry, "image", source, index)
         entry_captions = field(entry, "caption", source, index)
         if isinstance(entry_captions, str):
             entry_captions = [entry_captions]
-        if not all(isinstance(c, str) for c in entry_captions):
+        if not isinstance(entry_captions, list) or not all(isinstance(c, str) for c in entry_captions):
             raise ValueError(f"{source}: entry {index}: caption must be a text or a list of texts")
         for k, caption in enumerate(entry_captions):
             ids.append(f"{index}/{k}")

@@ -14,8 +14,8 @@ by the group score. One subset, ``test``; ``_average`` holds the same numbers.
 from collections import OrderedDict
 from pathlib import Path
 
-from .core import (ImageRef, Scorer, Vocabulary, check_images, field, load_json, register_benchmark, require_file,
-                   require_items)
+from .core import (ImageRef, Scorer, Vocabulary, check_images, load_json, register_benchmark, require_file,
+                   require_items, text_field)
 from .groupscore import GroupRows, score_groups
 
 ANNOTATION = "test.json"
@@ -39,10 +39,10 @@ def load_colorswap(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Sc
         item_id = item.get("id", index) if isinstance(item, dict) else index
         refs = []
         for k in (1, 2):
-            path = folder / str(field(item, f"image_{k}", source, item_id))
+            path = folder / text_field(item, f"image_{k}", source, item_id)
             paths.append(path)
             refs.append(images.add(ImageRef(path)))
-        captions = [texts.add(str(field(item, f"caption_{k}", source, item_id))) for k in (1, 2)]
+        captions = [texts.add(text_field(item, f"caption_{k}", source, item_id)) for k in (1, 2)]
         rows.add(item_id, "test", refs[0], refs[1], captions[0], captions[1])
     check_images(paths, folder, source)
 

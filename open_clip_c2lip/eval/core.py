@@ -1,5 +1,6 @@
 """The scoring core shared by every benchmark: interned images / captions, the benchmark registry,
 file checks with clear errors, cosine scores of item pairs and the aggregate helpers."""
+import io
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -100,14 +101,45 @@ def require_dir(path: Path, benchmark: str) -> Path:
     return path
 
 
-def load_json(path: Path, benchmark: str):
+def read_text(path: Path, benchmark: str) -> str:
+    """The text of an annotation file (UTF-8; a leading byte-order mark, as spreadsheet programs
+    write, is dropped); ValueError naming the file when it is not UTF-8."""
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{benchmark}: {path} is not UTF-8 text (byte {e.start}: {e.reason}); the release's "
+                         f"files are UTF-8: re-download or re-export it") from e
+
+
+def _unique_keys(path: Path, benchmark: str):
+    def hook(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                # json.load would keep the last one and silently drop the other item
+                raise ValueError(f"{benchmark}: {path} has the key {key!r} twice in one object (a damaged or "
+                                 f"concatenated file); each item id must be unique")
+            seen.add(key)
+        return dict(pairs)
+    return hook
+
+
+def load_json(path: Path, benchmark: str):
+    """A JSON annotation file; ValueError naming the file for invalid JSON, non-UTF-8 text and an
+    object with a repeated key."""
+    text = read_text(path, benchmark)
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys(path, benchmark))
     except json.JSONDecodeError as e:
-        size = path.stat().st_size
-        hint = " (0-byte file: a failed download?)" if size == 0 else ""
+        hint = " (0-byte file: a failed download?)" if not text else ""
         raise ValueError(f"{benchmark}: {path} is not valid JSON{hint}: {e}") from e
+
+
+def csv_lines(path: Path, benchmark: str) -> io.StringIO:
+    """A CSV annotation file as lines for ``csv.reader`` / ``csv.DictReader`` (read as :func:`read_text`;
+    split at ``\n``, ``\r`` and ``\r\n`` only, as ``open(..., newline="")`` would)."""
+    return io.StringIO(read_text(path, benchmark), newline="")
 
 
 def field(item: Mapping, key: str, source: Path, item_id) -> Any:
@@ -116,6 +148,29 @@ def field(item: Mapping, key: str, source: Path, item_id) -> Any:
     if key not in item:
         raise ValueError(f"{source}: item {item_id!r} lacks field {key!r} (has {sorted(item)})")
     return item[key]
+
+
+def text_field(item: Mapping, key: str, source: Path, item_id) -> str:
+    """``item[key]``, which must be a text (a caption, a file name); ValueError naming the file,
+    the item and the field otherwise (a null or a number would fail in the tokenizer after every
+    image was encoded, or be scored as the text "None")."""
+    value = field(item, key, source, item_id)
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: item {item_id!r}: field {key!r} must be a text, got {value!r:.80}")
+    return value
+
+
+def number_field(item: Mapping, key: str, source: Path, item_id) -> float:
+    """``item[key]`` as a finite float (a number or a numeric text); ValueError naming the file, the
+    item and the field otherwise."""
+    value = field(item, key, source, item_id)
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not np.isfinite(number):
+        raise ValueError(f"{source}: item {item_id!r}: field {key!r} must be a finite number, got {value!r:.80}")
+    return number
 
 
 def check_images(paths: Sequence[Path], folder: Path, source: Path) -> None:
@@ -175,12 +230,12 @@ def coco_caption_splits(data_root: Path, name: str, splits: Sequence[str], image
         rows = {"id": [], "image": [], **{key: [] for key in caption_fields}}
         paths = []
         for item_id, item in items_of(load_json(source, name), source):
-            path = image_dir / field(item, "filename", source, item_id)
+            path = image_dir / text_field(item, "filename", source, item_id)
             paths.append(path)
             rows["id"].append(item_id)
             rows["image"].append(images.add(ImageRef(path)))
             for key, item_field in caption_fields.items():
-                rows[key].append(texts.add(field(item, item_field, source, item_id)))
+                rows[key].append(texts.add(text_field(item, item_field, source, item_id)))
         check_images(paths, image_dir, source)
         per_split[split] = rows
     return per_split

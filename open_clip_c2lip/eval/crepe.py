@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .core import (ImageRef, Scorer, Vocabulary, choice_outcome, fraction, mean, register_benchmark, require_dir,
-                   require_file, require_items, split_names)
+from .core import (ImageRef, Scorer, Vocabulary, choice_outcome, csv_lines, fraction, mean, register_benchmark,
+                   require_dir, require_file, require_items, split_names)
 
 CREPE_TYPES = ("atom", "swap", "negate")
 COMPLEXITIES = tuple(range(4, 13))
@@ -59,7 +59,7 @@ def _number(row, key: str, source: Path, line: int) -> float:
 def read_crepe_csv(source: Path, image_dirs: Sequence[Path]):
     """``[(line, image path, box, caption, hard negatives), ...]`` of one CREPE CSV."""
     items, missing = [], []
-    with open(source, "r", encoding="utf-8", newline="") as f:
+    with csv_lines(source, "crepe") as f:
         reader = csv.DictReader(f)
         required = ("image_id", "caption", "hard_negs", "x", "y", "width", "height")
         absent = [c for c in required if c not in (reader.fieldnames or [])]

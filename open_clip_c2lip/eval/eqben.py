@@ -26,7 +26,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from .core import (IMAGE_READERS, ImageRef, Scorer, Vocabulary, check_images, field, load_json, mean,
-                   register_benchmark, require_dir, require_file, require_items)
+                   register_benchmark, require_dir, require_file, require_items, text_field)
 from .groupscore import GROUP_METRICS, GroupRows, score_groups
 
 _logger = logging.getLogger(__name__)
@@ -48,12 +48,22 @@ def read_bgr_npy(path: Path):
     """An EqBen YouCook2 frame: an ``[H, W, 3]`` uint8 BGR array saved with ``np.save`` -> RGB PIL image."""
     from PIL import Image
     array = np.load(path)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected an [H, W, 3] frame, got shape {array.shape}")
-    return Image.fromarray(np.ascontiguousarray(array[:, :, [2, 1, 0]]).astype(np.uint8), "RGB")
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an [H, W, 3] uint8 frame, got shape {array.shape}, dtype {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array[:, :, [2, 1, 0]]), "RGB")
 
 
 IMAGE_READERS[NPY_READER] = read_bgr_npy
+
+
+def sample_number(value, source: Path, index: int) -> int:
+    """``private_info.sample_cnt`` as an int (the official scorer indexes its score arrays with it; a
+    text of digits is accepted); ValueError naming the entry otherwise."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{source}: entry {index}: private_info.sample_cnt must be an integer, got {value!r:.80}")
+    return value
 
 
 def eqben_image(image_dir: Path, relative: str) -> ImageRef:
@@ -86,9 +96,9 @@ def load_eqben(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer
     samples: "OrderedDict[Tuple[str, Any], Dict[str, Tuple[str, str]]]" = OrderedDict()
     for index, entry in enumerate(data):
         info = field(entry, "private_info", source, index)
-        dataset = str(field(info, "dataset", source, index))
-        entry_name = str(field(info, "name", source, index))
-        sample = field(info, "sample_cnt", source, index)
+        dataset = text_field(info, "dataset", source, index)
+        entry_name = text_field(info, "name", source, index)
+        sample = sample_number(field(info, "sample_cnt", source, index), source, index)
         if dataset not in SUBSETS:
             raise ValueError(f"{source}: entry {index} has unknown private_info.dataset {dataset!r}; "
                              f"known: {list(SUBSETS)}")
@@ -98,7 +108,7 @@ def load_eqben(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer
         entries = samples.setdefault((dataset, sample), {})
         if entry_name in entries:
             raise ValueError(f"{source}: {dataset} sample {sample} has two {entry_name} entries (entry {index})")
-        entries[entry_name] = (str(field(entry, "image", source, index)), str(field(entry, "caption", source, index)))
+        entries[entry_name] = (text_field(entry, "image", source, index), text_field(entry, "caption", source, index))
     rows, paths = GroupRows(), []
     for (dataset, sample), entries in sorted(samples.items(), key=lambda kv: (SUBSETS.index(kv[0][0]), kv[0][1])):
         missing = [n for n in ENTRY_NAMES if n not in entries]

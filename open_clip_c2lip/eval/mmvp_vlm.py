@@ -34,8 +34,8 @@ from typing import Optional
 
 import numpy as np
 
-from .core import (ImageRef, Scorer, Vocabulary, check_images, fraction, mean, register_benchmark, require_file,
-                   require_items)
+from .core import (ImageRef, Scorer, Vocabulary, check_images, csv_lines, fraction, mean, register_benchmark,
+                   require_file, require_items)
 from .groupscore import GROUP_METRICS, GroupRows, score_groups
 
 _logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def mmvp_image_folder(folder: Path) -> Path:
 def read_questions(source: Path):
     """``[(line, qid, type, statement), ...]`` of ``Questions.csv`` (header skipped)."""
     rows = []
-    with open(source, "r", encoding="utf-8", newline="") as f:
+    with csv_lines(source, "mmvp_vlm") as f:
         reader = csv.reader(f)
         next(reader, None)  # header
         for row in reader:

@@ -132,6 +132,10 @@ def evaluate(model, preprocess: Callable, tokenizer: Callable, benchmarks: Seque
     for name, opts in run.items():
         first_image, first_text = len(images), len(texts)
         scorers[name] = BENCHMARKS[name](data_root, images, texts, **opts)
+        not_texts = [t for t in texts.items[first_text:] if not isinstance(t, str)]
+        if not_texts:  # the tokenizer would fail on it after every image was encoded
+            raise ValueError(f"{name}: {len(not_texts)} caption(s) read from {data_root} are not texts, e.g. "
+                             f"{not_texts[0]!r:.80}")
         spans.append((name, first_image, len(images), first_text, len(texts)))
     _logger.info("encoding %d distinct images and %d distinct captions", len(images), len(texts))
     was_training = model.training

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import (ImageRef, Scorer, Vocabulary, fraction, mean, pair_similarity, register_benchmark, require_dir,
-                   require_file, require_items, resolve_image, selection_correct, tied)
+from .core import (ImageRef, Scorer, Vocabulary, csv_lines, fraction, mean, pair_similarity, register_benchmark,
+                   require_dir, require_file, require_items, resolve_image, selection_correct, tied)
 
 _logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def load_svo_probes(data_root: Path, images: Vocabulary, texts: Vocabulary) -> S
             present_cache[image_id] = path if path.is_file() else None
         return present_cache[image_id]
 
-    with open(source, "r", encoding="utf-8", newline="") as f:
+    with csv_lines(source, name) as f:
         reader = csv.DictReader(f)
         required = ("sentence", "pos_image_id", "neg_image_id") + SUBSETS
         absent = [c for c in required if c not in (reader.fieldnames or [])]

@@ -25,7 +25,7 @@ import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, check_images, choice_outcome, field, fraction, load_json,
                    mean, pair_similarity, register_benchmark, require_dir, require_file, require_items,
-                   split_names)
+                   split_names, text_field)
 
 NAME = "valse"
 SOURCE = ("https://github.com/Heidelberg-NLP/VALSE (data/*.json); images from the pieces' source datasets "
@@ -76,14 +76,12 @@ def load_valse(data_root: Path, images: Vocabulary, texts: Vocabulary,
             if not validated(item, source, item_id):
                 unvalidated += 1
                 continue
-            path = image_dir / str(field(item, "image_file", source, item_id))
-            foil = field(item, "foil", source, item_id)
-            if not isinstance(foil, str):
-                raise ValueError(f"{source}: item {item_id!r}: foil must be a string, got {foil!r:.80}")
+            path = image_dir / text_field(item, "image_file", source, item_id)
+            foil = text_field(item, "foil", source, item_id)
             paths.append(path)
             rows["id"].append(item_id)
             rows["image"].append(images.add(ImageRef(path)))
-            rows["caption"].append(texts.add(field(item, "caption", source, item_id)))
+            rows["caption"].append(texts.add(text_field(item, "caption", source, item_id)))
             rows["foil"].append(texts.add(foil))
         if not rows["id"]:
             raise ValueError(f"{source}: none of its {len(data)} items is validated (mturk.caption >= "

@@ -30,7 +30,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from .core import (ImageRef, Scorer, Vocabulary, choice_outcome, fraction, load_json, mean, pair_similarity,
-                   register_benchmark, require_file, require_items, split_names)
+                   read_text, register_benchmark, require_file, require_items, split_names)
 
 _logger = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ def type_key(kind: str) -> str:
 def read_corpus_config(path: Path) -> Dict[str, str]:
     import yaml
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+        config = yaml.safe_load(read_text(path, NAME))
     except yaml.YAMLError as e:
         raise ValueError(f"{NAME}: {path} is not valid YAML: {e}") from e
     if not isinstance(config, dict) or not all(isinstance(config.get(k), str) for k in ("ANNO_PATH", "IMG_ROOT")):
@@ -129,6 +128,11 @@ def load_vl_checklist(data_root: Path, images: Vocabulary, texts: Vocabulary,
             _logger.warning("%s: %s: no image of %s is under %s; the corpus is left out of %s", NAME, corpus,
                             source, image_root, type_key(corpus.rsplit("/", 1)[0]))
         per_corpus[corpus] = (rows, missing)
+    if not any(rows["id"] for rows, _ in per_corpus.values()):
+        # the release's evaluate.py divides by zero here; nothing would be scored
+        roots = sorted({str(folder / read_corpus_config(configs[c])["IMG_ROOT"]) for c in per_corpus})
+        raise FileNotFoundError(f"{NAME}: none of the images of the {len(per_corpus)} corpora is present (looked in "
+                                f"{', '.join(roots)}); see the release's DATASETS.md for the image folders")
 
     def score(image_features, text_features):
         by_type: "OrderedDict[str, Dict[str, tuple]]" = OrderedDict()
