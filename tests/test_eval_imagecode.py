@@ -49,16 +49,19 @@ def _write_set(root, name, frames, first_id):
 
 
 def test_target_is_a_position_in_frame_order_and_ties_go_to_the_first_frame(tmp_path):
-    """Frames 2, 10, 33 (file-name order 10, 2, 33); image scores scripted per description text:
-    "a" scores frame 10 highest, "b" ties frames 2 and 10, "c" ties frames 10 and 33."""
+    """Ten frames 2, 10, 33, ... (file-name order 10, 120, 2, 33, ...); image scores scripted per
+    description text: "a" scores frame 10 highest, "b" ties frames 2 and 10, "c" ties frames 10 and 33."""
     video = "MSR-VTT-videoTestVideo_video7047-shot1_0"
     static = "open-images-1815_f91d6f546e63f20d"
-    _write_set(tmp_path, video, (2, 10, 33), 0)
-    _write_set(tmp_path, static, (0, 1, 2), 3)
-    # images 0..2 (video frames 2, 10, 33) and 3..5 (static img0..2), each a direction in 4-d;
-    # texts are mixtures of those directions, so their score for each image is set here
-    images = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]
-    texts = {"a": [0.1, 0.9, 0.2, 0], "b": [0.5, 0.5, 0.1, 0], "c": [0.1, 0.5, 0.5, 0], "d": [0.1, 0.2, 0, 0.9]}
+    _write_set(tmp_path, video, (2, 10, 33, 47, 58, 61, 70, 85, 91, 120), 0)
+    _write_set(tmp_path, static, range(10), 10)
+    # images 0..2 (video frames 2, 10, 33) and 10..12 (static img0..2), each a direction in 5-d; the
+    # other seven of each set lie along the 5th axis, which no text has (score 0); texts are mixtures
+    # of those directions, so their score for each image is set here
+    e = [[float(i == k) for i in range(5)] for k in range(5)]
+    images = [e[0], e[1], e[2]] + [e[4]] * 7 + [e[0], e[1], e[3]] + [e[4]] * 7
+    texts = {"a": [0.1, 0.9, 0.2, 0, 0], "b": [0.5, 0.5, 0.1, 0, 0], "c": [0.1, 0.5, 0.5, 0, 0],
+             "d": [0.1, 0.2, 0, 0.9, 0]}
     write_json(tmp_path / "imagecode" / "valid_data.json", {
         video: {"1": "a ", "0": "b", "2": "c"},  # target = position in frame order; descriptions are stripped
         static: {"2": "d", "1": " b\n"},
@@ -74,16 +77,22 @@ def test_target_is_a_position_in_frame_order_and_ties_go_to_the_first_frame(tmp_
 
 def test_bad_sets_are_named_errors(tmp_path):
     name = "open-images-1_x"
-    _write_set(tmp_path, name, (0, 1, 2), 0)
-    scripted = Scripted([scored(0.1), scored(0.2), scored(0.3)], {"t": [1.0, 0.0]})
-    write_json(tmp_path / "imagecode" / "valid_data.json", {name: {"3": "t"}})
-    with pytest.raises(ValueError, match=r"image index 3 is out of range for the 3 images"):
+    _write_set(tmp_path, name, range(10), 0)
+    scripted = Scripted([scored(0.05 * k) for k in range(10)], {"t": [1.0, 0.0]})
+    write_json(tmp_path / "imagecode" / "valid_data.json", {name: {"10": "t"}})
+    with pytest.raises(ValueError, match=r"image index 10 is out of range for the 10 images"):
         scripted.evaluate(["imagecode"], tmp_path)
     write_json(tmp_path / "imagecode" / "valid_data.json", {"missing-set": {"0": "t"}})
     with pytest.raises(FileNotFoundError, match=r"image set folder .*missing-set .*not found"):
         scripted.evaluate(["imagecode"], tmp_path)
+    # an image missing from a set would silently shift every later position: an error naming the set
+    write_json(tmp_path / "imagecode" / "valid_data.json", {name: {"7": "t"}})
+    (tmp_path / "imagecode" / "image-sets" / name / "img3.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"open-images-1_x holds 9 img<X>.jpg files; an ImageCoDe set has 10"):
+        scripted.evaluate(["imagecode"], tmp_path)
+    id_image(tmp_path / "imagecode" / "image-sets" / name / "img3.jpg", 3)
+    assert scripted.evaluate(["imagecode"], tmp_path)["imagecode"]["static"]["n"] == 1
     id_image(tmp_path / "imagecode" / "image-sets" / name / "frame7.jpg", 0)
-    write_json(tmp_path / "imagecode" / "valid_data.json", {name: {"0": "t"}})
     with pytest.raises(ValueError, match=r"frame7.jpg is not named img<frame number>.jpg"):
         scripted.evaluate(["imagecode"], tmp_path)
 

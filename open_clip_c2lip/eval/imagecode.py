@@ -31,6 +31,7 @@ SOURCE = ("https://github.com/McGill-NLP/imagecode (data/valid_data.json); image
           "Zenodo record 6518944 (or HF BennoKrojer/ImageCoDe), unpacked into imagecode/")
 STATIC_MARKER = "open-images"  # zero_shot.py: static images (IMG ACC) vs video frames (VIDEO ACC)
 SUBSETS = ("static", "videos")
+IMAGES_PER_SET = 10  # the paper's sets of ten minimally different images
 _FRAME_FILE = re.compile(r"img(\d+)\.jpg")
 
 
@@ -39,15 +40,19 @@ def subset_of(set_name: str) -> str:
 
 
 def ordered_images(set_dir: Path) -> List[Path]:
-    """The ``img<X>.jpg`` files of ``set_dir`` ordered by the integer X; ValueError for another name."""
+    """The ten ``img<X>.jpg`` files of ``set_dir`` ordered by the integer X; ValueError for another
+    name, FileNotFoundError for another number of images."""
     frames = []
     for path in set_dir.glob("*.jpg"):
         match = _FRAME_FILE.fullmatch(path.name)
         if match is None:
             raise ValueError(f"{NAME}: {path} is not named img<frame number>.jpg")
         frames.append((int(match.group(1)), path))
-    if not frames:
-        raise FileNotFoundError(f"{NAME}: image set folder {set_dir} holds no img<X>.jpg file")
+    if len(frames) != IMAGES_PER_SET:
+        # the target is a position in frame order: with an image missing, every later index would
+        # silently point at the next image
+        raise FileNotFoundError(f"{NAME}: image set folder {set_dir} holds {len(frames)} img<X>.jpg files; an "
+                                f"ImageCoDe set has {IMAGES_PER_SET} (a partly unpacked image-sets.zip?)")
     return [path for _, path in sorted(frames)]
 
 
