@@ -2,6 +2,7 @@
 hand from the study's definitions) and the comparison figure on a small CSV in its format."""
 import csv
 import random
+import re
 
 import numpy as np
 import pytest
@@ -201,3 +202,66 @@ def test_report_arguments_are_checked_before_evaluating(tmp_path):
     args.compare = tmp_path / "absent.csv"
     with pytest.raises(FileNotFoundError, match="absent.csv"):
         report.check_report_args(args, ["imagenet1k"])
+
+
+def test_damaged_comparison_csvs_are_named_errors(tmp_path):
+    """A cell that is not a number in a column the figure plots failed inside the plot (TypeError);
+    a latin-1 file gave a UnicodeDecodeError naming no file; a BOM (spreadsheet export) and extra
+    columns are fine; a non-finite value is a missing one."""
+    write_published(tmp_path / "results.csv", [("OpenCLIP", 60.0, [40.0] * 12), ("SLIP", 30.0, [35.0] * 12)])
+    text = (tmp_path / "results.csv").read_text()
+    lines = text.splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines[:2] + [lines[2].replace("35.0", "n/a", 1)]) + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}:3: column 'aro' must be a number .* got 'n/a'"):
+        report.read_csv(bad)
+    bad.write_bytes(text.replace("SLIP", "SL\u00cfP").encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}: not UTF-8 text"):
+        report.read_csv(bad)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + "\n".join([lines[0] + ",notes"] + [line + ",see paper" for line in lines[1:]])
+                    .replace("60.0", "nan").encode())
+    rows = report.read_csv(bom)
+    assert rows[0][""] == "0" and rows[0]["imagenet"] is None and rows[1]["imagenet"] == 30.0
+    assert rows[0]["notes"] == "see paper"
+
+
+def test_published_rows_without_the_axes_fail_before_evaluating(tmp_path):
+    import argparse
+    write_published(tmp_path / "results.csv", [("OpenCLIP", 60.0, [40.0] * 12)])
+    rows = report.read_csv(tmp_path / "results.csv")
+    no_imagenet = [{k: v for k, v in r.items() if k != "imagenet"} for r in rows]
+    with pytest.raises(ValueError, match=r"results.csv: no 'imagenet' column .*individual_results.csv does not"):
+        report.check_published(no_imagenet, tmp_path / "results.csv")
+    with pytest.raises(ValueError, match="none of the benchmark columns"):
+        report.check_published([{"arch": "a", "imagenet": 50.0}], "x.csv")
+    with pytest.raises(ValueError, match="no row has both 'imagenet' and a benchmark value"):
+        report.check_published([dict(rows[0], imagenet=None)], "x.csv")
+    # the eval CLI's check: the ImageNet folder must be there, not only named
+    args = argparse.Namespace(compare=tmp_path / "results.csv", figure=tmp_path / "f.png",
+                              clip_benchmark_root=tmp_path / "cb")
+    with pytest.raises(FileNotFoundError, match=r"imagenet1k-unverified is not under .*cb \(missing .*val\)"):
+        report.check_report_args(args, ["imagenet1k-unverified", "flickr30k"])
+    (tmp_path / "cb" / "imagenet1k-unverified" / "val").mkdir(parents=True)
+    report.check_report_args(args, ["imagenet1k-unverified", "flickr30k"])
+
+
+def test_figure_path_and_columns_the_published_rows_lack(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        report.check_figure_path(tmp_path)
+    with pytest.raises(ValueError, match=r"name the file with a type suffix, one of .*\.png"):
+        report.check_figure_path(tmp_path / "figure")  # savefig would write figure.png
+    report.check_figure_path(tmp_path / "figure.PDF")
+    write_published(tmp_path / "results.csv", [("OpenCLIP", 60.0 + k, [40.0 + k + j for j in range(12)])
+                                               for k in range(3)])
+    published = [{k: v for k, v in r.items() if k != "colorswap"} for r in report.read_csv(tmp_path / "results.csv")]
+    ours = [{"arch": "me", "imagenet": 10.0, "colorswap": 5.0, "crepe": 20.0, "valse": 30.0}]
+    figure = report.compare_figure(published, ours, tmp_path / "fig.png")
+    points = {c.get_gid(): c.get_offsets() for c in figure.axes[0].collections}
+    assert points["ours"].tolist() == [[10.0, 25.0]]  # colorswap left out: the published rows lack it
+    crepe, valse = report.COMPOSITIONALITY.index("crepe"), report.COMPOSITIONALITY.index("valse")
+    assert np.allclose(points["published:OpenCLIP"], [[60.0 + k, 40.0 + k + (crepe + valse) / 2] for k in range(3)])
+    many = dict(ours[0], **{c: 50.0 for c in report.COMPOSITIONALITY if c not in ("colorswap", "comp_avg")})
+    many.pop("eqben")
+    label = report.compare_figure(published, [many], tmp_path / "fig2.png").axes[0].get_ylabel()
+    assert label.count("\n") >= 2 and max(len(line) for line in label.split("\n")) <= 62  # wrapped, not cut off

@@ -27,8 +27,10 @@ fig.png`` (the eval CLI writes ``ours.csv`` with ``--csv`` and can draw the figu
 """
 import argparse
 import csv
+import io
 import logging
 import math
+import textwrap
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -129,6 +131,7 @@ SUMMARY_RULES: "OrderedDict[str, Optional[Rule]]" = OrderedDict([
 COMPOSITIONALITY = ("aro", "colorswap", "crepe", "eqben", "imagecode", "mmvp_vlm", "sugarcrepe", "svo_probes",
                     "valse", "vl_checklist", "whatsup", "winoground")
 SUMMARY_RULES["comp_avg"] = ("mean", list(COMPOSITIONALITY))
+FIGURE_COLUMNS = ("imagenet", "21_tasks_avg", "comp_avg") + COMPOSITIONALITY  # read as numbers by read_csv
 ID_COLUMNS = ("", "arch", "pretrained", "family")
 HEADER = list(ID_COLUMNS) + list(SUMMARY_RULES) + list(SUBSET_COLUMNS)
 
@@ -224,29 +227,52 @@ def write_csv(path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def read_csv(path) -> List[Dict[str, Any]]:
     """Rows of a vl_compo-format CSV (``results.csv``, or rows written here): numbers as floats,
-    empty cells as None. Needs the ``arch`` column."""
+    empty and non-finite cells as None. Needs the ``arch`` column; ValueError naming the file, line
+    and column for a figure column (``FIGURE_COLUMNS``) that is not a number, and for a file that is
+    not UTF-8 (a leading byte-order mark is fine)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CSV not found: {path}")
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "arch" not in reader.fieldnames:
-            raise ValueError(f"{path}: not a vl_compo-format CSV (no 'arch' column; has {reader.fieldnames})")
-        rows = []
-        for row in reader:
-            parsed = {}
-            for key, cell in row.items():
-                if key in ID_COLUMNS or key is None:
-                    parsed[key] = cell
-                    continue
-                try:
-                    parsed[key] = float(cell) if cell not in ("", None) else None
-                except ValueError:
-                    parsed[key] = cell
-            rows.append(parsed)
+        raise FileNotFoundError(f"CSV not found (or not a file): {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from e
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or "arch" not in reader.fieldnames:
+        raise ValueError(f"{path}: not a vl_compo-format CSV (no 'arch' column; has {reader.fieldnames})")
+    rows = []
+    for row in reader:
+        parsed = {}
+        for key, cell in row.items():
+            if key in ID_COLUMNS or key is None:
+                parsed[key] = cell
+                continue
+            try:
+                value = float(cell) if cell not in ("", None) else None
+                parsed[key] = value if value is None or math.isfinite(value) else None
+            except ValueError:
+                if key in FIGURE_COLUMNS:
+                    raise ValueError(f"{path}:{reader.line_num}: column {key!r} must be a number (percent) or "
+                                     f"empty, got {cell!r}") from None
+                parsed[key] = cell
+        rows.append(parsed)
     if not rows:
         raise ValueError(f"{path}: holds no rows")
     return rows
+
+
+def check_published(rows: Sequence[Mapping[str, Any]], path, x: str = "imagenet") -> None:
+    """ValueError naming ``path`` when its rows cannot be the figure's published points: no ``x``
+    column or none of the 12 benchmark columns, or no row with both."""
+    columns = set().union(*(row.keys() for row in rows))
+    if x not in columns:
+        raise ValueError(f"{path}: no {x!r} column (the vl_compo study's results.csv has one; its "
+                         f"individual_results.csv does not)")
+    present = [c for c in COMPOSITIONALITY if c in columns]
+    if not present:
+        raise ValueError(f"{path}: none of the benchmark columns {', '.join(COMPOSITIONALITY)}")
+    if not any(row.get(x) is not None and any(row.get(c) is not None for c in present) for row in rows):
+        raise ValueError(f"{path}: no row has both {x!r} and a benchmark value")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,10 +300,15 @@ def compare_figure(published: Sequence[Mapping[str, Any]], ours: Sequence[Mappin
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     columns = comparison_axis(ours, x)
+    lacking = [c for c in columns if all(r.get(c) is None for r in published)]
+    if lacking:
+        _logger.warning("the published rows have no %s: left out of the figure's average", ", ".join(lacking))
+        columns = [c for c in columns if c not in lacking]
     y_of = lambda row: sum(row[c] for c in columns) / len(columns)  # noqa: E731
     usable = [r for r in published if r.get(x) is not None and all(r.get(c) is not None for c in columns)]
-    if not usable:
-        raise ValueError(f"no published row has {x!r} and {columns}")
+    if not columns or not usable:
+        raise ValueError(f"no published row has {x!r} and any of the benchmarks of this run "
+                         f"({', '.join(comparison_axis(ours, x))})")
     figure = Figure(figsize=(7.5, 6))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -296,7 +327,8 @@ def compare_figure(published: Sequence[Mapping[str, Any]], ours: Sequence[Mappin
     if len(columns) == len(COMPOSITIONALITY):
         y_label = "12 compositional tasks avg. (%) (comp_avg)"
     else:
-        y_label = f"compositional avg. over {len(columns)} of 12 tasks (%)\n({', '.join(columns)})"
+        names = textwrap.fill(", ".join(columns), width=60)
+        y_label = f"compositional avg. over {len(columns)} of 12 tasks (%)\n({names})"
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
     axes.grid(True, linestyle="--", alpha=0.5)
@@ -331,10 +363,18 @@ def check_report_args(args: argparse.Namespace, zeroshot_datasets: Sequence[str]
     if (args.compare is None) != (args.figure is None):
         raise ValueError("--compare and --figure go together")
     if args.compare is not None:
-        read_csv(args.compare)
-        if not {"imagenet1k", "imagenet1k-unverified"} & set(zeroshot_datasets):
+        check_published(read_csv(args.compare), args.compare)
+        from .zeroshot import absent_files
+        imagenet = [d for d in ("imagenet1k", "imagenet1k-unverified") if d in zeroshot_datasets]
+        if not imagenet:
             raise ValueError("--compare plots against ImageNet zero-shot top-1: add --clip-benchmark-root DIR "
                              "with imagenet1k (or imagenet1k-unverified) among --clip-benchmark-datasets")
+        root = getattr(args, "clip_benchmark_root", None)
+        absent = {d: absent_files(root, d) for d in imagenet} if root is not None else {}
+        if absent and all(absent.values()):
+            raise FileNotFoundError(f"--compare plots against ImageNet zero-shot top-1, but {' / '.join(imagenet)} "
+                                    f"is not under {root} (missing "
+                                    f"{'; '.join(', '.join(files) for files in absent.values())})")
 
 
 def write_report(args: argparse.Namespace, results: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
@@ -356,6 +396,19 @@ def write_report(args: argparse.Namespace, results: Mapping[str, Any]) -> Option
     return row
 
 
+def check_figure_path(path) -> None:
+    """ValueError unless ``path`` names a file with a type matplotlib writes (without a suffix
+    ``savefig`` would write ``<path>.png`` instead)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    path = Path(path)
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if path.is_dir():
+        raise ValueError(f"--figure {path} is a folder; give a file path")
+    if path.suffix.lower().lstrip(".") not in kinds:
+        raise ValueError(f"--figure {path}: name the file with a type suffix, one of "
+                         f"{', '.join('.' + k for k in sorted(kinds))}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m open_clip_c2lip.eval.report",
                                      description="Place vl_compo-format rows among the published checkpoints.")
@@ -365,8 +418,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--x", default="imagenet", choices=["imagenet", "21_tasks_avg"])
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
+    check_figure_path(args.figure)
+    published = read_csv(args.compare)
+    check_published(published, args.compare, args.x)
     ours = [row for path in args.ours for row in read_csv(path)]
-    compare_figure(read_csv(args.compare), ours, args.figure, x=args.x, title=args.title)
+    compare_figure(published, ours, args.figure, x=args.x, title=args.title)
     print(f"comparison figure written to {args.figure}")
 
 
@@ -374,5 +430,5 @@ if __name__ == "__main__":
     import sys
     try:
         main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
