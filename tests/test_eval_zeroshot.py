@@ -127,3 +127,43 @@ def test_absent_datasets_never_trigger_a_download(stub, tmp_path, monkeypatch):
                                           str(tmp_path / "mscoco_captions" / "coco_test_karpathy.json")]
     with pytest.raises(ValueError, match="not supported here"):
         zeroshot.absent_files(tmp_path, "cifar10")
+
+
+def test_clip_benchmark_arguments_are_checked_before_the_model_loads(cb_root, tmp_path):
+    import argparse
+
+    def args(**kw):
+        base = dict(clip_benchmark_root=str(cb_root), clip_benchmark_datasets=None, clip_benchmark_classnames=None,
+                    clip_benchmark_templates=None)
+        return argparse.Namespace(**{**base, **kw})
+    with pytest.raises(FileNotFoundError, match="--clip-benchmark-root folder not found: .*nope"):
+        zeroshot.clip_benchmark_datasets(args(clip_benchmark_root=str(tmp_path / "nope")))
+    with pytest.raises(FileNotFoundError, match=r"none of the clip_benchmark datasets imagenet1k, flickr8k is under"):
+        zeroshot.clip_benchmark_datasets(args(clip_benchmark_datasets=["imagenet1k", "flickr8k"]))
+    # the default list runs what is present (imagenet1k is not)
+    assert zeroshot.clip_benchmark_datasets(args()) == list(zeroshot.DEFAULT_DATASETS)
+    with pytest.raises(FileNotFoundError, match=r"--clip-benchmark-templates: file not found: .*none.json"):
+        zeroshot.clip_benchmark_datasets(args(clip_benchmark_templates=str(tmp_path / "none.json")))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"--clip-benchmark-classnames: .*bad.json is not a UTF-8 JSON file"):
+        zeroshot.clip_benchmark_datasets(args(clip_benchmark_classnames=str(tmp_path / "bad.json")))
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"list.json must hold a JSON object"):
+        zeroshot.clip_benchmark_datasets(args(clip_benchmark_templates=str(tmp_path / "list.json")))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flickr30k/flickr30k_test_karpathy.txt", r"IndexError"),  # clip_benchmark's own parse error
+    ("flickr30k/1001.jpg", r"FileNotFoundError: .*1001.jpg"),
+])
+def test_a_damaged_dataset_is_an_error_naming_it(stub, cb_root, tmp_path, damage, message):
+    import shutil
+    model, preprocess, tokenizer = stub
+    root = tmp_path / "cb"
+    shutil.copytree(cb_root, root)
+    if damage.endswith(".txt"):
+        (root / damage).write_text("garbage\n")
+    else:
+        (root / damage).unlink()
+    with pytest.raises(ValueError, match=rf"clip_benchmark flickr30k under {root / 'flickr30k'} failed: {message}"):
+        zeroshot.run_clip_benchmark(model, preprocess, tokenizer, str(root), ["flickr30k"])

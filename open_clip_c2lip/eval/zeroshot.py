@@ -136,8 +136,12 @@ def run_clip_benchmark(model, preprocess: Callable, tokenizer: Callable, root, d
             kwargs = {"classnames_file": classnames_file, "templates_file": templates_file} \
                 if task == "zeroshot_classification" else {}
             _logger.info("clip_benchmark %s (%s, fp32)", dataset, task)
-            results[dataset] = TASKS[task](model, preprocess, tokenizer, dataset, dataset_root(root, dataset),
-                                           device=device_type, batch_size=batch_size, workers=workers, **kwargs)
+            try:
+                results[dataset] = TASKS[task](model, preprocess, tokenizer, dataset, dataset_root(root, dataset),
+                                               device=device_type, batch_size=batch_size, workers=workers, **kwargs)
+            except Exception as e:  # clip_benchmark's own errors rarely say which dataset or file
+                raise ValueError(f"clip_benchmark {dataset} under {dataset_root(root, dataset)} failed: "
+                                 f"{type(e).__name__}: {e}") from e
     finally:
         model.train(was_training)
     return results, skipped
@@ -156,9 +160,41 @@ def add_clip_benchmark_args(parser: argparse.ArgumentParser) -> None:
                        help="clip_benchmark --custom_template_file (JSON: dataset -> prompt templates)")
 
 
+DEFAULT_DATASETS = ("imagenet1k", "mscoco_captions", "flickr30k")
+
+
+def _check_json_file(path, flag: str) -> None:
+    """clip_benchmark reads these with a bare ``assert`` / ``json.load``: fail early, naming the file."""
+    import json
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag}: file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{flag}: {path} is not a UTF-8 JSON file: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag}: {path} must hold a JSON object (dataset -> list), got {type(data).__name__}")
+
+
 def clip_benchmark_datasets(args: argparse.Namespace) -> List[str]:
+    """The clip_benchmark datasets to run, checked before the model is loaded: the root must be a
+    folder holding at least one of them (absent ones are skipped and listed when the run ends), the
+    custom class name / template files must be JSON objects."""
     if args.clip_benchmark_root is None:
         if args.clip_benchmark_datasets:
             raise ValueError("--clip-benchmark-datasets needs --clip-benchmark-root")
         return []
-    return list(args.clip_benchmark_datasets or ("imagenet1k", "mscoco_captions", "flickr30k"))
+    root = args.clip_benchmark_root
+    if "{dataset}" not in str(root) and not Path(root).is_dir():
+        raise FileNotFoundError(f"--clip-benchmark-root folder not found: {root}")
+    datasets = list(args.clip_benchmark_datasets or DEFAULT_DATASETS)
+    absent = {d: absent_files(root, d) for d in datasets}
+    if all(absent.values()):
+        raise FileNotFoundError(f"none of the clip_benchmark datasets {', '.join(datasets)} is under {root}: "
+                                + "; ".join(f"{d} (missing {', '.join(f)})" for d, f in absent.items()))
+    for flag, path in (("--clip-benchmark-classnames", args.clip_benchmark_classnames),
+                       ("--clip-benchmark-templates", args.clip_benchmark_templates)):
+        if path is not None:
+            _check_json_file(path, flag)
+    return datasets
