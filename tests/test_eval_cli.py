@@ -174,3 +174,45 @@ def test_offline_pretrained_tag_is_one_line(winoground_root, tmp_path, hub_cache
                               "Hub repo timm/ViT-B-16-SigLIP) are not in the local Hugging Face cache")
     assert "Connection refused" in message and "\n" not in message
     assert len(refused_hub) == 1 and not (tmp_path / "r.json").exists()
+
+
+def _fail_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--output", "{tmp}"], r"--output .* is a folder"),
+    (["--output", "{tmp}/file.txt/r.json"], r"--output .*r.json: .*file.txt is not a folder"),
+    (["--output", "{tmp}/r.json", "--save-scores", "{tmp}/r.json"], r"--save-scores and --output are the same file"),
+    (["--output", "{tmp}/r.json", "--csv", "{tmp}"], r"--csv .* is a folder"),
+    (["--output", "{tmp}/r.json", "--csv", "{tmp}/pub.csv", "--compare", "{tmp}/pub.csv", "--figure", "{tmp}/f.png"],
+     r"--csv would overwrite the --compare CSV"),
+    (["--output", "{tmp}/r.json", "--compare", "{tmp}/pub.csv", "--figure", "{tmp}/fig"],
+     r"--figure .*fig: name the file with a type suffix"),
+])
+def test_outputs_that_cannot_be_written_fail_before_the_model_loads(data_root, tmp_path, monkeypatch, flags,
+                                                                     message):
+    """Before, a folder as --output / --csv / --save-scores raised IsADirectoryError (a traceback)
+    after the whole evaluation, and --figure without a suffix wrote <name>.png instead of <name>."""
+    from open_clip_c2lip.eval import cli
+    from test_eval_report import write_published
+    monkeypatch.setattr(cli, "load_model", _fail_load)
+    (tmp_path / "file.txt").write_text("x")
+    write_published(tmp_path / "pub.csv", [("OpenCLIP", 60.0, [40.0] * 12)])
+    (tmp_path / "cb" / "imagenet1k-unverified" / "val").mkdir(parents=True)
+    argv = ["--model", "C2LIP-Tiny", "--benchmark", "winoground", "--data-root", str(data_root), "--no-progress",
+            "--clip-benchmark-root", str(tmp_path / "cb"), "--clip-benchmark-datasets", "imagenet1k-unverified"]
+    with pytest.raises(ValueError, match=message):
+        cli.main(argv + [f.format(tmp=tmp_path) for f in flags])
+
+
+def test_a_clip_benchmark_failure_keeps_the_compositionality_results(data_root, tmp_path):
+    """clip_benchmark runs after the suite: when it fails, the suite's results are already written."""
+    (tmp_path / "cb" / "flickr30k").mkdir(parents=True)
+    (tmp_path / "cb" / "flickr30k" / "flickr30k_test_karpathy.txt").write_text("image,caption\nabsent.jpg,a dog\n")
+    output = tmp_path / "results.json"
+    with pytest.raises(ValueError, match=r"clip_benchmark flickr30k under .* failed: FileNotFoundError: .*absent.jpg"):
+        c2eval.main(["--model", "C2LIP-Tiny", "--benchmark", "winoground", "--data-root", str(data_root),
+                     "--output", str(output), "--no-progress", "--clip-benchmark-root", str(tmp_path / "cb"),
+                     "--clip-benchmark-datasets", "flickr30k"])
+    assert list(json.loads(output.read_text())) == ["winoground"]

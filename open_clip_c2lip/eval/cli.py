@@ -6,6 +6,7 @@ output).
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -19,7 +20,7 @@ from .sugarcrepe_pp import SUGARCREPE_PP_SPLITS
 from .valse import VALSE_PIECES
 from .vl_checklist import VL_CHECKLIST_CORPORA
 from .whatsup import WHATSUP_SUBSETS
-from .report import add_report_args, check_report_args, write_report
+from .report import add_report_args, check_figure_path, check_report_args, write_report
 from .suite import evaluate, format_markdown, plan_benchmarks
 from .zeroshot import add_clip_benchmark_args, clip_benchmark_datasets, run_clip_benchmark
 
@@ -33,6 +34,33 @@ def atomic_write_text(path, text: str) -> None:
         check_free_space(path, size)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_text(str(path), text)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail before the model is loaded when an output could not be written at the end of the run:
+    a path that is a folder, a parent that is a file or not writable, two outputs on one path, an
+    output on the comparison CSV, a figure without a file type matplotlib knows."""
+    outputs = {"--output": args.output, "--save-scores": args.save_scores, "--csv": args.csv, "--figure": args.figure}
+    seen = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{flag} {path} is a folder; give a file path")
+        parent = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+        if not parent.is_dir():
+            raise ValueError(f"{flag} {path}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: {parent} is not writable")
+        key = path.resolve()
+        if key in seen:
+            raise ValueError(f"{flag} and {seen[key]} are the same file: {path}")
+        seen[key] = flag
+    if args.compare is not None and Path(args.compare).resolve() in seen:
+        raise ValueError(f"{seen[Path(args.compare).resolve()]} would overwrite the --compare CSV {args.compare}")
+    if args.figure is not None:
+        check_figure_path(args.figure)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -97,7 +125,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.getLogger("open_clip_c2lip").setLevel(logging.INFO)
     if not args.data_root.is_dir():
         raise FileNotFoundError(f"--data-root folder not found: {args.data_root}")
-    plan_benchmarks(args.benchmark, args.data_root, _options(args), report=False)  # fail before the model load
+    # everything that can be checked fails here, before the model is loaded
+    plan_benchmarks(args.benchmark, args.data_root, _options(args), report=False)
+    check_outputs(args)
     zeroshot = clip_benchmark_datasets(args)
     check_report_args(args, zeroshot)
     for path in filter(None, (args.output, args.save_scores)):  # a full disk is said before the evaluation
@@ -108,6 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         precision=args.precision, batch_size=args.batch_size, workers=args.workers, options=_options(args),
         progress=not args.no_progress, return_scores=True)
     if zeroshot:
+        # the compositionality results are kept if clip_benchmark fails
+        atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
         results["clip_benchmark"], absent = run_clip_benchmark(
             model, preprocess, tokenizer, args.clip_benchmark_root, zeroshot, device=args.device,
             batch_size=args.batch_size, workers=args.workers, classnames_file=args.clip_benchmark_classnames,
