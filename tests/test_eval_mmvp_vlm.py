@@ -1,6 +1,7 @@
 """Tests for open_clip_c2lip.eval.mmvp_vlm: Winoground scores per category (vl_compo) and the official
 pair accuracy of tsb0601/MMVP scripts/evaluate_vlm.py, against an independent per-pair scorer."""
 import csv
+import logging
 
 import numpy as np
 import pytest
@@ -54,9 +55,14 @@ def reference_mmvp(ref: Reference, root, cmp: Comparisons, prompt="a photo of ",
     return results
 
 
-def test_mmvp_matches_the_official_script_and_winoground_scores(stub, mmvp_root):
+def test_mmvp_matches_the_official_script_and_winoground_scores(stub, mmvp_root, caplog):
     model, preprocess, tokenizer = stub
-    results = c2eval.evaluate(model, preprocess, tokenizer, ["mmvp_vlm"], mmvp_root, batch_size=16, progress=False)
+    with caplog.at_level(logging.WARNING, logger="open_clip_c2lip.eval"):
+        results = c2eval.evaluate(model, preprocess, tokenizer, ["mmvp_vlm"], mmvp_root, batch_size=16,
+                                  progress=False)
+    # a short Questions.csv (here 33 pairs) is said so: its averages are over fewer categories
+    assert "holds 33 pairs where MMVP-VLM has 135 (9 categories x 15)" in caplog.text
+    assert f"{CATEGORIES[2]} (3), {CATEGORIES[3]} (0)" in caplog.text
     cmp = Comparisons()
     want = {"mmvp_vlm": reference_mmvp(Reference(model, preprocess, tokenizer), mmvp_root, cmp)}
     cmp.assert_clear()

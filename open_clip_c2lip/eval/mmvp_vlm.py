@@ -119,6 +119,11 @@ def load_mmvp_vlm(data_root: Path, images: Vocabulary, texts: Vocabulary, prompt
         i0, i1 = (refs[0], refs[1]) if odd_first else (refs[1], refs[0])
         rows.add(f"{qid1}-{qid2}", CATEGORIES[p // PAIRS_PER_CATEGORY], i0, i1, captions[0], captions[1])
     check_images(paths, image_dir, source)
+    short = {c: n for c, n in ((c, rows["subset"].count(c)) for c in CATEGORIES) if n < PAIRS_PER_CATEGORY}
+    if short:  # the official script would divide every category by (pairs // 9) all the same
+        _logger.warning("mmvp_vlm: %s holds %d pairs where MMVP-VLM has %d (%d categories x %d); categories with "
+                        "fewer pairs: %s", source, len(rows), len(CATEGORIES) * PAIRS_PER_CATEGORY, len(CATEGORIES),
+                        PAIRS_PER_CATEGORY, ", ".join(f"{c} ({n})" for c, n in short.items()))
     first_is_image_1 = np.asarray(first_is_image_1)
 
     def score(image_features, text_features):
