@@ -161,3 +161,16 @@ def test_missing_image_is_a_named_error(tmp_path):
     write_json(tmp_path / "aro_flickr_order" / "flickr30k_test.json", [{"image": "flickr30k-images/1.jpg"}])
     with pytest.raises(ValueError, match=r"flickr30k_test.json: item 0 lacks field 'caption'"):
         scripted.evaluate(["aro_flickr_order"], tmp_path)
+
+
+def test_a_missing_spacy_model_is_an_error_saying_how_to_install_it(tmp_path, monkeypatch):
+    """load_spacy raises OSError with the install command; the eval CLI turns ValueErrors (not
+    OSErrors) into one ``error:`` line."""
+    import open_clip_c2lip.concepts as concepts
+
+    def absent(name, **kwargs):
+        raise OSError(f"spaCy model {name!r} is not installed. Install it with `pip install {name}`")
+    monkeypatch.setattr(concepts, "load_spacy", absent)
+    with pytest.raises(ValueError, match=r"need spaCy's en_core_web_sm: spaCy model 'en_core_web_sm' is not "
+                                         r"installed. Install it with `pip install en_core_web_sm`"):
+        aro_order.OrderPerturber().options(["a dog on a mat"])

@@ -319,3 +319,20 @@ def test_duplicate_keys_in_a_json_object_are_an_error(tmp_path):
         load_json(path, "sugarcrepe")
     path.write_text('\ufeff{"1": {"caption": "a"}}', encoding="utf-8")
     assert load_json(path, "sugarcrepe") == {"1": {"caption": "a"}}
+
+
+def test_an_unreadable_annotation_file_is_an_error_naming_it(stub, written_all, monkeypatch):
+    """No read permission (simulated: the tests may run as root): a ValueError naming the file, so
+    the command line ends with one ``error:`` line instead of a PermissionError traceback."""
+    import builtins
+    model, preprocess, tokenizer = stub
+    target = written_all / "colorswap" / "test.json"
+    real_open = builtins.open
+
+    def guarded(path, *args, **kwargs):
+        if str(path) == str(target):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", guarded)
+    with pytest.raises(ValueError, match=rf"colorswap: cannot read {re.escape(str(target))}: Permission denied"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["colorswap"], written_all, progress=False)

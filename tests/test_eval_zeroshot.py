@@ -145,7 +145,7 @@ def test_clip_benchmark_arguments_are_checked_before_the_model_loads(cb_root, tm
     with pytest.raises(FileNotFoundError, match=r"--clip-benchmark-templates: file not found: .*none.json"):
         zeroshot.clip_benchmark_datasets(args(clip_benchmark_templates=str(tmp_path / "none.json")))
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"--clip-benchmark-classnames: .*bad.json is not a UTF-8 JSON file"):
+    with pytest.raises(ValueError, match=r"--clip-benchmark-classnames: .*bad.json is not a readable UTF-8 JSON"):
         zeroshot.clip_benchmark_datasets(args(clip_benchmark_classnames=str(tmp_path / "bad.json")))
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(ValueError, match=r"list.json must hold a JSON object"):

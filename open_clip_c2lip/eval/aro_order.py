@@ -123,7 +123,10 @@ class OrderPerturber:
         random streams caption after caption in the given order."""
         from ..concepts import load_spacy
 
-        nlp = load_spacy(self.spacy_model)
+        try:
+            nlp = load_spacy(self.spacy_model)
+        except OSError as e:  # not installed: the message says how to install it
+            raise ValueError(f"the ARO word-order perturbations need spaCy's {self.spacy_model}: {e}") from e
         out = []
         with nlp.select_pipes(disable=[p for p in ("parser",) if p in nlp.pipe_names]):
             for caption, doc in zip(captions, nlp.pipe(captions, batch_size=256)):

@@ -103,10 +103,12 @@ def require_dir(path: Path, benchmark: str) -> Path:
 
 def read_text(path: Path, benchmark: str) -> str:
     """The text of an annotation file (UTF-8; a leading byte-order mark, as spreadsheet programs
-    write, is dropped); ValueError naming the file when it is not UTF-8."""
+    write, is dropped); ValueError naming the file when it cannot be read or is not UTF-8."""
     try:
         with open(path, "r", encoding="utf-8-sig", newline="") as f:
             return f.read()
+    except OSError as e:  # e.g. no read permission
+        raise ValueError(f"{benchmark}: cannot read {path}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise ValueError(f"{benchmark}: {path} is not UTF-8 text (byte {e.start}: {e.reason}); the release's "
                          f"files are UTF-8: re-download or re-export it") from e

@@ -235,6 +235,8 @@ def read_csv(path) -> List[Dict[str, Any]]:
         raise FileNotFoundError(f"CSV not found (or not a file): {path}")
     try:
         text = path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from e
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -428,7 +430,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 if __name__ == "__main__":
     import sys
-    try:
-        main(sys.argv[1:])
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+
+    from ..cli_errors import run
+    run(main, sys.argv[1:])

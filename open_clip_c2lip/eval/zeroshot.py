@@ -171,8 +171,8 @@ def _check_json_file(path, flag: str) -> None:
         raise FileNotFoundError(f"{flag}: file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{flag}: {path} is not a UTF-8 JSON file: {e}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{flag}: {path} is not a readable UTF-8 JSON file: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{flag}: {path} must hold a JSON object (dataset -> list), got {type(data).__name__}")
 
