@@ -265,3 +265,17 @@ def test_figure_path_and_columns_the_published_rows_lack(tmp_path):
     many.pop("eqben")
     label = report.compare_figure(published, [many], tmp_path / "fig2.png").axes[0].get_ylabel()
     assert label.count("\n") >= 2 and max(len(line) for line in label.split("\n")) <= 62  # wrapped, not cut off
+
+
+def test_report_command_line_runs_without_a_runpy_warning(tmp_path):
+    """``python -m open_clip_c2lip.eval.report``: the package must not have imported ``report``
+    already (runpy then warns of "unpredictable behaviour"), and an error is one line."""
+    import os
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "open_clip_c2lip.eval.report",
+                             "--ours", str(tmp_path / "a.csv"), "--compare", str(tmp_path / "b.csv"), "--figure",
+                             str(tmp_path / "f.png")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and "Warning" not in result.stderr
+    assert result.stderr.strip() == f"error: CSV not found (or not a file): {tmp_path / 'b.csv'}"

@@ -95,6 +95,17 @@ from .eqben import load_eqben
 from .mmvp_vlm import load_mmvp_vlm
 from .svo_probes import load_svo_probes
 from .suite import evaluate, expand_benchmarks, format_markdown, plan_benchmarks
-from .report import compare_figure, vl_compo_row
 from .zeroshot import run_clip_benchmark
-from .cli import atomic_write_text, main, parse_args
+
+# Imported on first use: ``python -m open_clip_c2lip.eval.report`` runs ``report`` as __main__ after
+# importing this package, and runpy warns ("found in sys.modules ... unpredictable behaviour") when
+# the package has already imported it (``cli`` imports ``report``).
+_LAZY = {"compare_figure": "report", "vl_compo_row": "report", "atomic_write_text": "cli", "main": "cli",
+         "parse_args": "cli"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
