@@ -51,6 +51,7 @@ import torch
 from PIL import Image
 
 from . import runtime
+from .config import C2LIPConfig
 from .concepts import MAX_PARSE_CHARS
 from .counters import CountingPacker, ReportingLoader, SharedCounters, process_label
 from .packing import SpacyConceptExtractor, TextPacker
@@ -490,7 +491,7 @@ TRAIN_BUILDERS: Dict[str, Callable] = {
 }
 
 
-def make_packer(tokenizer, config: runtime.C2LIPConfig) -> TextPacker:
+def make_packer(tokenizer, config: C2LIPConfig) -> TextPacker:
     """The train-split packer for the runtime config (spaCy extraction for samples without concepts)."""
     return CountingPacker(tokenizer, max_concepts=config.max_concepts,
                           concept_extractor=SpacyConceptExtractor(config.spacy_model))
@@ -580,7 +581,7 @@ def may_extract_concepts(info) -> bool:
     return True
 
 
-def check_concept_extraction(packer: TextPacker, config: runtime.C2LIPConfig) -> None:
+def check_concept_extraction(packer: TextPacker, config: C2LIPConfig) -> None:
     """Extract the concepts of one caption now, so that a missing or broken spaCy model is an error at
     start-up, not at the first sample without concepts (hours in, in a worker). Loads spaCy once in
     this process; forked DataLoader workers inherit it."""

@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import Any, Dict
 
-from . import params, registry, runtime
+from . import params, runtime
 from .fixes import WRAPPED, patch_ddp_cpu_device_ids, wrap_train_one_epoch
 
 _logger = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ def wrap_create_model(create_model):
     if getattr(create_model, WRAPPED, False):
         return create_model
     signature = inspect.signature(create_model)
+
+    from . import registry  # imports open_clip: not at the params hook
 
     @functools.wraps(create_model)
     def c2lip_create_model(*args, **kwargs):
@@ -100,6 +102,8 @@ def wrap_create_loss(create_loss):
 
 def patch_open_clip(open_clip_module) -> None:
     """Hook for ``open_clip``: register names, wrap the factory and package bindings."""
+    from . import registry
+
     registry.register(open_clip_module)
     factory = open_clip_module.factory
     factory.create_model = wrap_create_model(factory.create_model)

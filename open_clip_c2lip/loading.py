@@ -15,19 +15,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
-# SigLIP preprocessing (open_clip.pretrained._slpcfg); every C2 architecture is SigLIP-style.
-SIGLIP_PREPROCESS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic",
-                     "resize_mode": "squash"}
-_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+from .registry import SIGLIP_PREPROCESS, lookup
 
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
 def plugin_entry(model_name: str):
     """The plugin registry's entry (``open_clip_c2lip.registry.lookup``) for a C2 name, else ``None``."""
-    try:
-        from .registry import lookup
-    except ImportError:  # registry stripped from a build: fall back to the naming rule
-        return None
     return lookup(model_name)
 
 

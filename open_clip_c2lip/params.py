@@ -8,14 +8,16 @@ C2LIP combinations and sets ``open_clip_c2lip.runtime``. Without ``--c2lip-loss`
 ``c2lip_*`` attributes differ from upstream.
 """
 import argparse
-import math
+import functools
 import sys
 import types
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
+from . import config as rules
 from . import runtime
+from .config import C2LIPConfig
 
-_DEFAULTS = runtime.C2LIPConfig()
+_DEFAULTS = C2LIPConfig()
 
 # (flag, C2LIPConfig field) for every option that only makes sense with --c2lip-loss
 _CONFIG_FLAGS = (
@@ -33,54 +35,24 @@ _CONFIG_FLAGS = (
 # create_loss wrappers emit them (pop_messages) once main has called setup_logging
 _pending_messages: List[str] = []
 # (config set by the last --c2lip-loss parse, its --model): see training_model()
-_parsed: Optional[Tuple[runtime.C2LIPConfig, str]] = None
+_parsed: Optional[Tuple[C2LIPConfig, str]] = None
 
 
-def _finite_float(value: str) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
-    return number
+def _rule_type(rule: Callable[[Any, str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` applying a ``config`` rule: its ``ValueError`` becomes argparse's error
+    ("argument --flag: must be ...")."""
+    @functools.wraps(rule)
+    def parse(value: str):
+        try:
+            return rule(value, "")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def _loss_weight(value: str) -> float:
-    number = _finite_float(value)
-    if not 0 <= number <= runtime.MAX_LOSS_WEIGHT:
-        raise argparse.ArgumentTypeError(
-            f"must be >= 0 and <= {runtime.MAX_LOSS_WEIGHT:g} (larger weights overflow the loss), got {value}")
-    return number
-
-
-def _xac_temperature(value: str) -> float:
-    number = _finite_float(value)
-    if not 0 < number <= runtime.MAX_XAC_TEMPERATURE:
-        raise argparse.ArgumentTypeError(f"must be > 0 and <= {runtime.MAX_XAC_TEMPERATURE:g}, got {value}")
-    return number
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return value
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return number
-
-
-def _max_concepts(value: str) -> int:
-    number = _positive_int(value)
-    if number > runtime.MAX_CONCEPTS:
-        raise argparse.ArgumentTypeError(
-            f"must be <= {runtime.MAX_CONCEPTS} (each packed caption holds 1 + 2*P token rows), got {value}")
-    return number
+    return parse
 
 
 def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the "C2LIP" argument group (design README §5) to ``parser``."""
+    """Add the "C2LIP" argument group to ``parser``."""
     group = parser.add_argument_group(
         "C2LIP", "Concept-centric learning (open_clip_c2lip). Off unless --c2lip-loss is given.")
     group.add_argument(
@@ -89,34 +61,34 @@ def add_c2lip_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
              "pooled image tokens <-> concept) sigmoid terms. Implies --siglip. Needs a timm "
              "MAP vision tower, e.g. --model ViT-B-16-SigLIP-C2.")
     group.add_argument(
-        "--c2lip-npc-weight", type=_loss_weight, default=_DEFAULTS.npc_weight, metavar="W",
+        "--c2lip-npc-weight", type=_rule_type(rules.check_loss_weight), default=_DEFAULTS.npc_weight, metavar="W",
         help="Weight of the npc loss term. Default: %(default)s.")
     group.add_argument(
-        "--c2lip-xac-weight", type=_loss_weight, default=_DEFAULTS.xac_weight, metavar="W",
+        "--c2lip-xac-weight", type=_rule_type(rules.check_loss_weight), default=_DEFAULTS.xac_weight, metavar="W",
         help="Weight of the xac loss term. Default: %(default)s.")
     group.add_argument(
-        "--c2lip-xac-temperature", type=_xac_temperature, default=_DEFAULTS.xac_temperature, metavar="T",
+        "--c2lip-xac-temperature", type=_rule_type(rules.check_xac_temperature), default=_DEFAULTS.xac_temperature, metavar="T",
         help="λ of the xac token attention softmax(λ·cos(concept, token)): it multiplies the cosine "
              "scores, so higher is sharper (the authors' 1.0 is nearly uniform). Default: %(default)s.")
     group.add_argument(
-        "--c2lip-concept-mode", choices=runtime.CONCEPT_MODES, default=_DEFAULTS.concept_mode,
+        "--c2lip-concept-mode", choices=rules.CONCEPT_MODES, default=_DEFAULTS.concept_mode,
         help="How concepts are embedded: 'text' encodes each concept as its own text (authors' "
              "semantics); 'span' pools the caption's token states over the concept span. "
              "Default: %(default)s.")
     group.add_argument(
-        "--c2lip-max-concepts", type=_max_concepts, default=_DEFAULTS.max_concepts, metavar="P",
-        help=f"Concepts kept per caption, 1 to {runtime.MAX_CONCEPTS} (extra ones are counted and "
+        "--c2lip-max-concepts", type=_rule_type(rules.check_max_concepts), default=_DEFAULTS.max_concepts, metavar="P",
+        help=f"Concepts kept per caption, 1 to {rules.MAX_CONCEPTS} (extra ones are counted and "
              "reported). Default: %(default)s.")
     group.add_argument(
-        "--c2lip-concepts-key", type=_non_empty, default=_DEFAULTS.concepts_key, metavar="KEY",
+        "--c2lip-concepts-key", type=_rule_type(rules.check_non_empty), default=_DEFAULTS.concepts_key, metavar="KEY",
         help="Webdataset json field / CSV column holding precomputed concepts (the authors' "
              "'nounphrases' is also read). Default: %(default)s.")
     group.add_argument(
-        "--c2lip-spacy-model", type=_non_empty, default=_DEFAULTS.spacy_model, metavar="NAME",
+        "--c2lip-spacy-model", type=_rule_type(rules.check_non_empty), default=_DEFAULTS.spacy_model, metavar="NAME",
         help="spaCy pipeline (package name or path) for extracting concepts missing from the data; "
              "checked at start-up. Default: %(default)s.")
     group.add_argument(
-        "--c2lip-duplicate-concepts", choices=runtime.DUPLICATE_CONCEPT_RULES, default=_DEFAULTS.duplicate_concepts,
+        "--c2lip-duplicate-concepts", choices=rules.DUPLICATE_CONCEPT_RULES, default=_DEFAULTS.duplicate_concepts,
         help="A concept text that also occurs among another image's concepts: 'negative' counts it as a "
              "negative for that image (authors' rule); 'ignore' leaves those pairs out of the npc and xac "
              "sums (still divided by the number of concepts). Default: %(default)s.")
@@ -227,7 +199,7 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         _pending_messages.append(
             "C2LIP: --c2lip-loss implies --siglip (sigmoid loss, logit scale/bias init log(10)/-10); "
             "args.siglip set to True.")
-    config = runtime.C2LIPConfig(**{field: getattr(args, field_dest(flag)) for flag, field in _CONFIG_FLAGS})
+    config = C2LIPConfig(**{field: getattr(args, field_dest(flag)) for flag, field in _CONFIG_FLAGS})
     runtime.configure(config)
     _parsed = (config, args.model)
     _pending_messages.append(f"C2LIP: active for model {args.model} with {config.to_dict()}.")

@@ -14,19 +14,22 @@ Two kinds of names:
 Every C2 name defaults ``force_preprocess_cfg`` to SigLIP preprocessing (user values win) so that
 a checkpoint file, or random init, does not fall back to open_clip's OpenAI mean/std + 'shortest'.
 """
+import functools
 import json
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
+from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
+
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 C2_SUFFIX = "-C2"
 
-# open_clip.pretrained._slpcfg values (INCEPTION mean/std), as every SigLIP/SigLIP2 tag uses
+# what open_clip.pretrained._slpcfg gives every SigLIP/SigLIP2 tag
 SIGLIP_PREPROCESS: Mapping[str, Any] = {
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
+    "mean": INCEPTION_MEAN,
+    "std": INCEPTION_STD,
     "interpolation": "bicubic",
     "resize_mode": "squash",
 }
@@ -36,7 +39,7 @@ def reinit_map_head(model) -> None:
     """Xavier-uniform re-init of the timm MAP head's ``q``, ``kv`` and ``proj`` (biases zero).
 
     With timm's default init of these layers a tiny model trained from scratch stalls for hundreds
-    of steps (design/DEMO_NOTES.md §2); Xavier init removes the stall. Only for random init.
+    of steps (``docs/demo.md``); Xavier init removes the stall. Only for random init.
     """
     import torch.nn as nn
 
@@ -107,15 +110,14 @@ def c2_models() -> Dict[str, C2Model]:
     return models
 
 
-_MODELS: Optional[Dict[str, C2Model]] = None
+@functools.lru_cache(maxsize=None)
+def _c2_models() -> Dict[str, C2Model]:
+    return c2_models()  # the shipped files do not change while the process runs
 
 
 def lookup(model_name: str) -> Optional[C2Model]:
     """The C2 entry for ``model_name`` (as ``create_model`` resolves it, '/' -> '-'), else None."""
-    global _MODELS
-    if _MODELS is None:
-        _MODELS = c2_models()
-    return _MODELS.get(model_name.replace("/", "-"))
+    return _c2_models().get(model_name.replace("/", "-"))
 
 
 def register(open_clip_module) -> None:

@@ -51,7 +51,7 @@ def concept_attention_maps(model, image: torch.Tensor, concepts: Sequence[str], 
     ``image [3, H, W]`` -> ``[N, rows, cols]`` attention weights (each map sums to 1 over the
     patch tokens; prefix tokens pooled by the MAP head, if any, are left out of the map).
     """
-    from .loss import concept_attention
+    from .xac import concept_attention
     from .model import image_token_features
     if not concepts:
         raise ValueError("no concepts to visualize")

@@ -87,7 +87,7 @@ def spacy_startup_seconds() -> float:
     code = ("import time; t = time.perf_counter()\n"
             "from open_clip_c2lip.data import check_concept_extraction\n"
             "from open_clip_c2lip.packing import SpacyConceptExtractor\n"
-            "from open_clip_c2lip.runtime import C2LIPConfig\n"
+            "from open_clip_c2lip.config import C2LIPConfig\n"
             "class P: concept_extractor = SpacyConceptExtractor('en_core_web_sm')\n"
             "t0 = time.perf_counter(); check_concept_extraction(P(), C2LIPConfig()); print(time.perf_counter() - t0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -23,7 +23,6 @@ from open_clip_c2lip import eval as c2eval
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 IMAGE_SIZE = 32
 ITEMS_PER_SPLIT = 3
@@ -41,14 +40,16 @@ def block_image(path: Path, seed: int, size=(80, 60)) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def subset_sugarcrepe(root: Path):
+def subset_sugarcrepe(root: Path, real_data):
+    """Subsets of the real SugarCrepe / SugarCrepe++ files (``real_data``: conftest's helper, which
+    skips when they are absent) with stand-in images."""
     expected_pp_ties = 0
     for split in c2eval.SUGARCREPE_SPLITS:
-        data = json.loads((SHARED_DATA / "sugar_crepe" / f"{split}.json").read_text())
+        data = json.loads((real_data("sugar_crepe") / f"{split}.json").read_text())
         keys = list(data)[:ITEMS_PER_SPLIT] + [list(data)[-1]]  # keys stay as in the file (non-contiguous)
         write_json(root / "sugarcrepe" / f"{split}.json", {k: data[k] for k in keys})
     for split in c2eval.SUGARCREPE_PP_SPLITS:
-        data = json.loads((SHARED_DATA / "sugarcrepe_pp" / f"{split}.json").read_text())
+        data = json.loads((real_data("sugarcrepe_pp") / f"{split}.json").read_text())
         subset = data[:ITEMS_PER_SPLIT]
         # the official data quirk: negative == positive caption; strict '>' makes these wrong
         ties = [d for d in data if d["caption"] == d["negative_caption"]]
@@ -126,9 +127,9 @@ def write_winoground(root: Path):
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
+def data_root(tmp_path_factory, real_data):
     root = tmp_path_factory.mktemp("bench")
-    subset_sugarcrepe(root)
+    subset_sugarcrepe(root, real_data)
     write_aro(root)
     write_winoground(root)
     return root

@@ -20,7 +20,6 @@ import pytest
 
 from open_clip_c2lip import concepts as C
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NUM_CAPTIONS = 400
 # Sorted-by-id COCO val2017 caption indices whose parse has no non-pronoun noun chunk (the test
 # re-checks that on the full pipeline, so a changed file fails loudly instead of passing vacuously).
@@ -28,8 +27,8 @@ NO_CHUNK_INDICES = (1264, 1673, 2518)
 
 
 @pytest.fixture(scope="module")
-def coco_all():
-    with open(DATA / "coco_captions_val2017.json") as f:
+def coco_all(real_data):
+    with open(real_data("coco_captions_val2017.json")) as f:
         annotations = sorted(json.load(f)["annotations"], key=lambda a: a["id"])
     return [a["caption"] for a in annotations]
 

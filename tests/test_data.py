@@ -397,10 +397,11 @@ NEW_WEBDATASET_SCRIPT = textwrap.dedent("""
     report["diff"] = count(patched)
 
     from open_clip_c2lip import runtime
+    from open_clip_c2lip.config import C2LIPConfig
     from open_clip_c2lip.data import patch_train_data
     patch_train_data(upstream)
     report["plugin"] = count(upstream)
-    runtime.configure(runtime.C2LIPConfig(max_concepts=3))
+    runtime.configure(C2LIPConfig(max_concepts=3))
     report["plugin_c2lip"] = count(upstream)
     print(json.dumps(report))
 """)

@@ -25,6 +25,7 @@ from open_clip_train.params import parse_args
 from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip import runtime
+from open_clip_c2lip.config import C2LIPConfig
 from open_clip_c2lip.counters import DATA_KEYS, SharedCounters, format_report
 from open_clip_c2lip.data import patch_train_data
 from open_clip_c2lip.packing import STAT_KEYS
@@ -499,7 +500,7 @@ def test_broken_spacy_model_fails_at_get_data_when_extraction_can_happen(tmp_pat
         members += _good(f"g{index}", index)
     shard = write_tar(tmp_path / "p-000000.tar", members)
     args = _args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "4")
-    runtime.configure(runtime.C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))  # e.g. set in code
+    runtime.configure(C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))  # e.g. set in code
     with pytest.raises(RuntimeError, match=r"extracted on the fly with spaCy \(--c2lip-spacy-model 'en_core_web_smm'\)"):
         _train(args)
 
@@ -510,5 +511,5 @@ def test_broken_spacy_model_fails_at_get_data_when_extraction_can_happen(tmp_pat
         rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index]}\t[\"a\"]")
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     args = _args("--train-data", str(tmp_path / "t.csv"), "--dataset-type", "csv")
-    runtime.configure(runtime.C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))
+    runtime.configure(C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))
     assert len(_epoch(_train(args))) == 1

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_dir
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCO_CAPTIONS = DATA_DIR / "coco_captions_val2017.json"
+COCO_CAPTIONS = data_dir() / "coco_captions_val2017.json"
 NUM_SAMPLES = 8
 WORLD_SIZE = 2
 IMAGE_SIZE = 64
@@ -44,7 +44,12 @@ LOSS_KEYS = ("contrastive_loss", "npc_loss", "xac_loss")
 
 torch.set_num_threads(1)
 
-pytestmark = pytest.mark.skipif(not COCO_CAPTIONS.is_file(), reason=f"{COCO_CAPTIONS} not found")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _coco_captions_present(real_data):
+    """The runs train on real COCO captions (skipped, saying where to get them, when absent)."""
+    real_data(COCO_CAPTIONS.name)
 
 
 def build_csv(root: Path) -> Path:

@@ -22,7 +22,6 @@ from open_clip_c2lip.checkpoint import CheckpointError
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 TINY_CONFIG = REPO / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 SIGLIP = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
 TEXTS = ["a red ball on a blue box", "two dogs playing in the snow"]
@@ -167,12 +166,12 @@ def test_export_errors_leave_nothing_behind(tiny, tmp_path):
         export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "taken")
 
 
-def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path):
+def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path, real_data):
     model, checkpoint = tiny
     bundle = export.main(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "b")])
     # our layout (val2017/ + sugarcrepe/<split>.json); clip_benchmark wants <root>/val2017 + <root>/<split>.json
     root = tmp_path / "data"
-    data = json.loads((SHARED_DATA / "sugar_crepe" / "swap_att.json").read_text())
+    data = json.loads((real_data("sugar_crepe") / "swap_att.json").read_text())
     items = dict(list(data.items())[:14])
     for i, name in enumerate(sorted({d["filename"] for d in items.values()})):
         rng = np.random.default_rng(i)

@@ -15,6 +15,7 @@ import open_clip
 import open_clip_train.params
 from open_clip.loss import ClipLoss, SigLipLoss
 from open_clip_c2lip import hooks, params, runtime
+from open_clip_c2lip.config import C2LIPConfig
 
 torch.set_num_threads(1)
 
@@ -109,7 +110,7 @@ def test_create_model_swaps_only_the_training_model(recorded_enable):
 
 
 def test_create_model_without_parse_swaps_when_runtime_configured(recorded_enable):
-    runtime.configure(runtime.C2LIPConfig(concept_mode="text"))
+    runtime.configure(C2LIPConfig(concept_mode="text"))
     open_clip.create_model("C2LIP-Tiny")
     assert recorded_enable == [("CustomTextCLIP", "text")]
 

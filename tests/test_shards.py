@@ -14,7 +14,6 @@ from PIL import Image
 from open_clip_c2lip import shards as S
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +25,8 @@ def make_shards_main():
 
 
 @pytest.fixture(scope="module")
-def captions():
-    with open(DATA / "coco_captions_val2017.json") as f:
+def captions(real_data):
+    with open(real_data("coco_captions_val2017.json")) as f:
         return [a["caption"] for a in sorted(json.load(f)["annotations"], key=lambda a: a["id"])[:50]]
 
 

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_dir
 from tar_fixtures import write_tar
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCO_CAPTIONS = DATA_DIR / "coco_captions_val2017.json"
+COCO_CAPTIONS = data_dir() / "coco_captions_val2017.json"
 TINY_CONFIG = REPO / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 LOSS_KEYS = ("contrastive_loss", "npc_loss", "xac_loss")
 NUM_SAMPLES = 16  # webdataset: 2 shards of 8
@@ -51,7 +51,12 @@ RUN_TIMEOUT = 600
 
 torch.set_num_threads(1)
 
-pytestmark = pytest.mark.skipif(not COCO_CAPTIONS.is_file(), reason=f"{COCO_CAPTIONS} not found")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _coco_captions_present(real_data):
+    """The runs train on real COCO captions (skipped, saying where to get them, when absent)."""
+    real_data(COCO_CAPTIONS.name)
 
 
 # ------------------------------------------------------------------------------------------------
