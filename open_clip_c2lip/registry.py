@@ -21,18 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
-
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 C2_SUFFIX = "-C2"
 
-# what open_clip.pretrained._slpcfg gives every SigLIP/SigLIP2 tag
-SIGLIP_PREPROCESS: Mapping[str, Any] = {
-    "mean": INCEPTION_MEAN,
-    "std": INCEPTION_STD,
-    "interpolation": "bicubic",
-    "resize_mode": "squash",
-}
+
+
+def siglip_preprocess() -> Dict[str, Any]:
+    """What ``open_clip.pretrained._slpcfg`` gives every SigLIP/SigLIP2 tag (INCEPTION mean/std).
+
+    A function, and ``SIGLIP_PREPROCESS`` a lazy module attribute: importing ``open_clip`` runs the
+    plugin's hook, which imports this module, so this module must not import ``open_clip`` itself.
+    """
+    from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
+
+    return {"mean": INCEPTION_MEAN, "std": INCEPTION_STD, "interpolation": "bicubic", "resize_mode": "squash"}
+
+
+def __getattr__(name: str):
+    if name == "SIGLIP_PREPROCESS":
+        return siglip_preprocess()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def reinit_map_head(model) -> None:
@@ -54,12 +62,13 @@ def reinit_map_head(model) -> None:
 class C2Model:
     name: str
     base: Optional[str] = None  # open_clip config it twins (pretrained tags alias); None: own config
-    preprocess: Mapping[str, Any] = field(default_factory=lambda: dict(SIGLIP_PREPROCESS))
+    preprocess: Mapping[str, Any] = field(default_factory=siglip_preprocess)
     init_fn: Optional[Callable[[Any], None]] = None  # applied only when no pretrained weights load
 
 
-OWN_MODELS: Dict[str, C2Model] = {
-    "C2LIP-Tiny": C2Model("C2LIP-Tiny", init_fn=reinit_map_head),
+# own architectures: name -> their C2Model fields besides the name (built by c2_models, not at import)
+OWN_MODELS: Dict[str, Dict[str, Any]] = {
+    "C2LIP-Tiny": {"init_fn": reinit_map_head},
 }
 
 
@@ -106,7 +115,7 @@ def shipped_twins() -> Dict[str, str]:
 def c2_models() -> Dict[str, C2Model]:
     """Every C2 name -> its entry (twins + own architectures)."""
     models = {name: C2Model(name, base=base) for name, base in shipped_twins().items()}
-    models.update(OWN_MODELS)
+    models.update({name: C2Model(name, **fields) for name, fields in OWN_MODELS.items()})
     return models
 
 

@@ -52,9 +52,10 @@ def make_loader(shards: str, num_samples: int, batch_size: int, guarded: bool):
     import webdataset as wds
     from open_clip_train.params import parse_args
 
-    import open_clip_c2lip.data as c2lip_data
+    from open_clip_c2lip.integration import data_order, train_data, wds as c2lip_wds
 
-    c2lip_data.patch_train_data(upstream)
+    c2lip_wds.patch_shard_reader(upstream)
+    train_data.patch_get_data(upstream)
     args = parse_args(["--train-data", shards, "--dataset-type", "webdataset", "--train-num-samples",
                        str(num_samples), "--batch-size", str(batch_size), "--workers", "0",
                        "--model", "C2LIP-Tiny", "--c2lip-loss"])
@@ -62,14 +63,14 @@ def make_loader(shards: str, num_samples: int, batch_size: int, guarded: bool):
     _, preprocess, _ = open_clip.create_model_and_transforms("C2LIP-Tiny")
     info = upstream.get_data(args, (preprocess, preprocess), tokenizer=open_clip.get_tokenizer("C2LIP-Tiny"))["train"]
     if not guarded:
-        stages = c2lip_data._sample_stages(info)
+        stages = data_order.wds_train_stages(info)
         for i, stage in enumerate(stages):
-            if isinstance(stage, c2lip_data.FullBatchGuard):
+            if isinstance(stage, c2lip_wds.FullBatchGuard):
                 stages[i] = stage.stage
-            elif isinstance(stage, c2lip_data.DropIncomplete):
+            elif isinstance(stage, c2lip_wds.DropIncomplete):
                 stages[i] = wds.select(stage.predicate)
-            elif isinstance(stage, functools.partial) and stage.func is c2lip_data.tarfile_to_samples_nothrow:
-                stages[i] = functools.partial(c2lip_data.tarfile_to_samples_nothrow, stats=stage.keywords["stats"])
+            elif isinstance(stage, functools.partial) and stage.func is c2lip_wds.tarfile_to_samples_nothrow:
+                stages[i] = functools.partial(c2lip_wds.tarfile_to_samples_nothrow, packer=stage.keywords["packer"])
         info.c2lip_packer.counters = None
     return info.dataloader
 
@@ -85,7 +86,7 @@ def time_epoch(loader):
 
 def spacy_startup_seconds() -> float:
     code = ("import time; t = time.perf_counter()\n"
-            "from open_clip_c2lip.data import check_concept_extraction\n"
+            "from open_clip_c2lip.integration.train_data import check_concept_extraction\n"
             "from open_clip_c2lip.packing import SpacyConceptExtractor\n"
             "from open_clip_c2lip.config import C2LIPConfig\n"
             "class P: concept_extractor = SpacyConceptExtractor('en_core_web_sm')\n"
@@ -98,7 +99,7 @@ def counter_add_microseconds():
     """(``SharedCounters.add``, a plain tensor element ``+=``) in microseconds per call."""
     import timeit
 
-    from open_clip_c2lip.counters import SharedCounters
+    from open_clip_c2lip.integration.counters import SharedCounters
 
     counters = SharedCounters(2)
     add = timeit.timeit(lambda: counters.add("samples", 1), number=200000) / 200000
@@ -129,7 +130,7 @@ def main() -> None:
             for name, loader in loaders.items():
                 times[name].append(time_epoch(loader))
 
-        from open_clip_c2lip.data import check_local_shards
+        from open_clip_c2lip.integration.train_data import check_local_shards
         import open_clip_train.data as upstream
         stat_dir = Path(tmp) / "stat"
         stat_dir.mkdir()

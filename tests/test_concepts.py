@@ -777,7 +777,7 @@ NA_LIKE = ["N/A", "NA", "None", "null", "nan", "NaN", "#N/A", "NULL", "<NA>"]
 
 def test_na_like_captions_are_text_in_cli_and_training_reader(tmp_path):
     """A caption 'N/A' is text for the CLI and for training's CSV reader alike (one reader)."""
-    from open_clip_c2lip.data import ConceptCsvDataset
+    from open_clip_c2lip.integration.train_data import ConceptCsvDataset
 
     src = tmp_path / "train.csv"  # tab-separated, as open_clip_train reads by default
     rows = ["filepath\ttitle"] + [f"img/{i}.jpg\t{c}" for i, c in enumerate(NA_LIKE + ["a red ball"])]

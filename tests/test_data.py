@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -27,10 +26,10 @@ from open_clip_train.params import parse_args
 
 from tar_fixtures import jpeg, write_tar
 
-from open_clip_c2lip import runtime
-from open_clip_c2lip.data import (
-    BadSampleError, ConceptCsvDataset, _eof_kwargs, patch_train_data, sample_text,
-    tarfile_to_samples_nothrow)
+from open_clip_c2lip.integration import data_order, runtime, wds
+from open_clip_c2lip.integration.train_data import ConceptCsvDataset, patch_get_data
+from open_clip_c2lip.integration.wds import (
+    UnusableSampleError, _eof_kwargs, patch_shard_reader, sample_text, tarfile_to_samples_nothrow)
 from open_clip_c2lip.layout import unpack_texts
 from open_clip_c2lip.packing import concept_spans
 
@@ -39,7 +38,8 @@ CONTEXT_LENGTH = 24
 MAX_CONCEPTS = 3
 WDS_NEW_VERSION = "1.0.2"
 
-patch_train_data(upstream_data)  # normally done by the plugin's import hook; idempotent
+patch_shard_reader(upstream_data)  # normally done by the plugin's import hook; idempotent
+patch_get_data(upstream_data)
 
 
 CAPTIONS = [f"a red dog number {i} next to a blue car near a tree" for i in range(10)] + [
@@ -132,9 +132,10 @@ def _expected_from_data(caption):
 def test_patch_is_installed_and_idempotent():
     assert upstream_data.tarfile_to_samples_nothrow is tarfile_to_samples_nothrow
     get_data = upstream_data.get_data
-    patch_train_data(upstream_data)
-    assert upstream_data.get_data is get_data
-    assert not hasattr(get_data.__open_clip_c2lip_original__, "__open_clip_c2lip_original__")
+    patch_shard_reader(upstream_data)
+    patch_get_data(upstream_data)
+    assert upstream_data.get_data is get_data and upstream_data.tarfile_to_samples_nothrow is tarfile_to_samples_nothrow
+    assert not hasattr(get_data.__wrapped__, "__wrapped__")
     import webdataset
     has_marker = "eof_value" in __import__("inspect").signature(webdataset.tariterators.tar_file_expander).parameters
     assert dict(_eof_kwargs(webdataset.tariterators.tar_file_expander)) == ({"eof_value": None} if has_marker else {})
@@ -146,7 +147,7 @@ def test_inactive_get_data_is_upstream(good_shards, c2lip_off):
     assert not runtime.active()
     tokenizer = _tokenizer()
     ours = upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=tokenizer)
-    theirs = upstream_data.get_data.__open_clip_c2lip_original__(args, _transforms(), epoch=0, tokenizer=tokenizer)
+    theirs = upstream_data.get_data.__wrapped__(args, _transforms(), epoch=0, tokenizer=tokenizer)
     assert list(ours) == list(theirs) == ["train", "val"]
     ours_val = [texts for _, texts in ours["val"].dataloader]
     theirs_val = [texts for _, texts in theirs["val"].dataloader]
@@ -321,44 +322,34 @@ def test_sample_text_errors_name_shard_and_key():
         (dict(base, json={"concepts": ["a", 1]}), "must be a list of strings"),
         (dict(base, text=b"a dog"), "caption is bytes"),
     ]:
-        with pytest.raises(BadSampleError, match=rf"^shard s/000\.tar, key 'k7': .*{message}"):
+        with pytest.raises(UnusableSampleError, match=rf"^shard s/000\.tar, key 'k7': .*{message}"):
             sample_text(sample, "concepts")
 
 
 def test_pipeline_stages_are_located_or_fail_loudly(good_shards, c2lip_off):
-    from open_clip_c2lip import data as c2lip_data
-
     args = _args("--train-data", good_shards, "--dataset-type", "webdataset", "--train-num-samples", "12")
     info = upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=_tokenizer())["train"]
-    stages = c2lip_data.wds_train_stages(info)
+    stages = data_order.wds_train_stages(info)
     names = [type(s).__name__ for s in stages]
     concepts_at = names.index("AttachConcepts")
     assert stages[concepts_at + 1].f.__name__ == "_map_dict"
     with pytest.raises(RuntimeError, match="expected exactly one map_dict stage"):
-        c2lip_data._stage_index([s for s in stages if getattr(s, "f", None) is not stages[concepts_at + 1].f],
-                                lambda s: getattr(s, "f", None) is stages[concepts_at + 1].f, "map_dict")
+        wds._stage_index([s for s in stages if getattr(s, "f", None) is not stages[concepts_at + 1].f],
+                         lambda s: getattr(s, "f", None) is stages[concepts_at + 1].f, "map_dict")
 
 
 # ------------------------------------------------------------------------------------------------
 # webdataset 1.0.2 (end-of-shard markers), in a subprocess
 
 def _new_webdataset_dir():
-    target = Path(os.environ.get("C2LIP_WDS_NEW_DIR") or Path(tempfile.gettempdir()) /
-                  f"open_clip_c2lip-webdataset-{WDS_NEW_VERSION}")
-    if (target / "webdataset" / "__init__.py").exists():
-        return target
-    staging = Path(tempfile.mkdtemp(prefix="c2lip-wds-"))
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging),
-         f"webdataset=={WDS_NEW_VERSION}"], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        pytest.skip(f"could not install webdataset=={WDS_NEW_VERSION} with pip --target: {result.stderr[-500:]}")
-    try:
-        staging.rename(target)
-    except OSError:  # installed concurrently by another run
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """A folder holding webdataset 1.0.2 (``$C2LIP_WDS_NEW_DIR``; the CI script installs it there).
+    No test reaches the network: without it these tests skip, saying how to get it."""
+    target = os.environ.get("C2LIP_WDS_NEW_DIR")
+    if not target or not (Path(target) / "webdataset" / "__init__.py").is_file():
+        pytest.skip(f"webdataset {WDS_NEW_VERSION} (which has the end-of-shard marker) not found in "
+                    f"$C2LIP_WDS_NEW_DIR={target or '(unset)'}: run `pip install --no-deps --target DIR "
+                    f"webdataset=={WDS_NEW_VERSION}` and set C2LIP_WDS_NEW_DIR=DIR")
+    return Path(target)
 
 
 NEW_WEBDATASET_SCRIPT = textwrap.dedent("""
@@ -368,7 +359,8 @@ NEW_WEBDATASET_SCRIPT = textwrap.dedent("""
     import webdataset
     assert webdataset.__version__ == sys.argv[3], webdataset.__version__
     import open_clip_train.data as upstream  # plugin disabled by env: pristine upstream
-    assert not hasattr(upstream, "__open_clip_c2lip_data_patched__")
+    assert not hasattr(upstream.get_data, "__c2lip_wrapped__")
+    assert upstream.tarfile_to_samples_nothrow.__module__ == "open_clip_train.data"
     from open_clip.tokenizer import SimpleTokenizer
     from open_clip.transform import image_transform
     from open_clip_train.params import parse_args
@@ -398,8 +390,10 @@ NEW_WEBDATASET_SCRIPT = textwrap.dedent("""
 
     from open_clip_c2lip import runtime
     from open_clip_c2lip.config import C2LIPConfig
-    from open_clip_c2lip.data import patch_train_data
-    patch_train_data(upstream)
+    from open_clip_c2lip.integration.train_data import patch_get_data
+    from open_clip_c2lip.integration.wds import patch_shard_reader
+    patch_shard_reader(upstream)
+    patch_get_data(upstream)
     report["plugin"] = count(upstream)
     runtime.configure(C2LIPConfig(max_concepts=3))
     report["plugin_c2lip"] = count(upstream)

@@ -1,4 +1,4 @@
-"""Reproducible train data order (``open_clip_c2lip.data_order``): same seed -> same batches.
+"""Reproducible train data order (``open_clip_c2lip.integration.data_order``): same seed -> same batches.
 
 Runs open_clip_train's own (patched) ``get_data`` on tiny webdataset shards and a CSV, with and
 without DataLoader workers, and compares whole epochs (texts give the order; images, under a random
@@ -22,8 +22,8 @@ from open_clip.transform import image_transform
 from open_clip_train.params import parse_args
 from PIL import Image
 
-from open_clip_c2lip import runtime
-from open_clip_c2lip.data_order import WorkerSampleShuffle, mix_seed, patch_data_order
+from open_clip_c2lip.integration import runtime
+from open_clip_c2lip.integration.data_order import WorkerSampleShuffle, mix_seed, patch_data_order
 
 REPO = Path(__file__).resolve().parents[1]
 DIFF = REPO / "patches" / "open_clip_train-deterministic-data-order.diff"

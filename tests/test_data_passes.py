@@ -1,4 +1,4 @@
-"""open_clip_c2lip.data + counters: no input makes training hang; shards and samples that do not
+"""open_clip_c2lip.integration.wds + counters: no input makes training hang; shards and samples that do not
 train are named, counted and reported by the training process every epoch.
 
 Runs open_clip_train's (patched) ``get_data`` on tiny shards / CSVs written here. Every iteration
@@ -24,13 +24,15 @@ from open_clip_train.params import parse_args
 
 from tar_fixtures import jpeg, write_tar
 
-from open_clip_c2lip import runtime
+from open_clip_c2lip.integration import runtime
 from open_clip_c2lip.config import C2LIPConfig
-from open_clip_c2lip.counters import DATA_KEYS, SharedCounters, format_report
-from open_clip_c2lip.data import patch_train_data
+from open_clip_c2lip.integration.counters import DATA_KEYS, SharedCounters, format_report
+from open_clip_c2lip.integration.train_data import patch_get_data
+from open_clip_c2lip.integration.wds import patch_shard_reader
 from open_clip_c2lip.packing import STAT_KEYS
 
-patch_train_data(upstream_data)  # normally done by the plugin's import hook; idempotent
+patch_shard_reader(upstream_data)
+patch_get_data(upstream_data)  # normally done by the plugin's import hook; idempotent
 
 GOOD_CAPTIONS = ["a red dog next to a blue car", "two cats sleeping on a sofa", "a man riding a horse",
                  "a bowl of soup on a table", "a girl with a kite on the beach", "a train at a station",
@@ -270,13 +272,13 @@ class _Counts:
 
 @pytest.mark.parametrize("kind", sorted(TRAINED_KEYS))
 def test_truncated_shards_are_detected_by_the_clis_rule(tmp_path, kind, caplog):
-    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+    from open_clip_c2lip.integration.wds import tarfile_to_samples_nothrow
     from open_clip_c2lip.shards import TruncatedTarError, iter_tar_samples
 
     path = _damaged_shards(tmp_path)[kind]
     counts = _Counts()
     with caplog.at_level(logging.WARNING):
-        samples = list(tarfile_to_samples_nothrow([{"url": path}], stats=counts))
+        samples = list(tarfile_to_samples_nothrow([{"url": path}], packer=counts))
     assert [s["__key__"] for s in samples] == [f"{kind}k{i}" for i in TRAINED_KEYS[kind]]
     assert all({"jpg", "txt", "json"} <= set(s) for s in samples)
     damaged = kind not in ("intact", "gzip")
@@ -297,7 +299,7 @@ def test_truncated_shards_are_detected_by_the_clis_rule(tmp_path, kind, caplog):
 def test_damaged_gzip_shards_are_counted_as_truncated(tmp_path, damage):
     import gzip
 
-    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+    from open_clip_c2lip.integration.wds import tarfile_to_samples_nothrow
 
     members = []
     for index in range(6):
@@ -307,7 +309,7 @@ def test_damaged_gzip_shards_are_counted_as_truncated(tmp_path, damage):
     path = tmp_path / "d.tar.gz"
     path.write_bytes(data)
     counts = _Counts()
-    keys = [s["__key__"] for s in tarfile_to_samples_nothrow([{"url": str(path)}], stats=counts)]
+    keys = [s["__key__"] for s in tarfile_to_samples_nothrow([{"url": str(path)}], packer=counts)]
     assert counts.stats.get("truncated_shards") == 1 and "shards_read" not in counts.stats
     assert len(keys) < 6 and keys == [f"k{i}" for i in range(len(keys))]  # complete samples before the cut
 
@@ -357,14 +359,14 @@ def test_a_sample_with_two_members_of_one_extension_is_skipped_whole(tmp_path, c
     """Two ``k.txt`` members: upstream's grouping splits the sample in two; both parts are skipped,
     named with the repeated extension and counted once as read and once as bad (not trained on one
     of its captions, not called "incomplete")."""
-    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+    from open_clip_c2lip.integration.wds import tarfile_to_samples_nothrow
 
     members = _good("g0", 0) + [("dup.jpg", jpeg(5)), ("dup.txt", b"a cat"), ("dup.txt", b"a dog")]
     members += [("dup3.txt", b"a"), ("dup3.txt", b"b"), ("dup3.txt", b"c")] + _good("g1", 1)
     shard = write_tar(tmp_path / "d-000000.tar", members)
     counts = _Counts()
     with caplog.at_level(logging.WARNING):
-        keys = [s["__key__"] for s in tarfile_to_samples_nothrow([{"url": shard}], stats=counts)]
+        keys = [s["__key__"] for s in tarfile_to_samples_nothrow([{"url": shard}], packer=counts)]
     assert keys == ["g0", "g1"]
     assert counts.stats["samples_read"] == 4 and counts.stats["skipped_bad_samples"] == 2
     messages = [r.getMessage() for r in caplog.records]
@@ -381,20 +383,20 @@ def test_a_sample_with_two_members_of_one_extension_is_skipped_whole(tmp_path, c
 def test_samples_never_span_two_shards(tmp_path):
     """Shard 0 ends with ``k.jpg`` alone, shard 1 starts with ``k.txt`` (same key): upstream's key-only
     grouping would make one sample of shard 0's image and shard 1's caption."""
-    from open_clip_c2lip.data import tarfile_to_samples_nothrow
+    from open_clip_c2lip.integration.wds import tarfile_to_samples_nothrow
 
     first = write_tar(tmp_path / "s-000000.tar", _good("g0", 0) + [("k.jpg", jpeg(1))])
     second = write_tar(tmp_path / "s-000001.tar", [("k.txt", b"a caption of shard 1"), ("k.jpg", jpeg(2))]
                        + _good("g1", 1))
     counts = _Counts()
-    samples = list(tarfile_to_samples_nothrow([{"url": first}, {"url": second}], stats=counts))
+    samples = list(tarfile_to_samples_nothrow([{"url": first}, {"url": second}], packer=counts))
     assert [(s["__url__"], s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples] == [
         (first, "g0", ["jpg", "json", "txt"]), (first, "k", ["jpg"]), (second, "k", ["jpg", "txt"]),
         (second, "g1", ["jpg", "json", "txt"])]
     assert counts.stats.get("skipped_bad_samples", 0) == 0  # shard 0's lone image is incomplete, not bad
     # the same shard read twice in a row (resampling), its last key its first: never one sample across
     loop = write_tar(tmp_path / "s-000002.tar", [("k.txt", b"a caption")] + _good("g1", 1) + [("k.jpg", jpeg(3))])
-    again = list(tarfile_to_samples_nothrow([{"url": loop}, {"url": loop}], stats=_Counts()))
+    again = list(tarfile_to_samples_nothrow([{"url": loop}, {"url": loop}], packer=_Counts()))
     assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in again] == [
         ("k", ["txt"]), ("g1", ["jpg", "json", "txt"]), ("k", ["jpg"])] * 2
 

@@ -1,11 +1,10 @@
-"""open_clip_c2lip.fixes: the upstream open_clip_train bug fixes (CPU-DDP device_ids, exact gradient
+"""open_clip_c2lip.integration.train_loop and .ddp: the upstream open_clip_train bug fixes (CPU-DDP device_ids, exact gradient
 accumulation), each against the installed upstream source and its upstream-ready diff."""
 import argparse
 import importlib.util
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import open_clip
 import open_clip_train.train
 from open_clip.loss import ClipLoss, SigLipLoss
 from open_clip_train.data import DataInfo
-from open_clip_c2lip import fixes, hooks
+from open_clip_c2lip.integration import WRAPPED, ddp, train_loop
 from open_clip_c2lip.loss import C2LIPLoss
 from open_clip_c2lip.model import enable_c2lip
 from open_clip_c2lip.packing import TextPacker
@@ -34,18 +33,18 @@ def test_cpu_ddp_device_ids_fix(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel.distributed import DistributedDataParallel as UpstreamDDP
 
-    fixes.patch_ddp_cpu_device_ids()
+    ddp.patch_ddp_cpu_device_ids()
     patched = torch.nn.parallel.DistributedDataParallel
-    fixes.patch_ddp_cpu_device_ids()
+    ddp.patch_ddp_cpu_device_ids()
     assert torch.nn.parallel.DistributedDataParallel is patched and issubclass(patched, UpstreamDDP)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         module = torch.nn.Linear(3, 2)
         with pytest.raises(ValueError, match="device_ids"):  # what open_clip_train/main.py:302 hits
             UpstreamDDP(module, device_ids=[torch.device("cpu")])
-        ddp = patched(module, device_ids=[torch.device("cpu")])
-        assert isinstance(ddp, UpstreamDDP) and ddp.device_ids is None
-        ddp(torch.randn(4, 3)).sum().backward()
+        wrapped = patched(module, device_ids=[torch.device("cpu")])
+        assert isinstance(wrapped, UpstreamDDP) and wrapped.device_ids is None
+        wrapped(torch.randn(4, 3)).sum().backward()
         assert module.weight.grad is not None
     finally:
         dist.destroy_process_group()
@@ -72,7 +71,7 @@ def test_ddp_diff_applies_to_upstream_main(tmp_path):
 
 def test_scale_grad_keeps_the_value_and_scales_the_gradient():
     x = torch.tensor([2.302585093, -10.0, 1e-30, 3e38], requires_grad=True)
-    y = fixes.scale_grad(x, 1 / 3)
+    y = train_loop.scale_grad(x, 1 / 3)
     assert torch.equal(y, x.detach())
     (y * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
     torch.testing.assert_close(x.grad, torch.tensor([1.0, 2.0, 3.0, 4.0]) / 3, rtol=1e-7, atol=0)
@@ -82,8 +81,8 @@ def test_train_one_epoch_is_wrapped_once_and_main_sees_it():
     import open_clip_train.main
 
     wrapped = open_clip_train.train.train_one_epoch
-    assert getattr(wrapped, fixes.WRAPPED) and not getattr(wrapped.__wrapped__, fixes.WRAPPED, False)
-    hooks.patch_train(open_clip_train.train)  # idempotent
+    assert getattr(wrapped, WRAPPED) and not getattr(wrapped.__wrapped__, WRAPPED, False)
+    train_loop.patch_train(open_clip_train.train)  # idempotent
     assert open_clip_train.train.train_one_epoch is wrapped
     assert open_clip_train.main.train_one_epoch is wrapped
 
@@ -177,7 +176,7 @@ def test_accum_diff_fixes_upstream_train_one_epoch(tmp_path):
     spec = importlib.util.spec_from_file_location("patched_open_clip_train_train", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert not getattr(module.train_one_epoch, fixes.WRAPPED, False)
+    assert not getattr(module.train_one_epoch, WRAPPED, False)
     total = 3 * MICRO_BATCH
     one_batch = _run(module.train_one_epoch, "c2lip-text", total, accum_freq=1)
     for name, (ratio, error) in _compare(_run(module.train_one_epoch, "c2lip-text", total, 3), one_batch).items():
@@ -212,11 +211,11 @@ def test_a_diverged_epoch_raises_before_its_checkpoint():
     with pytest.raises(FloatingPointError, match=r"after epoch 7, \d+ parameter tensor\(s\) hold NaN or inf"):
         _run_on_images(hooked, images)
     model = torch.nn.Linear(2, 2)
-    fixes.check_finite_parameters(model, 0)
+    train_loop.check_finite_parameters(model, 0)
     with torch.no_grad():
         model.bias[1] = float("inf")
     with pytest.raises(FloatingPointError, match=r"\(first: bias\)"):
-        fixes.check_finite_parameters(model, 0)
+        train_loop.check_finite_parameters(model, 0)
 
 
 def test_nonfinite_diff_stops_upstream_train_one_epoch(tmp_path):
@@ -241,7 +240,7 @@ def test_accumulation_loss_wrapper_scales_only_shared_inputs():
     features = torch.randn(6, 4, requires_grad=True)
     scale, bias = torch.tensor(2.0, requires_grad=True), torch.tensor([-1.0], requires_grad=True)
     extra = torch.randn(5, requires_grad=True)  # not per-sample: 5 rows, 6 samples
-    wrapped = fixes.AccumulationExactLoss(loss, 3)
+    wrapped = train_loop.AccumulationExactLoss(loss, 3)
     wrapped(image_features=features, logit_scale=scale, logit_bias=bias, other=extra,
             concept_mask=torch.ones(6, 2, dtype=torch.bool)).backward()
     assert seen["image_features"] is features and seen["concept_mask"].dtype == torch.bool
@@ -251,23 +250,3 @@ def test_accumulation_loss_wrapper_scales_only_shared_inputs():
     with torch.no_grad():
         wrapped(image_features=features, logit_scale=scale)
     assert seen["logit_scale"] is scale
-
-
-def _package_imports(module: str):
-    """Names of the ``open_clip_c2lip`` modules that ``module`` imports anywhere (lazy ones too)."""
-    import ast
-
-    tree = ast.parse((REPO / "open_clip_c2lip" / f"{module}.py").read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names.update([node.module] if node.module else [alias.name for alias in node.names])
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("open_clip_c2lip"):
-            names.add(node.module.split(".")[1] if "." in node.module else node.module)
-    return names
-
-
-def test_no_import_circle_between_hooks_params_and_fixes():
-    assert _package_imports("fixes") == set()
-    assert "hooks" not in _package_imports("params") and "fixes" in _package_imports("params")
-    assert {"params", "fixes"} <= _package_imports("hooks")

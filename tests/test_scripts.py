@@ -49,7 +49,7 @@ def parse_args():
     from open_clip_train.params import parse_args as upstream_parse_args
 
     yield upstream_parse_args
-    upstream_parse_args([])  # parsing without --c2lip-loss clears open_clip_c2lip.runtime
+    upstream_parse_args([])  # parsing without --c2lip-loss clears open_clip_c2lip.integration.runtime
 
 
 @pytest.mark.parametrize("script", [TORCHRUN_SCRIPT, SLURM_SCRIPT, ANNOTATE_SCRIPT], ids=lambda p: p.name)

@@ -22,7 +22,7 @@ a resume), and the sigmoid losses are sums over all pairs, i.e. invariant to per
 the resumed run must reproduce the uninterrupted run's per-step losses and weights up to float
 summation order. ``--lr-scheduler const --warmup 0`` because a cosine schedule's length depends on
 ``--epochs`` (2 vs 3) and would differ by design. The check runs on the CSV path. (With the plugin
-the order itself is a function of seed and epoch, ``open_clip_c2lip.data_order``, so a resume also sees
+the order itself is a function of seed and epoch, ``open_clip_c2lip.integration.data_order``, so a resume also sees
 the same batches; ``tests/test_train_reproducible.py`` checks same seed -> same numbers.)
 """
 import json
@@ -350,7 +350,7 @@ def test_training_logs_c2lip_losses(e2e, name):
 def test_logged_losses_are_the_c2lip_losses_of_the_csv_batch(e2e):
     """The first logged step of ``csv_a`` equals C2LIPLoss computed here on the same init weights and
     the same 8 samples, packed directly from the annotated CSV's concepts column with TextPacker
-    (not through open_clip_c2lip.data): the training pipeline feeds the loss the concepts from the
+    (not through open_clip_c2lip.integration): the training pipeline feeds the loss the concepts from the
     data, and logs each term."""
     import pandas as pd
     import open_clip

@@ -1,5 +1,5 @@
 """Same seed -> same numbers: two runs of one ``python -m open_clip_train.main ... --c2lip-loss --seed S``
-command log identical losses and write identical checkpoints (``open_clip_c2lip.data_order``).
+command log identical losses and write identical checkpoints (``open_clip_c2lip.integration.data_order``).
 
 Four commands (webdataset shards / CSV, ``--workers 1`` / ``--workers 2``), each run twice, on CPU
 with one thread (``OMP_NUM_THREADS=1``), C2LIP-Tiny at 64 px, open_clip's random-crop augmentation on

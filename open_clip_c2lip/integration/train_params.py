@@ -1,21 +1,24 @@
-"""The C2LIP command-line flags of open_clip_train and their validation.
+"""The ``open_clip_train.params`` surface: the C2LIP command-line flags and their validation.
 
 ``open_clip_train.params.parse_args`` builds ``argparse.ArgumentParser()`` inside the call, through
-its module attribute ``argparse``. The params hook replaces that attribute with ``argparse_proxy()``:
-a copy of ``argparse`` whose ``ArgumentParser`` adds the "C2LIP" group (so the flags show in
-``--help``, get argparse's errors and land in ``args``/``params.txt``) and, after parsing, validates
-C2LIP combinations and sets ``open_clip_c2lip.runtime``. Without ``--c2lip-loss`` only the new
-``c2lip_*`` attributes differ from upstream.
+its module attribute ``argparse``. ``patch_params`` (the hook for ``open_clip_train.params``) replaces
+that attribute with ``argparse_proxy()``: a copy of ``argparse`` whose ``ArgumentParser`` adds the
+"C2LIP" group (so the flags show in ``--help``, get argparse's errors and land in
+``args``/``params.txt``) and, after parsing, validates C2LIP combinations and sets ``runtime``. Each
+flag's value is checked by its rule in ``open_clip_c2lip.config`` (the rule ``C2LIPLoss`` and
+``TextPacker`` apply too). Without ``--c2lip-loss`` only the new ``c2lip_*`` attributes differ from
+upstream.
 """
 import argparse
 import functools
 import sys
 import types
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
-from . import config as rules
+from .. import config as rules
+from ..config import C2LIPConfig
 from . import runtime
-from .config import C2LIPConfig
+from .ddp import patch_ddp_cpu_device_ids
 
 _DEFAULTS = C2LIPConfig()
 
@@ -30,12 +33,6 @@ _CONFIG_FLAGS = (
     ("--c2lip-spacy-model", "spacy_model"),
     ("--c2lip-duplicate-concepts", "duplicate_concepts"),
 )
-
-# messages for main's log: logging is configured only after parse_args, so the create_model /
-# create_loss wrappers emit them (pop_messages) once main has called setup_logging
-_pending_messages: List[str] = []
-# (config set by the last --c2lip-loss parse, its --model): see training_model()
-_parsed: Optional[Tuple[C2LIPConfig, str]] = None
 
 
 def _rule_type(rule: Callable[[Any, str], Any]) -> Callable[[str], Any]:
@@ -130,7 +127,7 @@ def check_spacy_model(name: str) -> Optional[str]:
     import importlib.util
     import os
 
-    from .concepts import spacy_model_candidates
+    from ..concepts import spacy_model_candidates
 
     if name.startswith("blank:"):
         return "a blank pipeline has no parser, so no noun chunks"
@@ -172,10 +169,7 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
     Exits through ``parser.error`` (status 2, usage + message) on combinations that cannot work.
     """
-    global _parsed
     if "torch" in sys.modules:  # in open_clip_train.main: torch is imported before parse_args runs
-        from .fixes import patch_ddp_cpu_device_ids
-
         patch_ddp_cpu_device_ids()
     if not args.c2lip_loss:
         changed = [flag for flag, field in _CONFIG_FLAGS
@@ -184,7 +178,6 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"{', '.join(changed)} only take effect with --c2lip-loss; add --c2lip-loss "
                          f"or drop them")
         runtime.configure(None)
-        _parsed = None
         return
     problems = _conflicts(args)
     if problems:
@@ -196,33 +189,17 @@ def finalize_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"argument --c2lip-spacy-model: {args.c2lip_spacy_model!r}: {reason}")
     if not args.siglip:
         args.siglip = True
-        _pending_messages.append(
+        runtime.queue_message(
             "C2LIP: --c2lip-loss implies --siglip (sigmoid loss, logit scale/bias init log(10)/-10); "
             "args.siglip set to True.")
     config = C2LIPConfig(**{field: getattr(args, field_dest(flag)) for flag, field in _CONFIG_FLAGS})
-    runtime.configure(config)
-    _parsed = (config, args.model)
-    _pending_messages.append(f"C2LIP: active for model {args.model} with {config.to_dict()}.")
+    runtime.configure(config, training_model=args.model)
+    runtime.queue_message(f"C2LIP: active for model {args.model} with {config.to_dict()}.")
 
 
 def field_dest(flag: str) -> str:
     """argparse destination of a ``--c2lip-*`` flag."""
     return flag.lstrip("-").replace("-", "_")
-
-
-def training_model() -> Optional[str]:
-    """``--model`` of the ``--c2lip-loss`` parse that set the current runtime config, else None
-    (no parse, or the runtime was configured directly since)."""
-    if _parsed is not None and runtime.config() is _parsed[0]:
-        return _parsed[1]
-    return None
-
-
-def pop_messages() -> List[str]:
-    """Queued log messages from parsing (each returned once)."""
-    messages = list(_pending_messages)
-    _pending_messages.clear()
-    return messages
 
 
 class C2LIPArgumentParser(argparse.ArgumentParser):
@@ -258,3 +235,15 @@ def argparse_proxy() -> types.ModuleType:
     proxy.ArgumentParser = C2LIPArgumentParser
     proxy.__open_clip_c2lip_proxy__ = True
     return proxy
+
+
+def patch_params(params_module) -> None:
+    """Hook for ``open_clip_train.params``: C2LIP flags via the argparse proxy; CPU-DDP fix.
+
+    ``open_clip_train.main`` imports torch before params, so the DDP fix is installed here when
+    torch is already loaded (and again at parse time); importing params alone stays torch-free.
+    """
+    if not getattr(params_module.argparse, "__open_clip_c2lip_proxy__", False):
+        params_module.argparse = argparse_proxy()
+    if "torch" in sys.modules:
+        patch_ddp_cpu_device_ids()

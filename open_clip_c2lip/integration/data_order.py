@@ -1,5 +1,7 @@
 """Reproducible training data order: a patch of ``open_clip_train.data`` (same seed -> same data).
 
+Generic: an upstream fix that imports no C2LIP code (``wds`` imports ``wds_train_stages`` from here).
+
 open_clip_train 3.3.0 seeds the shard shuffle from ``--seed`` and the epoch (``detshuffle2``) but
 leaves three other sources of order to chance or to hidden global state:
 
@@ -13,7 +15,7 @@ leaves three other sources of order to chance or to hidden global state:
   RNG (single process: the order of epoch k depends on all RNG draws before it, so a resumed run
   sees other batches), or by a ``DistributedSampler`` whose seed is 0 whatever ``--seed`` (DDP).
 
-``patch_data_order(module)`` (called by the plugin's import hook for ``open_clip_train.data``,
+``patch_data_order(module)`` (one of the plugin's import hooks for ``open_clip_train.data``,
 idempotent; active whenever the plugin is, with or without ``--c2lip-loss``) wraps three builders so
 that the order is a function of ``(--seed, epoch, rank, DataLoader worker)`` only — the idea of
 upstream's ``detshuffle2``, extended by rank and worker where streams must differ:
@@ -41,8 +43,6 @@ import random
 from typing import Any, Callable
 
 import torch
-
-from .data import wds_train_stages
 
 _PATCHED = "__open_clip_c2lip_data_order_patched__"
 
@@ -92,6 +92,19 @@ def resampled_worker_seed(seed: int, rank: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # webdataset
 
+def wds_train_stages(info) -> list:
+    """The stage list of the wds train ``DataInfo`` (``WebLoader`` -> ``DataLoader`` -> ``DataPipeline``)."""
+    try:
+        stages = info.dataloader.pipeline[0].dataset.pipeline
+    except (AttributeError, IndexError) as exc:
+        raise RuntimeError(
+            "C2LIP: open_clip_train's webdataset train loader no longer has the layout "
+            "WebLoader.pipeline[0].dataset.pipeline; open_clip_c2lip.integration must follow") from exc
+    if not isinstance(stages, list):
+        raise RuntimeError("C2LIP: the webdataset train pipeline stages are not a list")
+    return stages
+
+
 def seed_wds_train(upstream, info, args) -> None:
     """Make a train ``DataInfo`` from ``get_wds_dataset`` reproducible (in place; see module doc)."""
     from webdataset.filters import _shuffle
@@ -102,7 +115,7 @@ def seed_wds_train(upstream, info, args) -> None:
     if len(shuffles) != 1 or info.shared_epoch is None:
         raise RuntimeError(
             f"C2LIP data order: expected one wds.shuffle stage and a shared epoch in open_clip_train's webdataset "
-            f"train pipeline, found {len(shuffles)} and {info.shared_epoch!r}; open_clip_c2lip.data_order must follow")
+            f"train pipeline, found {len(shuffles)} and {info.shared_epoch!r}; open_clip_c2lip.integration.data_order must follow")
     stage = stages[shuffles[0]]
     kw = dict(zip(("bufsize", "initial"), stage.args), **stage.kw)
     stages[shuffles[0]] = WorkerSampleShuffle(kw["bufsize"], kw["initial"], args.seed, info.shared_epoch, rank)
@@ -157,7 +170,7 @@ def _wrap_map_style(upstream, original: Callable) -> Callable:
         if not (isinstance(sampler, sampler_class) and info.dataloader.sampler is sampler and sampler.seed == args.seed):
             raise RuntimeError(
                 f"C2LIP data order: {original.__name__} no longer builds its train sampler with "
-                "DistributedSampler(dataset) when args.distributed; open_clip_c2lip.data_order must follow")
+                "DistributedSampler(dataset) when args.distributed; open_clip_c2lip.integration.data_order must follow")
         sampler.set_epoch(bound.arguments.get("epoch", 0))
         return info
 

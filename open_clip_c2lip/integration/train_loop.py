@@ -1,64 +1,25 @@
-"""Fixes for open_clip_train 3.3.0 bugs, applied whenever the plugin is active (with or without
-``--c2lip-loss``). Each is an attribute replacement, idempotent, and ships as an upstream-ready diff
-in ``patches/``. Both ``hooks`` and ``params`` import from here; this module imports nothing from the
-package.
+"""open_clip_train's training loop (``open_clip_train.train.train_one_epoch``): two fixes for 3.3.0
+bugs, applied whenever the plugin is active (with or without ``--c2lip-loss``). Generic: no C2LIP code.
 
-- ``patch_ddp_cpu_device_ids``: ``DistributedDataParallel(cpu_module, device_ids=[cpu])`` crash
-  (CPU / gloo training); ``patches/open_clip_train-ddp-cpu-device-ids.diff``.
-- ``wrap_train_one_epoch``: gradient accumulation gives the logit scale and bias ``accum_freq``
-  times their one-big-batch gradient; ``patches/open_clip_train-accum-shared-grad.diff``. It also
-  stops a run whose weights became NaN/inf (``check_finite_parameters``): upstream trains on, saves
-  the NaN checkpoints and exits 0; ``patches/open_clip_train-stop-on-nonfinite.diff``.
+- ``AccumulationExactLoss``: gradient accumulation gives the logit scale and bias ``accum_freq``
+  times their one-big-batch gradient; ``patches/open_clip_train-accum-shared-grad.diff``.
+- ``check_finite_parameters``: a run whose weights became NaN/inf stops with an error (upstream
+  trains on, saves the NaN checkpoints and exits 0); ``patches/open_clip_train-stop-on-nonfinite.diff``.
+
+``patch_train`` (the hook for ``open_clip_train.train``) installs both through ``wrap_train_one_epoch``.
 """
 import functools
 import inspect
+import sys
 from typing import Any, Callable
 
-WRAPPED = "__c2lip_wrapped__"
+from . import WRAPPED
 
 # the loss inputs that open_clip_train's accumulation branch passes as they come out of each
 # micro-batch forward instead of concatenating them over the micro-batches (train.py,
 # ``inputs_no_accum``); any other input that is not per-sample is treated the same way
 ACCUM_SHARED_INPUTS = ("logit_scale", "logit_bias")
 
-
-# ----------------------------------------------------------------------------- CPU DDP device_ids
-
-def patch_ddp_cpu_device_ids() -> None:
-    """Let ``DistributedDataParallel(cpu_module, device_ids=[cpu])`` work (gloo CPU training).
-
-    open_clip_train/main.py:302 always passes ``device_ids=[device]``; for a module on CPU torch
-    raises ValueError ("device_ids ... only work with ... GPU modules"). This swaps
-    ``torch.nn.parallel.DistributedDataParallel`` (looked up at call time by main.py) for a subclass
-    that drops ``device_ids``/``output_device`` when every parameter is on CPU — a path that
-    otherwise crashes, so behaviour elsewhere is unchanged. Upstream-ready fix:
-    ``patches/open_clip_train-ddp-cpu-device-ids.diff``. Idempotent.
-    """
-    import torch.nn.parallel
-
-    ddp_class = torch.nn.parallel.DistributedDataParallel
-    if getattr(ddp_class, WRAPPED, False):
-        return
-
-    class DistributedDataParallel(ddp_class):
-        __doc__ = ddp_class.__doc__
-
-        def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
-            if device_ids is not None and _on_cpu(module):
-                device_ids, output_device = None, None
-            super().__init__(module, device_ids, output_device, *args, **kwargs)
-
-    DistributedDataParallel.__qualname__ = "DistributedDataParallel"
-    setattr(DistributedDataParallel, WRAPPED, True)
-    torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
-
-
-def _on_cpu(module) -> bool:
-    devices = {p.device.type for p in module.parameters()}
-    return devices == {"cpu"}
-
-
-# ----------------------------------------------------------------------------- exact accumulation
 
 def scale_grad(x, factor: float):
     """``x`` unchanged in the forward pass (bit for bit); ``factor`` × its gradient in the backward.
@@ -152,3 +113,15 @@ def wrap_train_one_epoch(train_one_epoch: Callable) -> Callable:
 
     setattr(c2lip_train_one_epoch, WRAPPED, True)
     return c2lip_train_one_epoch
+
+
+def patch_train(train_module) -> None:
+    """Hook for ``open_clip_train.train``: ``train_one_epoch`` -> ``wrap_train_one_epoch`` (idempotent).
+
+    ``open_clip_train.main`` from-imports ``train_one_epoch``; its binding is updated too when main
+    was imported before the hook ran.
+    """
+    train_module.train_one_epoch = wrap_train_one_epoch(train_module.train_one_epoch)
+    main_module = sys.modules.get("open_clip_train.main")
+    if main_module is not None and getattr(main_module, "train_one_epoch", None) is not None:
+        main_module.train_one_epoch = wrap_train_one_epoch(main_module.train_one_epoch)

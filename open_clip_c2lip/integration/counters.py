@@ -20,7 +20,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
-from .packing import STAT_KEYS, TextPacker
+from ..packing import STAT_KEYS, TextPacker
 
 _logger = logging.getLogger(__name__)
 
@@ -55,13 +55,6 @@ _WARN_KEYS = ("missing_shards", "unreadable_shards", "truncated_shards", "empty_
               "skipped_undecodable", "skipped_bad_samples")
 
 
-def process_label() -> str:
-    """``worker i/n, pid p`` in a DataLoader worker, else ``main process, pid p``."""
-    info = torch.utils.data.get_worker_info()
-    worker = f"worker {info.id}/{info.num_workers}" if info is not None else "main process"
-    return f"{worker}, pid {os.getpid()}"
-
-
 def _worker_row() -> int:
     info = torch.utils.data.get_worker_info()
     return 0 if info is None else 1 + info.id
@@ -90,7 +83,7 @@ class SharedCounters:
         if column is None:
             if key not in self._unknown_warned:
                 self._unknown_warned.add(key)
-                _logger.warning(f"C2LIP: data counter {key!r} is not in open_clip_c2lip.counters' keys; "
+                _logger.warning(f"C2LIP: data counter {key!r} is not in open_clip_c2lip.integration.counters' keys; "
                                 "it is logged by each worker but not in the epoch report")
             return
         if self._row is None or self._row[0] != os.getpid():  # first add in this (maybe forked) process
