@@ -42,7 +42,7 @@ Command line (adds the concepts to existing data, one output per input)::
 - tables (``.csv``, ``.tsv``, ``.parquet``): a column named by ``--concepts-key`` is added (replaced
   if present) holding a JSON list per row, e.g. ``["a dog", "a red ball"]``. The caption column is
   ``--caption-key`` or, by default, ``caption`` and else open_clip's ``title``. Text tables are read
-  by ``open_clip_c2lip.tables`` (the reader training uses): split by ``--csv-separator`` (default a
+  by ``open_clip_c2lip.fileio.tables`` (the reader training uses): split by ``--csv-separator`` (default a
   tab, like open_clip_train's, whatever the extension), every cell text ("N/A", "null" are
   captions), written back with the same separator; parquet keeps its column types.
 
@@ -66,25 +66,23 @@ the output folder are checked before any file is read. Pool workers end with the
 is SIGKILLed (``die_with_parent``).
 """
 import argparse
-import bz2
 import collections
 import concurrent.futures
 import contextlib
 import functools
-import gzip
 import html
 import json
-import lzma
 import os
 import re
 import sys
 import tarfile
-import tempfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .atomic import atomic_output, partial_files, write_text
+from .fileio.atomic import atomic_output, partial_files, write_text
+from .fileio.formats import (COMPRESSORS, SHARD_COMPRESSION, SHARD_SUFFIXES, FormatError, check_shard_format,
+                             decompressed, input_suffix)
+from .fileio.tables import TABLE_SUFFIXES
 from .messages import excerpt
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
@@ -654,18 +652,6 @@ def die_with_parent(parent_pid: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # Annotating files (the CLI)
 
-# shard suffix -> compression: what webdataset's reader (tarfile "r|*") opens; outputs keep it
-SHARD_COMPRESSION = {".tar": None, ".tar.gz": "gzip", ".tgz": "gzip", ".tar.bz2": "bz2", ".tar.xz": "xz"}
-SHARD_SUFFIXES = tuple(SHARD_COMPRESSION)
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
-# incremental decompressors keep every byte before a cut (gzip.open & co. lose the last read)
-_DECOMPRESSORS = {"gzip": lambda: zlib.decompressobj(wbits=31), "bz2": bz2.BZ2Decompressor,
-                  "xz": lzma.LZMADecompressor}
-# mtime=0 and no file name in the gzip header: the same input gives the same output bytes
-_COMPRESS = {"gzip": lambda raw: gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0),
-             "bz2": lambda raw: bz2.BZ2File(raw, "wb"),
-             "xz": lambda raw: lzma.LZMAFile(raw, "wb")}
-_STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)  # corrupt compressed data
 TABLE_CAPTION_KEYS = ("caption", "title")  # default caption column: ours, then open_clip's default
 SHARD_CAPTION_KEY = "txt"
 # exit statuses of the CLI
@@ -730,76 +716,6 @@ def _shard_caption(sample, caption_key: str, where: str):
     return meta[caption_key]
 
 
-def input_suffix(path: str) -> str:
-    """The input type of ``path``: one of ``SHARD_SUFFIXES + TABLE_SUFFIXES`` (longest match, so
-    ``.tar.gz`` not ``.gz``), else its last extension, lower case."""
-    name = os.path.basename(path).lower()
-    for suffix in sorted(SHARD_SUFFIXES + TABLE_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return suffix
-    return os.path.splitext(name)[1]
-
-
-def _decompressed(input_path: str, compression: str, scratch_dir: str,
-                  stack: contextlib.ExitStack) -> Tuple[Any, Optional[str]]:
-    """The tar inside a compressed shard, as a seekable temporary file in ``scratch_dir`` (the tar
-    reader copies members byte-exactly by seeking), and why the compressed stream ended early, if it
-    did: what decompressed before the damage is still read, and the damage is reported like a cut tar.
-    Zero bytes after the last stream (block padding) are ignored, as ``gzip -d`` ignores them."""
-    tar = stack.enter_context(tempfile.TemporaryFile(dir=scratch_dir, prefix=".c2lip-untar-"))
-    problem, decompressor = None, None
-    try:
-        with open(input_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                while chunk:  # concatenated streams (multi-member gzip) continue with a new decompressor
-                    if decompressor is not None and decompressor.eof:
-                        chunk = chunk.lstrip(b"\0")
-                        if not chunk:
-                            break
-                    if decompressor is None or decompressor.eof:
-                        decompressor = _DECOMPRESSORS[compression]()
-                    tar.write(decompressor.decompress(chunk))
-                    chunk = decompressor.unused_data if decompressor.eof else b""
-        if decompressor is None or not decompressor.eof:
-            problem = f"damaged {compression} stream: cut before its end, after {tar.tell()} decompressed bytes"
-    except _STREAM_ERRORS as exc:
-        problem = f"damaged {compression} stream after {tar.tell()} decompressed bytes ({exc})"
-    tar.seek(0)
-    return tar, problem
-
-
-# leading bytes of each format (gzip RFC 1952, bzip2 "BZh" + block size, xz's stream header magic,
-# zip's local file header) and POSIX tar's "ustar" magic at offset 257
-_MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00", "zip": b"PK\x03\x04"}
-FORMAT_NAMES = {"gzip": "gzip-compressed", "bz2": "bzip2-compressed", "xz": "xz-compressed",
-                "zip": "a zip archive", "tar": "a plain tar"}
-FORMAT_SUFFIX = {"gzip": ".tar.gz", "bz2": ".tar.bz2", "xz": ".tar.xz", "tar": ".tar"}
-
-
-def file_format(path: str) -> Optional[str]:
-    """``gzip``, ``bz2``, ``xz``, ``zip`` or ``tar`` from a file's leading bytes; None if none matches
-    (an empty file, a pre-POSIX tar, anything else)."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    for name, magic in _MAGIC.items():
-        if head.startswith(magic):
-            return name
-    return "tar" if head[257:262] == b"ustar" else None
-
-
-def check_shard_format(input_path: str) -> None:
-    """``CaptionError`` when the file's leading bytes are another known format than its suffix says
-    (a plain tar named ``.tar.gz``, gzip named ``.tar``, a zip): named, with the suffix to use."""
-    expected = SHARD_COMPRESSION[input_suffix(input_path)] or "tar"
-    actual = file_format(input_path)
-    if actual is None or actual == expected:
-        return
-    fix = (f"rename it to a {FORMAT_SUFFIX[actual]} suffix" if actual in FORMAT_SUFFIX
-           else f"shards are tars ({', '.join(SHARD_SUFFIXES)})")
-    said = f"{expected}-compressed" if expected != "tar" else "a plain tar"
-    raise CaptionError(f"{input_path}: not {said}, the file is {FORMAT_NAMES[actual]}; {fix}")
-
-
 def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                    progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
     """Copy a webdataset shard adding the concepts to each sample's json (see module docstring).
@@ -809,12 +725,15 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
     are written, counted as salvaged, and the damage counted as a failure. A compressed shard
     (``SHARD_COMPRESSION``) is read through a decompressed temporary copy next to the output and
     written compressed the same way; a cut or corrupt compressed stream is damage of the same kind."""
-    check_shard_format(input_path)
+    try:
+        check_shard_format(input_path)
+    except FormatError as exc:
+        raise CaptionError(str(exc)) from None
     with contextlib.ExitStack() as stack:
         compression = SHARD_COMPRESSION[input_suffix(input_path)]
         tar, stream_problem = None, None
         if compression is not None:
-            tar, stream_problem = _decompressed(input_path, compression,
+            tar, stream_problem = decompressed(input_path, compression,
                                                 os.path.dirname(os.path.abspath(output_path)), stack)
         return _annotate_tar(input_path, tar, stream_problem, compression, output_path, options, progress)
 
@@ -822,7 +741,7 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
 def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compression: Optional[str],
                   output_path: str, options: AnnotateOptions,
                   progress: Optional[Callable[[int], None]]) -> ConceptStats:
-    from .shards import TruncatedTarError, iter_tar_samples
+    from .fileio.tar import TruncatedTarError, iter_tar_samples
 
     stats = ConceptStats()
     caption_key = options.caption_key or SHARD_CAPTION_KEY
@@ -877,9 +796,9 @@ def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compressi
 
 def _write_annotated_tar(partial: str, compression: Optional[str], options: AnnotateOptions, items,
                          stats: ConceptStats, progress: Optional[Callable[[int], None]]) -> None:
-    from .shards import end_of_archive, json_member_info, member_bytes
+    from .fileio.tar import end_of_archive, json_member_info, member_bytes
 
-    with open(partial, "wb") as raw, (_COMPRESS[compression](raw) if compression else contextlib.nullcontext(raw)) as out:
+    with open(partial, "wb") as raw, (COMPRESSORS[compression](raw) if compression else contextlib.nullcontext(raw)) as out:
         size = 0
         for concepts, (sample, meta, where) in options.extractor().pipe(items, stats=stats):
             concepts = _concepts_or_failure(concepts, where, stats, options.on_error)
@@ -905,9 +824,9 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
                    progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
     """Copy a CSV/TSV/parquet table adding a concepts column (JSON list per row).
 
-    Read and written by ``open_clip_c2lip.tables`` (the reader training uses): text tables split by
+    Read and written by ``open_clip_c2lip.fileio.tables`` (the reader training uses): text tables split by
     ``options.csv_separator``, every cell text."""
-    from . import tables
+    from .fileio import tables
 
     stats = ConceptStats()
     try:
@@ -1108,7 +1027,7 @@ def _annotate_in_worker(input_path: str, output_path: str, options: AnnotateOpti
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    from .tables import DEFAULT_CSV_SEPARATOR, TableError, parse_separator
+    from .fileio.tables import DEFAULT_CSV_SEPARATOR, TableError, parse_separator
 
     parser = argparse.ArgumentParser(
         prog="python -m open_clip_c2lip.concepts",

@@ -18,7 +18,7 @@ it wrote, holding nothing else (exports before 0.2 have no list: the bundle and 
 stand in). Anything else (a foreign file, a subfolder, a symlink, a folder without export info) is
 refused and nothing is deleted; an empty folder is replaced. A bad checkpoint (missing, empty,
 truncated, foreign, no state dict, another architecture) fails before anything is written, with
-an error that says which (:mod:`open_clip_c2lip.checkpoint`).
+an error that says which (:mod:`open_clip_c2lip.fileio.checkpoint`).
 """
 import argparse
 import json
@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from .checkpoint import load_checkpoint_into
+from .fileio.checkpoint import load_checkpoint_into
 from .loading import is_plugin_model, no_random_init_warning, plugin_entry, resolve_preprocess_cfg
 
 _logger = logging.getLogger(__name__)

@@ -142,7 +142,7 @@ def _diagnose_checkpoint(model_name: str, pretrained: Optional[str], error: Base
     """After open_clip failed to build ``model_name``: raise ``CheckpointError`` saying what is wrong
     with the checkpoint file (empty, truncated, foreign, another architecture), else return."""
     import open_clip
-    from .checkpoint import mismatch_error, read_checkpoint
+    from .fileio.checkpoint import mismatch_error, read_checkpoint
     if model_name.startswith("local-dir:"):
         weights = _bundle_weights(model_name)
         if weights is not None:

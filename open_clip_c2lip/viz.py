@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_output
+from .fileio.atomic import atomic_output
 from .loading import add_model_args, load_model, model_kwargs
 
 

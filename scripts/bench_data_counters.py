@@ -30,7 +30,7 @@ def build_shards(directory: Path, num_shards: int, per_shard: int) -> str:
     import numpy as np
     from PIL import Image
 
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     annotations = json.loads(DEFAULT_CAPTIONS.read_text())["annotations"]
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 
 Reads one local shard (``--samples`` samples of jpg / txt / json members, ``--image-bytes`` random
 bytes per image) to the end with webdataset's ``tar_file_iterator`` (upstream's reader, no end-of-
-archive check) and with ``open_clip_c2lip.shards.iter_tar_stream_files`` (the C2LIP train reader:
+archive check) and with ``open_clip_c2lip.fileio.tar.iter_tar_stream_files`` (the C2LIP train reader:
 same ``tarfile`` stream mode, holds back one sample, checks the end-of-archive blocks). Interleaved
 over ``--rounds``; min and median seconds per pass, and CPU seconds.
 
@@ -41,7 +41,7 @@ def main() -> None:
     import webdataset
     from webdataset.tariterators import tar_file_iterator
 
-    from open_clip_c2lip.shards import iter_tar_stream_files
+    from open_clip_c2lip.fileio.tar import iter_tar_stream_files
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:

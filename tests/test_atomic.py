@@ -1,9 +1,9 @@
-"""open_clip_c2lip.atomic: outputs appear whole or not at all, and nothing else is touched."""
+"""open_clip_c2lip.fileio.atomic: outputs appear whole or not at all, and nothing else is touched."""
 import os
 
 import pytest
 
-from open_clip_c2lip.atomic import PARTIAL_SUFFIX, atomic_output, partial_files, write_text
+from open_clip_c2lip.fileio.atomic import PARTIAL_SUFFIX, atomic_output, partial_files, write_text
 
 
 def test_output_appears_complete_with_the_umasks_permissions(tmp_path):

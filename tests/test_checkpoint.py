@@ -1,4 +1,4 @@
-"""Tests for open_clip_c2lip.checkpoint: every kind of unusable checkpoint file gets an error that
+"""Tests for open_clip_c2lip.fileio.checkpoint: every kind of unusable checkpoint file gets an error that
 names the file and the kind of fault, for several inputs of each kind; good files load exactly."""
 import argparse
 import json
@@ -13,7 +13,7 @@ import torch
 
 import open_clip
 
-from open_clip_c2lip.checkpoint import CheckpointError, load_checkpoint_into, read_checkpoint
+from open_clip_c2lip.fileio.checkpoint import CheckpointError, load_checkpoint_into, read_checkpoint
 
 torch.set_num_threads(1)
 

@@ -725,7 +725,7 @@ def test_cli_damaged_tar_detected_salvaged_and_counted(tmp_path, capsys, cut, lo
 
 
 def test_complete_tar_reads_without_damage_report(tmp_path):
-    from open_clip_c2lip.shards import iter_tar_samples
+    from open_clip_c2lip.fileio.tar import iter_tar_samples
     src = tmp_path / "ok.tar"
     eight_sample_shard(src)
     assert [s.key for s in iter_tar_samples(str(src))] == [f"s{i}" for i in range(8)]
@@ -937,7 +937,7 @@ def test_duplicated_member_fails_its_sample_only(tmp_path, extension, capsys):
     concepts = {m.name: json.loads(d)["concepts"] for m, d in got if m.name.endswith(".json") and "s002" not in m.name}
     assert concepts == {"s001.json": ["a red car"], "s003.json": ["two cats"]}
     with pytest.raises(ValueError, match="'s002' has two"):
-        from open_clip_c2lip.shards import read_shard
+        from open_clip_c2lip.fileio.tar import read_shard
         read_shard(str(src))
 
 
@@ -1115,7 +1115,7 @@ def test_cli_refuses_a_file_at_the_records_name_that_is_not_a_record(tmp_path, c
 
 
 def test_cli_stops_while_another_run_writes_the_same_output(tmp_path, coco):
-    from open_clip_c2lip.atomic import atomic_output
+    from open_clip_c2lip.fileio.atomic import atomic_output
 
     src = tmp_path / "a.tar"
     make_shard(src, shard_samples(coco, 0, 3))

@@ -53,7 +53,7 @@ def _concepts_for(index: int):
 @pytest.fixture(scope="module")
 def good_shards(tmp_path_factory):
     """3 shards x 4 samples: ``concepts`` key, the authors' ``nounphrases`` key, or no json at all."""
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     samples = []
     for index, caption in enumerate(CAPTIONS):
@@ -186,7 +186,7 @@ def test_webdataset_train_is_packed_and_val_is_plain(good_shards, c2lip_off, cap
 
 
 def test_webdataset_packed_with_dataloader_workers(tmp_path, c2lip_off):
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     samples = [{"jpg": jpeg(i), "txt": CAPTIONS[i], "json": {"concepts": _concepts_for(i)}} for i in range(8)]
     write_shards(samples, str(tmp_path), prefix="w", samples_per_shard=2)
@@ -402,7 +402,7 @@ NEW_WEBDATASET_SCRIPT = textwrap.dedent("""
 
 
 def test_end_of_shard_fix_with_current_webdataset(tmp_path):
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     if shutil.which("patch") is None:
         pytest.skip("the `patch` program is needed to apply patches/open_clip_train-wds-eof.diff")

@@ -43,7 +43,7 @@ def _plain_runtime():
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
     import pandas as pd
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     root = tmp_path_factory.mktemp("order")
     images = []

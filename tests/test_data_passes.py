@@ -257,7 +257,7 @@ def _damaged_shards(root: Path) -> dict:
 
 
 # keys that train from each shard. At a header cut / missing end blocks the last sample read may lack
-# members the writer never wrote: it is dropped, as the concepts CLI drops it (shards.iter_tar_samples)
+# members the writer never wrote: it is dropped, as the concepts CLI drops it (fileio.tar.iter_tar_samples)
 TRAINED_KEYS = {"intact": [0, 1, 2, 3], "gzip": [0, 1, 2, 3], "in_member": [0, 1], "at_header": [0],
                 "no_end": [0, 1, 2]}
 
@@ -273,7 +273,7 @@ class _Counts:
 @pytest.mark.parametrize("kind", sorted(TRAINED_KEYS))
 def test_truncated_shards_are_detected_by_the_clis_rule(tmp_path, kind, caplog):
     from open_clip_c2lip.integration.wds import tarfile_to_samples_nothrow
-    from open_clip_c2lip.shards import TruncatedTarError, iter_tar_samples
+    from open_clip_c2lip.fileio.tar import TruncatedTarError, iter_tar_samples
 
     path = _damaged_shards(tmp_path)[kind]
     counts = _Counts()

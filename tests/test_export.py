@@ -17,7 +17,7 @@ import open_clip
 
 from open_clip_c2lip import eval as c2eval
 from open_clip_c2lip import export
-from open_clip_c2lip.checkpoint import CheckpointError
+from open_clip_c2lip.fileio.checkpoint import CheckpointError
 
 torch.set_num_threads(1)
 

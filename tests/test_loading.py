@@ -34,7 +34,7 @@ def test_unreadable_checkpoints_give_clear_errors_in_eval_and_viz(tmp_path):
 
     from open_clip_c2lip import eval as c2eval
     from open_clip_c2lip import export, viz
-    from open_clip_c2lip.checkpoint import CheckpointError
+    from open_clip_c2lip.fileio.checkpoint import CheckpointError
 
     config = Path(loading.__file__).parent / "model_configs" / "C2LIP-Tiny.json"
     open_clip.add_model_config(config)

@@ -1,4 +1,4 @@
-"""Shard writer/readers (`open_clip_c2lip.shards`) and `scripts/make_shards.py`."""
+"""Shard writer/readers (`open_clip_c2lip.fileio.shards`) and `scripts/make_shards.py`."""
 import importlib.util
 import io
 import json
@@ -11,7 +11,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from open_clip_c2lip import shards as S
+from open_clip_c2lip.fileio import shards as S
+from open_clip_c2lip.fileio import tar as T
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,11 +138,11 @@ def test_iter_tar_samples_groups_like_webdataset(tmp_path):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     ours = [{"__key__": s["__key__"], **{k: v for k, v in s.items() if k != "__key__"}}
-            for s in S.read_shard(str(path))]
+            for s in T.read_shard(str(path))]
     theirs = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
               for s in wds_samples([path])]
     assert ours == theirs
-    groups = list(S.iter_tar_samples(str(path)))
+    groups = list(T.iter_tar_samples(str(path)))
     assert [m.name for g in groups for m, _ in g.members] == [
         "a.jpg", "a.txt", "dir", "__meta__", "b.seg.png", "b.txt", "sub/c.jpg", "README"]
     assert [g.key for g in groups] == ["a", None, None, "b", "sub/c", None]

@@ -2,7 +2,7 @@
 the installed ``open_clip_c2lip.pth``), on CPU, with C2LIP-Tiny at 64 px.
 
 Data: 16 synthetic 64x64 JPEGs with real COCO val2017 captions, written as webdataset shards by
-``open_clip_c2lip.shards.write_shards`` and as a CSV, then annotated by the concepts CLI
+``open_clip_c2lip.fileio.shards.write_shards`` and as a CSV, then annotated by the concepts CLI
 (``open_clip_c2lip.concepts.main``, spaCy noun chunks). Runs (independent ones run concurrently):
 
 - ``wds``: webdataset shards, ``--accum-freq 2 --grad-checkpointing --precision amp_bf16``, 1 worker;
@@ -86,7 +86,8 @@ def synthetic_images(count: int):
 
 def build_data(root: Path) -> dict:
     """Raw shards + CSV, annotated by the concepts CLI into ``root/annotated``."""
-    from open_clip_c2lip import concepts, shards
+    from open_clip_c2lip import concepts
+    from open_clip_c2lip.fileio import shards
 
     captions = coco_captions(NUM_SAMPLES)
     images = synthetic_images(NUM_SAMPLES)
@@ -387,7 +388,7 @@ def test_wds_run_uses_accum_grad_checkpointing_amp_bf16(e2e):
     # the packer's counters (logged by the DataLoader worker at the end of its pass): every sample's
     # concepts came from the shards' json written by the concepts CLI, none from on-the-fly spaCy
     from braceexpand import braceexpand
-    from open_clip_c2lip.shards import read_shard
+    from open_clip_c2lip.fileio.tar import read_shard
 
     summaries = re.findall(r"C2LIP text packer \[worker 0/1.*?\].*?: (samples=.*)", run.output)
     assert summaries, run.output[-3000:]
@@ -511,7 +512,7 @@ def _issue_shard(path: Path, captions: list, images: list) -> str:
 
 @pytest.fixture(scope="module")
 def bad_data_runs(tmp_path_factory):
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     root = tmp_path_factory.mktemp("e2e_bad")
     logs = root / "logs"

@@ -33,7 +33,7 @@ def build_data(root) -> dict:
     """2 webdataset shards of 8 samples and a CSV of 8 rows, with a ``concepts`` field / column."""
     import json
     import pandas as pd
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     captions = coco_captions(NUM_SAMPLES)
     # "a thing" in every sample: duplicates across images for --c2lip-duplicate-concepts ignore

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from ..atomic import write_text
+from ..fileio.atomic import write_text
 from ..loading import add_model_args, load_model, model_kwargs
 from .core import BENCHMARKS
 from .encode import PRECISIONS

@@ -197,7 +197,7 @@ class ConceptCsvDataset(torch.utils.data.Dataset):
     """open_clip_train's ``CsvDataset`` plus a concepts column (a JSON list of strings per row).
 
     Built with the same arguments as ``CsvDataset`` (``tokenizer`` is the packer). The table is read
-    by ``open_clip_c2lip.tables.read_table``, as the concepts CLI reads it: every cell is text (a
+    by ``open_clip_c2lip.fileio.tables.read_table``, as the concepts CLI reads it: every cell is text (a
     caption "N/A" or "null" is that text), only an empty cell is empty. Rows are checked when the
     dataset is built: a blank caption or malformed concepts raise an error naming the file and row.
     Rows with no concepts cell (or no concepts column at all) are extracted on the fly.
@@ -205,7 +205,7 @@ class ConceptCsvDataset(torch.utils.data.Dataset):
 
     def __init__(self, input_filename, transforms, img_key, caption_key, sep="\t", tokenizer=None,
                  concepts_key: str = "concepts"):
-        from .. import tables
+        from ..fileio import tables
 
         frame = tables.read_table(input_filename, sep)
         tables.require_columns(frame, input_filename, [img_key, caption_key], sep)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..concepts import MAX_PARSE_CHARS
 from ..packing import TextPacker, process_label
-from ..shards import TruncatedTarError, iter_tar_stream_files
+from ..fileio.tar import TruncatedTarError, iter_tar_stream_files
 from .data_order import wds_train_stages
 
 # the concepts field of the authors' data, read when --c2lip-concepts-key is absent

@@ -1,6 +1,6 @@
 """The one reader of caption tables (CSV/TSV text tables and parquet).
 
-Used by the concepts CLI, the CSV training reader (``open_clip_c2lip.data.ConceptCsvDataset``) and
+Used by the concepts CLI, the CSV training reader (``open_clip_c2lip.integration.train_data.ConceptCsvDataset``) and
 ``scripts/make_shards.py``, so a table reads the same everywhere:
 
 - Text tables are split by ``sep``, default a tab like open_clip_train's ``--csv-separator``
@@ -14,6 +14,7 @@ Used by the concepts CLI, the CSV training reader (``open_clip_c2lip.data.Concep
 import os
 from typing import Any, List, Sequence
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 DEFAULT_CSV_SEPARATOR = "\t"  # open_clip_train's --csv-separator default
 _ESCAPES = {"\\t": "\t", "tab": "\t", "\\n": "\n"}
 _LIKELY_SEPARATORS = ("\t", ",", ";", "|")
