@@ -40,7 +40,7 @@ from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequen
 import torch
 from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, _clean_canonicalize
 
-from .concepts import concept_source, has_text, strip_markup
+from .concepts.text import concept_source, has_text, strip_markup
 from .config import check_max_concepts
 from .layout import pack_rows
 from .messages import excerpt
@@ -336,7 +336,7 @@ def _clean_concept(aligner, concept: str) -> str:
 
 
 def _names_something(aligner, cleaned: str) -> bool:
-    """A letter or digit outside markup (``concepts.strip_markup``: "<br/>", "</s>" name nothing, as
+    """A letter or digit outside markup (``concepts.text.strip_markup``: "<br/>", "</s>" name nothing, as
     in extraction), in a token that is not the tokenizer's special token (a concept
     ``"<end_of_text>"`` would be encoded as the end token itself: an empty concept)."""
     if not has_text(strip_markup(cleaned)):

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from open_clip_c2lip import concepts as C
+from open_clip_c2lip.concepts import cli, records
 
 NUM_CAPTIONS = 400
 # Sorted-by-id COCO val2017 caption indices whose parse has no non-pronoun noun chunk (the test
@@ -852,13 +853,13 @@ def test_sigkill_of_the_cli_ends_its_workers(tmp_path, coco, inputs):
         for i in range(2):
             make_shard(tmp_path / f"p{i}.tar", shard_samples(coco, 3 * i, 3))
         paths = [str(tmp_path / "p0.tar"), str(tmp_path / "p1.tar")]
-        hold = "C.annotate_file = lambda *a, **k: time.sleep(600)"
+        hold = "cli.annotate_file = lambda *a, **k: time.sleep(600)"
     else:  # one file: the workers parse batches
         pd.DataFrame({"caption": coco[:64]}).to_csv(tmp_path / "t.csv", sep="\t", index=False)
         paths = [str(tmp_path / "t.csv")]
-        hold = "C._parse_texts = lambda *a, **k: time.sleep(600)"
-    script = ("import sys, time\nfrom open_clip_c2lip import concepts as C\n" + hold +
-              "\nsys.exit(C.main(sys.argv[1:]))\n")
+        hold = "extract._parse_texts = lambda *a, **k: time.sleep(600)"
+    script = ("import sys, time\nfrom open_clip_c2lip.concepts import cli, extract\n" + hold +
+              "\nsys.exit(cli.main(sys.argv[1:]))\n")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     parent = subprocess.Popen([sys.executable, "-c", script, *paths, "--output-dir", str(tmp_path / "out"),
                                "--processes", "2", "--batch-size", "8", "--quiet"], env=env)
@@ -975,7 +976,7 @@ def test_cli_compressed_shard_annotated_like_the_plain_tar(tmp_path, coco, capsy
     code, text = run_cli([packed, "--output-dir", tmp_path / "out"], capsys)
     assert code == 0 and "captions: 9" in text and "failures: 0" in text
     out = tmp_path / "out" / packed.name
-    assert C.read_record(str(out)) is not None
+    assert records.read_record(str(out)) is not None
     expected = (tmp_path / "out_plain" / plain.name).read_bytes()
     import tarfile as _tarfile
     with _tarfile.open(out, "r:*") as tar:  # the compressed output holds the plain output's bytes
@@ -1170,5 +1171,5 @@ def test_cli_reads_gzip_with_trailing_zero_padding(tmp_path, coco):
 @pytest.mark.parametrize("flag", ["--concepts-key", "--caption-key"])
 def test_cli_refuses_empty_keys(tmp_path, flag):
     with pytest.raises(SystemExit) as info:
-        C._parse_args([str(tmp_path / "a.tar"), "--output-dir", str(tmp_path), flag, " "])
+        cli._parse_args([str(tmp_path / "a.tar"), "--output-dir", str(tmp_path), flag, " "])
     assert info.value.code == 2

@@ -133,7 +133,7 @@ def test_annotate_script_runs_the_concepts_cli():
     assert command.returncode == 0, command.stderr
     argv = shlex.split(command.stdout)
     assert argv[1:3] == ["-m", "open_clip_c2lip.concepts"]
-    from open_clip_c2lip.concepts import _parse_args
+    from open_clip_c2lip.concepts.cli import _parse_args
 
     cli = _parse_args(argv[3:])
     assert cli.inputs == ["in/{000..001}.tar"] and cli.output_dir == "out"

@@ -127,7 +127,7 @@ def check_spacy_model(name: str) -> Optional[str]:
     import importlib.util
     import os
 
-    from ..concepts import spacy_model_candidates
+    from ..concepts.spacy_pipeline import spacy_model_candidates
 
     if name.startswith("blank:"):
         return "a blank pipeline has no parser, so no noun chunks"

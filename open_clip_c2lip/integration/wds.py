@@ -26,7 +26,7 @@ import json
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..concepts import MAX_PARSE_CHARS
+from ..concepts.text import MAX_PARSE_CHARS
 from ..packing import TextPacker, process_label
 from ..fileio.tar import TruncatedTarError, iter_tar_stream_files
 from .data_order import wds_train_stages
