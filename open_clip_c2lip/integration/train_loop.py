@@ -95,7 +95,7 @@ def wrap_train_one_epoch(train_one_epoch: Callable) -> Callable:
 
     Upstream-ready fix: ``patches/open_clip_train-accum-shared-grad.diff`` (applying it upstream
     makes this wrapper obsolete: drop it then, or the scale and bias would get 1/k of their
-    gradient — ``tests/test_fixes.py`` checks which one holds for the installed source).
+    gradient — ``tests/test_integration_train_loop.py`` checks which one holds for the installed source).
     """
     if getattr(train_one_epoch, WRAPPED, False):
         return train_one_epoch

@@ -1,15 +1,12 @@
-"""open_clip_c2lip.integration.wds + counters: no input makes training hang; shards and samples that do not
-train are named, counted and reported by the training process every epoch.
+"""No input makes training hang (``open_clip_c2lip.integration.wds``: ``PassLog``, ``DropIncomplete``,
+``FullBatchGuard``, the per-shard reader); shards and samples that do not train are named and counted.
 
-Runs open_clip_train's (patched) ``get_data`` on tiny shards / CSVs written here. Every iteration
-runs under ``bounded`` (SIGALRM), so a regression to upstream's endless restart fails instead of
-hanging the suite.
+Runs open_clip_train's (patched) ``get_data`` on tiny shards / CSVs written here. Every iteration runs
+under ``bounded`` (SIGALRM), so a regression to upstream's endless restart fails instead of hanging the
+suite.
 """
 import contextlib
-import json
 import logging
-import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -18,18 +15,14 @@ import torch
 torch.set_num_threads(1)
 
 import open_clip_train.data as upstream_data
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transform import image_transform
-from open_clip_train.params import parse_args
 
 from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip.integration import runtime
 from open_clip_c2lip.config import C2LIPConfig
-from open_clip_c2lip.integration.counters import DATA_KEYS, SharedCounters, format_report
 from open_clip_c2lip.integration.train_data import patch_get_data
 from open_clip_c2lip.integration.wds import patch_shard_reader
-from open_clip_c2lip.packing import STAT_KEYS
+from wds_fixtures import c2lip_off, _args, _epoch, _good, _issue_shard, _rejected, _train  # noqa: F401  (c2lip_off: autouse)
 
 patch_shard_reader(upstream_data)
 patch_get_data(upstream_data)  # normally done by the plugin's import hook; idempotent
@@ -37,76 +30,6 @@ patch_get_data(upstream_data)  # normally done by the plugin's import hook; idem
 GOOD_CAPTIONS = ["a red dog next to a blue car", "two cats sleeping on a sofa", "a man riding a horse",
                  "a bowl of soup on a table", "a girl with a kite on the beach", "a train at a station",
                  "a clock tower in a city", "a boat on a lake"]
-
-
-@pytest.fixture(autouse=True)
-def c2lip_off():
-    runtime.configure(None)
-    yield
-    runtime.configure(None)
-
-
-@contextlib.contextmanager
-def bounded(seconds: int = 60):
-    """Fail (TimeoutError) instead of hanging."""
-    def timeout(signum, frame):
-        raise TimeoutError(f"no result within {seconds} s: the data pipeline hangs")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _good(key: str, index: int):
-    caption = GOOD_CAPTIONS[index % len(GOOD_CAPTIONS)]
-    return [(f"{key}.jpg", jpeg(index)), (f"{key}.txt", caption.encode()),
-            (f"{key}.json", json.dumps({"concepts": caption.split(" ")[:2]}).encode())]
-
-
-def _rejected(prefix: str):
-    """The issue's five rejected kinds: invalid json, json list, concepts a string, empty caption, non-UTF-8."""
-    return [
-        (f"{prefix}brokenjson.jpg", jpeg(20)), (f"{prefix}brokenjson.txt", b"a cat"),
-        (f"{prefix}brokenjson.json", b"{oops"),
-        (f"{prefix}listjson.jpg", jpeg(21)), (f"{prefix}listjson.txt", b"a cat"),
-        (f"{prefix}listjson.json", b'["a cat"]'),
-        (f"{prefix}strconcepts.jpg", jpeg(22)), (f"{prefix}strconcepts.txt", b"a cat"),
-        (f"{prefix}strconcepts.json", b'{"concepts": "a cat"}'),
-        (f"{prefix}emptycaption.jpg", jpeg(23)), (f"{prefix}emptycaption.txt", b"  "),
-        (f"{prefix}latin1.jpg", jpeg(24)), (f"{prefix}latin1.txt", "un caf\xe9".encode("latin-1")),
-    ]
-
-
-def _issue_shard(path: Path) -> str:
-    """8 samples, 5 of them rejected: 3 usable."""
-    members = []
-    for index in range(3):
-        members += _good(f"g{index}", index)
-    return write_tar(path, members + _rejected(""))
-
-
-def _args(*argv, batch_size=4, workers=0):
-    args = parse_args(list(argv) + ["--batch-size", str(batch_size), "--workers", str(workers),
-                                    "--model", "C2LIP-Tiny", "--c2lip-loss", "--c2lip-max-concepts", "3"])
-    args.world_size, args.rank, args.distributed = 1, 0, False
-    return args
-
-
-def _transforms():
-    return image_transform(16, is_train=True), image_transform(16, is_train=False)
-
-
-def _train(args):
-    return upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=SimpleTokenizer(context_length=24))["train"]
-
-
-def _epoch(info, seconds=60):
-    with bounded(seconds):
-        return [texts for _, texts in info.dataloader]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,67 +353,6 @@ def test_upstream_group_per_shard_diff(tmp_path):
     assert ("s0", "k", ["jpg", "txt"]) in grouped(upstream.group_by_keys_nothrow)  # one sample, two shards
     assert grouped(patched.group_by_keys_nothrow) == [
         ("s0", "g0", ["jpg", "txt"]), ("s0", "k", ["jpg"]), ("s1", "k", ["txt"]), ("s1", "g1", ["jpg", "txt"])]
-
-
-# ------------------------------------------------------------------------------------------------
-# counters reach the training process
-
-def test_worker_counters_reach_the_training_process_every_epoch(tmp_path, caplog):
-    rows = ["filepath\ttitle\tconcepts"]
-    for index in range(10):
-        (tmp_path / f"{index}.jpg").write_bytes(jpeg(index))
-        concepts = json.dumps(GOOD_CAPTIONS[index % 8].split(" ")[:2] + [" "])  # one blank concept each
-        rows.append(f"{tmp_path / f'{index}.jpg'}\t{GOOD_CAPTIONS[index % 8]}\t{concepts}")
-    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    info = _train(_args("--train-data", str(tmp_path / "t.csv"), "--dataset-type", "csv", workers=2))
-    with caplog.at_level(logging.INFO):
-        for epoch in range(2):
-            info.set_epoch(epoch)
-            assert len(_epoch(info, seconds=120)) == 2  # 10 rows, batch 4, drop_last
-    totals = info.c2lip_counters.totals()
-    assert totals["samples"] == 16 and totals["blank_concepts"] == 16
-    assert info.c2lip_packer.stats["samples"] == 0  # the main process packed nothing itself
-    reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("C2LIP data counters")]
-    assert len(reports) == 4
-    assert "epoch 0" in reports[0] and "packed=8" in reports[0] and "blank_concepts=8" in reports[0]
-    assert "epoch 1" in reports[2] and "packed=8" in reports[2]
-    assert "run total to epoch 1" in reports[3] and "packed=16" in reports[3]
-
-
-def test_webdataset_worker_counters_are_summed(tmp_path):
-    for shard in range(4):
-        members = []
-        for index in range(2):
-            members += _good(f"s{shard}k{index}", index)
-        write_tar(tmp_path / f"w-{shard:06d}.tar", members)
-    info = _train(_args("--train-data", str(tmp_path / "w-{000000..000003}.tar"), "--dataset-type", "webdataset",
-                        "--train-num-samples", "8", workers=2))
-    assert len(_epoch(info, seconds=120)) == 2
-    totals = info.c2lip_counters.totals()
-    assert totals["shards_read"] == 4 and totals["samples_read"] == 8 and totals["samples"] == 8
-    assert info.c2lip_counters.table[1:].sum(dim=1).gt(0).all()  # both workers counted in their own row
-
-
-def test_pickled_shared_counters_share_storage():
-    """What a spawned worker receives (the multiprocessing pickler) adds to the same table."""
-    from multiprocessing.reduction import ForkingPickler
-
-    import torch.multiprocessing  # noqa: F401  registers torch's shared-memory reductions
-
-    counters = SharedCounters(num_workers=1)
-    counters.add("samples", 2)
-    copy = ForkingPickler.loads(ForkingPickler.dumps(counters))
-    copy.add("samples_read", 5)
-    assert counters.totals()["samples"] == 2 and counters.totals()["samples_read"] == 5
-    assert set(counters.keys) == set(STAT_KEYS) | set(DATA_KEYS)
-
-
-def test_format_report_is_the_difference_of_totals():
-    previous = {key: 1 for key in STAT_KEYS + DATA_KEYS}
-    totals = dict(previous, samples=11, skipped_bad_samples=4, skipped_incomplete=3, missing_shards=2)
-    text = format_report(totals, previous)
-    assert re.search(r"\bpacked=10\b", text) and re.search(r"\bskipped=5\b", text)  # (4-1) + (3-1) + (1-1)
-    assert re.search(r"\bmissing=1\b", text) and re.search(r"\bconcepts=0\b", text)
 
 
 # ------------------------------------------------------------------------------------------------

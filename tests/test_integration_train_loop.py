@@ -1,11 +1,8 @@
-"""open_clip_c2lip.integration.train_loop and .ddp: the upstream open_clip_train bug fixes (CPU-DDP device_ids, exact gradient
-accumulation), each against the installed upstream source and its upstream-ready diff."""
+"""open_clip_train's training loop (``open_clip_c2lip.integration.train_loop``): exact gradient accumulation
+and the stop on non-finite weights, each against upstream and its upstream-ready diff."""
 import argparse
 import importlib.util
 import math
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,56 +12,15 @@ import open_clip
 import open_clip_train.train
 from open_clip.loss import ClipLoss, SigLipLoss
 from open_clip_train.data import DataInfo
-from open_clip_c2lip.integration import WRAPPED, ddp, train_loop
+from open_clip_c2lip.integration import WRAPPED, train_loop
 from open_clip_c2lip.loss import C2LIPLoss
 from open_clip_c2lip.model import enable_c2lip
 from open_clip_c2lip.packing import TextPacker
+from upstream_fixtures import apply_diff
 
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-UPSTREAM_TRAIN = Path(open_clip_train.train.__file__)
 MICRO_BATCH = 4
-
-
-# ----------------------------------------------------------------------------- CPU DDP device_ids
-
-def test_cpu_ddp_device_ids_fix(tmp_path):
-    import torch.distributed as dist
-    from torch.nn.parallel.distributed import DistributedDataParallel as UpstreamDDP
-
-    ddp.patch_ddp_cpu_device_ids()
-    patched = torch.nn.parallel.DistributedDataParallel
-    ddp.patch_ddp_cpu_device_ids()
-    assert torch.nn.parallel.DistributedDataParallel is patched and issubclass(patched, UpstreamDDP)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        module = torch.nn.Linear(3, 2)
-        with pytest.raises(ValueError, match="device_ids"):  # what open_clip_train/main.py:302 hits
-            UpstreamDDP(module, device_ids=[torch.device("cpu")])
-        wrapped = patched(module, device_ids=[torch.device("cpu")])
-        assert isinstance(wrapped, UpstreamDDP) and wrapped.device_ids is None
-        wrapped(torch.randn(4, 3)).sum().backward()
-        assert module.weight.grad is not None
-    finally:
-        dist.destroy_process_group()
-
-
-def _apply_diff(tmp_path: Path, diff_name: str, upstream_file: str) -> Path:
-    if shutil.which("patch") is None:
-        pytest.skip("the `patch` tool is not installed")
-    target = tmp_path / "open_clip_train"
-    target.mkdir(exist_ok=True)
-    shutil.copyfile(Path(open_clip_train.train.__file__).parent / upstream_file, target / upstream_file)
-    diff = REPO / "patches" / diff_name
-    result = subprocess.run(["patch", "-p1", "-i", str(diff)], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return target / upstream_file
-
-
-def test_ddp_diff_applies_to_upstream_main(tmp_path):
-    patched = _apply_diff(tmp_path, "open_clip_train-ddp-cpu-device-ids.diff", "main.py").read_text()
-    assert "device_ids=[device]" not in patched and "ddp_device_ids = None if device.type == 'cpu'" in patched
 
 
 # ----------------------------------------------------------------------------- exact accumulation
@@ -172,7 +128,7 @@ def test_accumulation_gives_every_parameter_the_one_batch_gradient(kind, accum_f
 def test_accum_diff_fixes_upstream_train_one_epoch(tmp_path):
     """The upstream-ready diff applies to the installed train.py and makes its accumulation exact
     on its own (no plugin wrapper)."""
-    path = _apply_diff(tmp_path, "open_clip_train-accum-shared-grad.diff", "train.py")
+    path = apply_diff(tmp_path, "open_clip_train-accum-shared-grad.diff", "train.py")
     spec = importlib.util.spec_from_file_location("patched_open_clip_train_train", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -219,7 +175,7 @@ def test_a_diverged_epoch_raises_before_its_checkpoint():
 
 
 def test_nonfinite_diff_stops_upstream_train_one_epoch(tmp_path):
-    path = _apply_diff(tmp_path, "open_clip_train-stop-on-nonfinite.diff", "train.py")
+    path = apply_diff(tmp_path, "open_clip_train-stop-on-nonfinite.diff", "train.py")
     spec = importlib.util.spec_from_file_location("nonfinite_open_clip_train_train", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,5 +1,5 @@
 """The open_clip / open_clip_train patches: wrapped bindings, create_loss / create_model wrappers,
-and upstream behaviour without --c2lip-loss (the bug fixes themselves: test_fixes.py)."""
+and upstream behaviour without --c2lip-loss (the generic fixes: test_integration_train_loop.py, test_integration_ddp.py)."""
 import argparse
 import json
 import os

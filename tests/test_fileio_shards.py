@@ -1,18 +1,16 @@
-"""Shard writer/readers (`open_clip_c2lip.fileio.shards`) and `scripts/make_shards.py`."""
+"""Writing shards (``open_clip_c2lip.fileio.shards``) and ``scripts/make_shards.py``."""
 import importlib.util
 import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import webdataset as wds
 from PIL import Image
 
 from open_clip_c2lip.fileio import shards as S
-from open_clip_c2lip.fileio import tar as T
+from tar_fixtures import wds_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,12 +40,6 @@ def encoded(img, fmt, **kw):
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **kw)
     return buffer.getvalue()
-
-
-def wds_samples(paths):
-    """Read shards back with webdataset itself (what open_clip_train does)."""
-    dataset = wds.DataPipeline(wds.SimpleShardList([str(p) for p in paths]), wds.tarfile_to_samples())
-    return list(dataset)
 
 
 @pytest.mark.parametrize("count, per_shard", [(23, 5), (10, 5), (3, 100), (1, 1)])
@@ -123,29 +115,6 @@ def test_corrupt_image_raises_naming_it_or_is_counted(tmp_path):
 def test_bad_samples(tmp_path, sample, message):
     with pytest.raises(S.BadSampleError, match=message):
         S.write_shards([sample], tmp_path)
-
-
-def test_iter_tar_samples_groups_like_webdataset(tmp_path):
-    path = tmp_path / "mixed.tar"
-    with tarfile.open(path, "w") as tar:
-        for name, data in [("a.jpg", b"1"), ("a.txt", b"x"), ("dir", None), ("__meta__", b"m"),
-                           ("b.seg.png", b"2"), ("b.txt", b"y"), ("sub/c.jpg", b"3"), ("README", b"r")]:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    ours = [{"__key__": s["__key__"], **{k: v for k, v in s.items() if k != "__key__"}}
-            for s in T.read_shard(str(path))]
-    theirs = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
-              for s in wds_samples([path])]
-    assert ours == theirs
-    groups = list(T.iter_tar_samples(str(path)))
-    assert [m.name for g in groups for m, _ in g.members] == [
-        "a.jpg", "a.txt", "dir", "__meta__", "b.seg.png", "b.txt", "sub/c.jpg", "README"]
-    assert [g.key for g in groups] == ["a", None, None, "b", "sub/c", None]
 
 
 # ------------------------------------------------------------------------------------------------
