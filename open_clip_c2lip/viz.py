@@ -2,7 +2,7 @@
 
 For one image and each concept ``c`` of the caption (spaCy noun phrases, see
 :mod:`open_clip_c2lip.concepts`), the XAC attention over the patch tokens is
-``a_t = softmax_t(lambda * cos(c, v_t))`` (METHOD.md section 4), with ``v_t`` the per-patch joint
+``a_t = softmax_t(lambda * cos(c, v_t))`` (the xac attention of ``docs/method.md``), with ``v_t`` the per-patch joint
 embeddings of the MAP head's value path (:func:`open_clip_c2lip.model.image_token_features`) and
 ``c`` the concept encoded by the text tower as its own text. Maps are shown relative to uniform
 attention (``T * a_t``, 1 = uniform) and upsampled over the image as the model sees it, on one

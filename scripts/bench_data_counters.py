@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Cost of the data-path guards and counters (issue #11), measured as ratios within one run.
+"""Cost of the data-path guards and counters, measured as ratios within one run.
 
 1. Webdataset train pipeline throughput, one epoch through ``open_clip_train.data.get_data`` with
    ``--c2lip-loss`` (``--workers 0``, so one process does all the work): ``guarded`` is the pipeline
@@ -146,7 +146,7 @@ def main() -> None:
     median = {name: statistics.median(t for t, _ in values) for name, values in times.items()}
     median_cpu = {name: statistics.median(c for _, c in values) for name, values in times.items()}
     lines = [
-        "# Data-path guards and counters: cost (issue #11)",
+        "# Data-path guards and counters: cost",
         "",
         f"`OMP_NUM_THREADS=1 python scripts/bench_data_counters.py` — {num_samples} samples "
         f"({args.shards} shards x {args.per_shard}, 64 px JPEG, COCO captions with concepts), batch "

@@ -28,7 +28,7 @@ METHODS = ("closed_form", "closed_form_low_budget", "loop")
 
 
 def loop_xac_similarity(image_tokens, concepts, temperature):
-    """The authors' algorithm (a Python loop over concepts, autograd), written from METHOD.md §4."""
+    """The authors' algorithm (a Python loop over concepts, autograd), written from the xac equations in docs/method.md."""
     import torch
     import torch.nn.functional as F
 
@@ -217,7 +217,7 @@ def write_markdown(table, args, path):
         "each once; timed alternately with the closed form in the same process, `this / bound` is the "
         "median of the paired ratios (not the ratio of the two median times: the load on the shared "
         "machine varied between rounds);",
-        "- loop: the authors' per-concept Python loop (autograd), written from METHOD.md §4;",
+        "- loop: the authors' per-concept Python loop (autograd), written from the xac equations in docs/method.md;",
         f"- times: medians over {args.rounds} fresh-process rounds (closed form: each round the median of "
         f"{args.repeats} warm runs; loop: {args.loop_rounds} round(s) of one run); extra peak memory: "
         f"{memory_how}.",

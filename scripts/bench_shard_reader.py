@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Cost of the train reader's truncation check (issue #11), as a ratio within one run.
+"""Cost of the train reader's truncation check, as a ratio within one run.
 
 Reads one local shard (``--samples`` samples of jpg / txt / json members, ``--image-bytes`` random
 bytes per image) to the end with webdataset's ``tar_file_iterator`` (upstream's reader, no end-of-
@@ -69,7 +69,7 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     (base, ours) = readers
     lines = [
-        "# Train shard reader: cost of the truncation check (issue #11)", "",
+        "# Train shard reader: cost of the truncation check", "",
         f"`OMP_NUM_THREADS=1 python scripts/bench_shard_reader.py` — one local shard, {args.samples} samples "
         f"x 3 members ({size_mb:.1f} MiB), read to the end, {args.rounds} interleaved rounds after a warm-up; "
         f"webdataset {webdataset.__version__}.",

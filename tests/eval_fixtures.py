@@ -19,10 +19,14 @@ from PIL import Image
 import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from conftest import data_dir
 from open_clip_c2lip import eval as c2eval
 
 torch.set_num_threads(1)
 
+# where real annotation data lives ($C2LIP_TEST_DATA); read files through conftest's real_data, which
+# skips a test when one is absent
+SHARED_DATA = data_dir()
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 IMAGE_SIZE = 32
 ITEMS_PER_SPLIT = 3

@@ -163,7 +163,7 @@ def test_cli_empty_shard_and_unreadable_inputs(tmp_path, capsys):
 
 
 def test_cli_shard_with_a_huge_caption_keeps_every_sample(tmp_path, capsys):
-    """The issue's example: 6 samples, one caption of 1,100,000 characters."""
+    """6 samples, one caption of 1,100,000 characters (over spaCy's limit)."""
     captions = ["a red car", "two cats on a sofa", "x " * 550_000, "a dog", "a green tree", "a blue boat"]
     src = tmp_path / "s.tar"
     make_shard(src, [(f"k{i}", [("jpg", b"x"), ("txt", c.encode())]) for i, c in enumerate(captions)])

@@ -79,7 +79,7 @@ def test_cli_rejects_a_bad_separator(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Messages quote a short prefix of user text, never all of it (issue 11)
+# Messages quote a short prefix of user text, never all of it
 
 @pytest.mark.parametrize("caption, reason", [
     (" \n" * 900_000, "empty or whitespace-only"),  # 1.8M characters of whitespace

@@ -88,6 +88,7 @@ def test_base_model_name():
     assert export.base_model_name("C2LIP-Tiny") == "C2LIP-Tiny"
 
 
+@pytest.mark.slow
 def test_bundle_loads_in_plain_open_clip(tiny, tmp_path):
     model, checkpoint = tiny
     bundle = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "bundle")
@@ -166,6 +167,7 @@ def test_export_errors_leave_nothing_behind(tiny, tmp_path):
         export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "taken")
 
 
+@pytest.mark.slow
 def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path, real_data):
     model, checkpoint = tiny
     bundle = export.main(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "b")])
@@ -261,12 +263,15 @@ def test_overwrite_replaces_a_previous_export(tiny, tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "epoch_7.pt"]  # no staging / old folder left
     # exporting a trained checkpoint says nothing about random initialization
     assert "initialized randomly" not in caplog.text
-    # a pre-0.2 export (no file list) is recognized by its file names; an empty folder is replaced
+    # export info without the list of written files: not provably ours, so not replaced
     info = json.loads((first / export.INFO_NAME).read_text())
-    del info["files"], info["exported_by"]
+    del info["files"]
     (first / export.INFO_NAME).write_text(json.dumps(info))
-    export.export_bundle("C2LIP-Tiny", checkpoint, first, overwrite=True, verify=False)
-    assert json.loads((first / export.INFO_NAME).read_text())["epoch"] == 3
+    before = sorted(p.name for p in first.iterdir())
+    with pytest.raises(FileExistsError, match="not a previous export"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, first, overwrite=True, verify=False)
+    assert sorted(p.name for p in first.iterdir()) == before
+    # an empty folder is replaced
     (tmp_path / "empty").mkdir()
     export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "empty", overwrite=True, verify=False)
     assert (tmp_path / "empty" / export.WEIGHTS_NAME).is_file()

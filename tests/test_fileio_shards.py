@@ -182,7 +182,7 @@ def test_make_shards_csv(tmp_path, captions, make_shards_main, capsys):
 
 
 # ------------------------------------------------------------------------------------------------
-# Reruns into the same folder: refuse, or replace only what an earlier run created (issue 11)
+# Reruns into the same folder: refuse, or replace only what an earlier run created
 
 def _folder_of_images(tmp_path, captions, count=11):
     folder = tmp_path / "images"

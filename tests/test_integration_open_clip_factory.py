@@ -145,6 +145,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_without_c2lip_loss_upstream_behaviour_is_unchanged():
     env = {k: v for k, v in os.environ.items() if k != "OPEN_CLIP_C2LIP_DISABLE"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

@@ -165,7 +165,7 @@ def test_synthetic_train_extracts_concepts_on_the_fly(c2lip_off, caplog):
 
 def test_on_the_fly_extraction_of_a_huge_caption_trains_and_names_it(tmp_path, c2lip_off, caplog):
     """A caption over spaCy's max_length without concepts: parsed up to MAX_PARSE_CHARS, counted, the
-    sample named in a warning (it used to kill the DataLoader worker with spaCy's E088)."""
+    sample named in a warning (not spaCy's E088 killing the DataLoader worker)."""
     from open_clip_c2lip.concepts import MAX_PARSE_CHARS
 
     long = "a brown dog runs on the green grass " * 30_000

@@ -22,7 +22,7 @@ from open_clip_c2lip.integration import runtime
 from open_clip_c2lip.config import C2LIPConfig
 from open_clip_c2lip.integration.train_data import patch_get_data
 from open_clip_c2lip.integration.wds import patch_shard_reader
-from wds_fixtures import c2lip_off, _args, _epoch, _good, _issue_shard, _rejected, _train  # noqa: F401  (c2lip_off: autouse)
+from wds_fixtures import c2lip_off, _args, _epoch, _good, _mostly_rejected_shard, _rejected, _train  # noqa: F401  (c2lip_off: autouse)
 
 patch_shard_reader(upstream_data)
 patch_get_data(upstream_data)  # normally done by the plugin's import hook; idempotent
@@ -36,7 +36,7 @@ GOOD_CAPTIONS = ["a red dog next to a blue car", "two cats sleeping on a sofa", 
 # no hang: a pass that cannot fill a batch stops with an error naming shards and counts
 
 def test_pass_that_cannot_fill_a_batch_stops_with_named_error(tmp_path):
-    shard = _issue_shard(tmp_path / "issue-000000.tar")
+    shard = _mostly_rejected_shard(tmp_path / "issue-000000.tar")
     info = _train(_args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "8"))
     with pytest.raises(RuntimeError, match="training cannot fill a batch") as error:
         _epoch(info)
@@ -47,7 +47,7 @@ def test_pass_that_cannot_fill_a_batch_stops_with_named_error(tmp_path):
 
 
 def test_same_shard_trains_when_a_batch_fits_and_rollovers_are_counted(tmp_path, caplog):
-    shard = _issue_shard(tmp_path / "issue-000000.tar")
+    shard = _mostly_rejected_shard(tmp_path / "issue-000000.tar")
     info = _train(_args("--train-data", shard, "--dataset-type", "webdataset", "--train-num-samples", "6",
                         batch_size=3))
     with caplog.at_level(logging.INFO):
@@ -75,6 +75,7 @@ def test_worker_whose_shards_cannot_fill_a_batch_stops_training(tmp_path):
     assert bad in message and "gave no usable sample" in message and "fewer --workers" in message
 
 
+@pytest.mark.slow
 def test_only_empty_or_rejected_shards_with_resampling_stop(tmp_path):
     write_tar(tmp_path / "r-000000.tar", _rejected("a"))
     write_tar(tmp_path / "r-000001.tar", _rejected("b"))
@@ -93,7 +94,7 @@ def test_only_empty_or_rejected_shards_with_resampling_stop(tmp_path):
 
 
 def test_resampling_with_few_usable_samples_trains(tmp_path):
-    _issue_shard(tmp_path / "r-000000.tar")
+    _mostly_rejected_shard(tmp_path / "r-000000.tar")
     write_tar(tmp_path / "r-000001.tar", _rejected("b"))
     info = _train(_args("--train-data", str(tmp_path / "r-{000000..000001}.tar"), "--dataset-type", "webdataset",
                         "--train-num-samples", "8", "--dataset-resampled"))

@@ -211,7 +211,7 @@ def test_bad_configuration_is_rejected():
 
 
 # ------------------------------------------------------------------------------------------------
-# duplicate concepts (METHOD.md §6.4)
+# duplicate concepts (docs/method.md)
 
 # concept text per slot of make_batch()'s 5 images ("" = no concept). Image 1 has no valid slot but
 # a concept text in slot 1 (as in span mode, where a concept whose span was not found has a masked

@@ -368,7 +368,7 @@ def test_equal_concept_rows_are_equal_cleaned_texts(make_tokenizer, coco_concept
 
 
 # ------------------------------------------------------------------------------------------------
-# Concepts as the tokenizer sees them (issue 11)
+# Concepts as the tokenizer sees them
 
 from open_clip.tokenizer import _clean_lower  # noqa: E402
 
@@ -435,7 +435,7 @@ def test_on_the_fly_extraction_parses_the_cleaned_caption(kind, make_tokenizer):
 
 
 def test_real_spacy_on_the_fly_survives_a_caption_over_max_length():
-    """The issue's E088 case: 1.1M characters, extracted on the fly with the real spaCy extractor."""
+    """spaCy's E088 case (over its 1,000,000-character limit): 1.1M characters, extracted on the fly with the real spaCy extractor."""
     from open_clip_c2lip.packing import SpacyConceptExtractor
 
     tokenizer = _make_simple(32)

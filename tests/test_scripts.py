@@ -1,6 +1,6 @@
 """The launch scripts in ``scripts/``: bash syntax, required environment, and that the commands they
 print (``DRY_RUN=1``) are accepted by torchrun's parser and by open_clip_train's parser with the
-C2LIP flags, giving the authors' recipe (METHOD.md §10)."""
+C2LIP flags, giving the authors' recipe (docs/training.md)."""
 import os
 import shlex
 import shutil
@@ -72,7 +72,7 @@ def test_missing_environment_is_a_clear_error(script, missing):
 
 
 def check_recipe(args, precision: str) -> None:
-    """The authors' recipe (METHOD.md §10) as parsed by open_clip_train + the C2LIP flags."""
+    """The authors' recipe (docs/training.md) as parsed by open_clip_train + the C2LIP flags."""
     assert args.model == "ViT-B-16-SigLIP-C2" and args.pretrained == "webli"
     assert args.c2lip_loss and args.siglip  # --c2lip-loss implies --siglip
     assert (args.c2lip_npc_weight, args.c2lip_xac_weight) == (1.0, 0.01)

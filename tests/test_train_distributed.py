@@ -45,6 +45,8 @@ LOSS_KEYS = ("contrastive_loss", "npc_loss", "xac_loss")
 torch.set_num_threads(1)
 
 
+pytestmark = pytest.mark.slow  # torchrun training runs
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _coco_captions_present(real_data):

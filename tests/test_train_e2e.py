@@ -52,6 +52,8 @@ RUN_TIMEOUT = 600
 torch.set_num_threads(1)
 
 
+pytestmark = pytest.mark.slow  # training runs
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _coco_captions_present(real_data):
@@ -487,7 +489,7 @@ def test_training_process_reports_data_counters_every_epoch(e2e):
 BAD_RUN_TIMEOUT = 300  # a run that does not end by then hangs
 
 
-def _issue_shard(path: Path, captions: list, images: list) -> str:
+def _mostly_rejected_shard(path: Path, captions: list, images: list) -> str:
     """8 samples of which 5 are rejected: invalid json, json list, concepts a string, empty caption,
     non-UTF-8 caption. The 3 good ones carry concepts."""
     import io
@@ -517,7 +519,7 @@ def bad_data_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e_bad")
     logs = root / "logs"
     captions, images = coco_captions(NUM_SAMPLES), synthetic_images(NUM_SAMPLES)
-    stuck_shard = _issue_shard(root / "issue-000000.tar", captions, images)
+    stuck_shard = _mostly_rejected_shard(root / "issue-000000.tar", captions, images)
     samples = [{"jpg": images[i], "txt": captions[i], "json": {"concepts": captions[i].split(" ")[:2]}}
                for i in range(NUM_SAMPLES)]
     paths = write_shards(samples, str(root / "gaps"), prefix="train", samples_per_shard=NUM_SAMPLES // 2)
@@ -548,7 +550,7 @@ def bad_data_runs(tmp_path_factory):
 
 
 def test_shard_that_cannot_fill_a_batch_stops_training_with_named_error(bad_data_runs):
-    """The issue's 8-sample shard with 5 rejected samples (3 usable < --batch-size 4): upstream's
+    """An 8-sample shard with 5 rejected samples (3 usable < --batch-size 4): upstream's
     loader restarted the pass forever; now the run ends with an error naming the shard and counts."""
     run = bad_data_runs["runs"]["stuck"]
     assert run.returncode is not None and run.returncode > 0, (run.returncode, run.output[-3000:])

@@ -16,12 +16,12 @@ import math
 import pytest
 import torch
 
-from test_train_e2e import (COCO_CAPTIONS, CSV_ROWS, LOSS_KEYS, NUM_SAMPLES, Run, coco_captions, launch_training,
-                            state_dict, synthetic_images, tensorboard_scalars)
+from test_train_e2e import (CSV_ROWS, LOSS_KEYS, NUM_SAMPLES, Run, _coco_captions_present,  # noqa: F401 (autouse)
+                            coco_captions, launch_training, state_dict, synthetic_images, tensorboard_scalars)
 
 torch.set_num_threads(1)
 
-pytestmark = pytest.mark.skipif(not COCO_CAPTIONS.is_file(), reason=f"{COCO_CAPTIONS} not found")
+pytestmark = pytest.mark.slow  # eight training runs
 
 SEED = 3
 COMMANDS = [("wds", 1), ("wds", 2), ("csv", 1), ("csv", 2)]

@@ -61,7 +61,7 @@ def _good(key: str, index: int):
 
 
 def _rejected(prefix: str):
-    """The issue's five rejected kinds: invalid json, json list, concepts a string, empty caption, non-UTF-8."""
+    """Five rejected kinds: invalid json, json list, concepts a string, empty caption, non-UTF-8."""
     return [
         (f"{prefix}brokenjson.jpg", jpeg(20)), (f"{prefix}brokenjson.txt", b"a cat"),
         (f"{prefix}brokenjson.json", b"{oops"),
@@ -74,7 +74,7 @@ def _rejected(prefix: str):
     ]
 
 
-def _issue_shard(path: Path) -> str:
+def _mostly_rejected_shard(path: Path) -> str:
     """8 samples, 5 of them rejected: 3 usable."""
     members = []
     for index in range(3):

@@ -1,8 +1,8 @@
 """Data counters of a C2LIP training run: summed over DataLoader workers, reported every epoch.
 
-Each DataLoader worker holds its own copy of the train packer, so counts made in a worker never
-reached the training process (the packer's ``log_every`` summary came from each worker, and only
-after 10,000 samples). ``SharedCounters`` puts every count into a row of one shared-memory int64
+Each DataLoader worker holds its own copy of the train packer, so counts made in a worker do not
+reach the training process by themselves (the packer's ``log_every`` summary comes from each worker,
+every 10,000 samples). ``SharedCounters`` puts every count into a row of one shared-memory int64
 tensor ``[1 + workers, K]`` (row 0: the process that built the data, which also counts when
 ``--workers 0``; row ``1 + i``: worker ``i``); each process writes only its own row, so no lock is
 needed. ``CountingPacker`` is the train ``TextPacker`` whose ``count`` also adds to that tensor, and
