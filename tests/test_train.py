@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import open_clip_c2lip  # noqa: F401
 from open_clip_c2lip import train
 
