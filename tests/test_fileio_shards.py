@@ -24,9 +24,13 @@ def make_shards_main():
 
 
 @pytest.fixture(scope="module")
-def captions(real_data):
-    with open(real_data("coco_captions_val2017.json")) as f:
-        return [a["caption"] for a in sorted(json.load(f)["annotations"], key=lambda a: a["id"])[:50]]
+def captions():
+    """50 distinct captions, some with the untidy edges of web captions (spaces, a newline, non-ASCII)."""
+    colours, things = ("red", "blue", "green", "yellow", "black"), ("dog", "bicycle", "café table", "kite", "train")
+    made = [f"A {colours[i % 5]} {things[(i // 5) % 5]} next to {2 + i // 25} birds number {i}." for i in range(50)]
+    made[3] += " "
+    made[8] = "  " + made[8] + "\n"
+    return made
 
 
 def image(i, size=(32, 24), mode="RGB"):

@@ -6,7 +6,6 @@ args from open_clip_train's ``parse_args`` (C2LIP flags included).
 """
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,11 @@ import open_clip_train.data as upstream_data
 from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip.integration import runtime
-from open_clip_c2lip.integration.train_data import ConceptCsvDataset, patch_get_data
-from open_clip_c2lip.integration.wds import patch_shard_reader
+from open_clip_c2lip.integration.train_data import ConceptCsvDataset
 from train_data_fixtures import (  # noqa: F401
+    CAPTIONS,
+    CONTEXT_LENGTH,
+    MAX_CONCEPTS,
     _args,
     _check_packed_batch,
     _concepts_for,
@@ -29,16 +30,6 @@ from train_data_fixtures import (  # noqa: F401
     _transforms,
     c2lip_off,
     good_shards)
-
-CONTEXT_LENGTH = 24
-MAX_CONCEPTS = 3
-
-patch_shard_reader(upstream_data)  # normally done by the plugin's import hook; idempotent
-patch_get_data(upstream_data)
-
-
-CAPTIONS = [f"a red dog number {i} next to a blue car near a tree" for i in range(10)] + [
-    "two cats sleeping on a sofa", "a man riding a horse on the beach"]
 
 
 def test_inactive_get_data_is_upstream(good_shards, c2lip_off):

@@ -25,6 +25,9 @@ from open_clip_c2lip.integration.train_data import patch_get_data
 from open_clip_c2lip.integration.wds import (
     UnusableSampleError, _eof_kwargs, patch_shard_reader, sample_text, tarfile_to_samples_nothrow)
 from train_data_fixtures import (  # noqa: F401
+    CAPTIONS,
+    CONTEXT_LENGTH,
+    MAX_CONCEPTS,
     _args,
     _check_packed_batch,
     _tokenizer,
@@ -33,16 +36,7 @@ from train_data_fixtures import (  # noqa: F401
     good_shards)
 
 REPO = Path(__file__).resolve().parents[1]
-CONTEXT_LENGTH = 24
-MAX_CONCEPTS = 3
 WDS_NEW_VERSION = "1.0.2"
-
-patch_shard_reader(upstream_data)  # normally done by the plugin's import hook; idempotent
-patch_get_data(upstream_data)
-
-
-CAPTIONS = [f"a red dog number {i} next to a blue car near a tree" for i in range(10)] + [
-    "two cats sleeping on a sofa", "a man riding a horse on the beach"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,22 +14,12 @@ import torch
 
 torch.set_num_threads(1)
 
-import open_clip_train.data as upstream_data
 
 from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip.integration import runtime
 from open_clip_c2lip.config import C2LIPConfig
-from open_clip_c2lip.integration.train_data import patch_get_data
-from open_clip_c2lip.integration.wds import patch_shard_reader
-from wds_fixtures import c2lip_off, _args, _epoch, _good, _mostly_rejected_shard, _rejected, _train  # noqa: F401  (c2lip_off: autouse)
-
-patch_shard_reader(upstream_data)
-patch_get_data(upstream_data)  # normally done by the plugin's import hook; idempotent
-
-GOOD_CAPTIONS = ["a red dog next to a blue car", "two cats sleeping on a sofa", "a man riding a horse",
-                 "a bowl of soup on a table", "a girl with a kite on the beach", "a train at a station",
-                 "a clock tower in a city", "a boat on a lake"]
+from wds_fixtures import GOOD_CAPTIONS, c2lip_off, _args, _epoch, _good, _mostly_rejected_shard, _rejected, _train  # noqa: F401  (c2lip_off: autouse)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ and the check of a packed batch.
 
 Imported by ``tests/test_integration_train_data.py`` and ``tests/test_integration_wds.py``.
 """
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ from open_clip_c2lip.packing import concept_spans
 CONTEXT_LENGTH = 24
 MAX_CONCEPTS = 3
 
-patch_shard_reader(upstream_data)  # normally done by the plugin's import hook; idempotent
+patch_shard_reader(upstream_data)  # the plugin's hooks, for every test module importing this one
 patch_get_data(upstream_data)
 
 

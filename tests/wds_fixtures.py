@@ -25,7 +25,7 @@ from open_clip_c2lip.integration.train_data import patch_get_data
 from open_clip_c2lip.integration.wds import patch_shard_reader
 
 patch_shard_reader(upstream_data)
-patch_get_data(upstream_data)  # normally done by the plugin's import hook; idempotent
+patch_get_data(upstream_data)  # the plugin's hooks, for every test module importing this one
 
 GOOD_CAPTIONS = ["a red dog next to a blue car", "two cats sleeping on a sofa", "a man riding a horse",
                  "a bowl of soup on a table", "a girl with a kite on the beach", "a train at a station",
