@@ -178,7 +178,7 @@ NEW_WEBDATASET_SCRIPT = textwrap.dedent("""
     spec.loader.exec_module(patched)
     report["diff"] = count(patched)
 
-    from open_clip_c2lip import runtime
+    from open_clip_c2lip.integration import runtime
     from open_clip_c2lip.config import C2LIPConfig
     from open_clip_c2lip.integration.train_data import patch_get_data
     from open_clip_c2lip.integration.wds import patch_shard_reader
