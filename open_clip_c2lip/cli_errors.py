@@ -4,7 +4,7 @@ traceback."""
 import sys
 from typing import Callable, Optional, Sequence
 
-from . import diskspace
+from .fileio import diskspace
 from .hub import HubUnavailableError
 
 # bad input (CheckpointError is a ValueError), a Hub that is needed but out of reach, a full disk

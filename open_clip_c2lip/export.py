@@ -14,16 +14,15 @@ built in a temporary sibling folder, verified by re-loading it and comparing emb
 then moved into place, with the user's umask (folder ``0777 & ~umask``, files ``0666 & ~umask``).
 
 ``--overwrite`` replaces only a previous export: a folder whose ``export_info.json`` lists the files
-it wrote, holding nothing else (exports before 0.2 have no list: the bundle and tokenizer file names
-stand in). Anything else (a foreign file, a subfolder, a symlink, a folder without export info) is
+it wrote, holding nothing else. Anything else (a foreign file, a subfolder, a symlink, a folder without export info) is
 refused and nothing is deleted; an empty folder is replaced. A bad checkpoint (missing, empty,
 truncated, foreign, no state dict, another architecture) fails before anything is written, with
-an error that says which (:mod:`open_clip_c2lip.checkpoint`); the architecture is checked on the
+an error that says which (:mod:`open_clip_c2lip.fileio.checkpoint`); the architecture is checked on the
 ``meta`` device before any download. An HF tokenizer comes from the local Hugging Face cache
 first; without it and without the Hub the export stops at once, saying what to pass
 (:mod:`open_clip_c2lip.hub`). The weights' size is checked against the free space up front, and a
 full disk while writing ends in ``DiskFullError`` naming the folder and the size, with the
-staging folder removed (:mod:`open_clip_c2lip.diskspace`).
+staging folder removed (:mod:`open_clip_c2lip.fileio.diskspace`).
 """
 import argparse
 import json
@@ -38,8 +37,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 
 from . import cli_errors
-from .checkpoint import check_architecture, load_checkpoint_into
-from .diskspace import check_free_space, disk_full_as_error
+from .fileio.checkpoint import check_architecture, load_checkpoint_into
+from .fileio.diskspace import check_free_space, disk_full_as_error
 from .hub import HubUnavailableError
 from .loading import (bare_model, build_cache_first, is_plugin_model, load_tokenizer, no_random_init_warning,
                       plugin_entry, resolve_preprocess_cfg)
@@ -51,10 +50,6 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 INFO_NAME = "export_info.json"
 EXPORTED_BY = "open_clip_c2lip.export"
 _VERIFY_TEXTS = ("a photo of a dog", "two red apples on a wooden table")
-# what HF save_pretrained may write: the names a pre-0.2 export (no file list) may hold besides the bundle
-_LEGACY_TOKENIZER_FILES = frozenset({
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja"})
 # room for the config and export info; the safetensors header takes about 100 bytes + the name per tensor
 _SMALL_FILES_BYTES = 1 << 16
 _HEADER_BYTES_PER_TENSOR = 128
@@ -135,13 +130,12 @@ def previous_export_files(folder: Path) -> List[Path]:
         info = json.loads((folder / INFO_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         info = None
-    if not isinstance(info, dict) or "base_model" not in info:
+    if not isinstance(info, dict) or "base_model" not in info or not isinstance(info.get("files"), list):
         held = _listing(e.name + ("/" if e.is_dir() else "") for e in entries)
-        raise FileExistsError(f"refusing to replace {folder}: it is not a previous export (no readable {INFO_NAME}) "
-                              f"and holds {held}; choose another --output or remove it yourself")
-    written = info.get("files")
-    allowed = set(written) if isinstance(written, list) else {CONFIG_NAME, WEIGHTS_NAME} | _LEGACY_TOKENIZER_FILES
-    allowed.add(INFO_NAME)
+        raise FileExistsError(f"refusing to replace {folder}: it is not a previous export (no readable {INFO_NAME} "
+                              f"listing the files it wrote) and holds {held}; choose another --output or remove it "
+                              f"yourself")
+    allowed = set(info["files"]) | {INFO_NAME}
     foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
                if e.name not in allowed or e.is_symlink() or not e.is_file()]
     if foreign:

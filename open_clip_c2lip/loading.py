@@ -21,20 +21,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from . import hub
-
-# SigLIP preprocessing (open_clip.pretrained._slpcfg); every C2 architecture is SigLIP-style.
-SIGLIP_PREPROCESS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic",
-                     "resize_mode": "squash"}
+from .registry import SIGLIP_PREPROCESS, lookup
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
 def plugin_entry(model_name: str):
     """The plugin registry's entry (``open_clip_c2lip.registry.lookup``) for a C2 name, else ``None``."""
-    try:
-        from .registry import lookup
-    except ImportError:  # registry stripped from a build: fall back to the naming rule
-        return None
     return lookup(model_name)
 
 
@@ -211,7 +205,7 @@ def check_checkpoint(model_name: str, path, display_name: Optional[str] = None) 
     """Raise ``CheckpointError`` when the file at ``path`` is unreadable or not a checkpoint of
     ``model_name`` (keys / shapes against :func:`bare_model`, converted as open_clip loads it);
     returns its metadata. Fetches nothing but an HF text tower's config."""
-    from .checkpoint import check_architecture
+    from .fileio.checkpoint import check_architecture
     return check_architecture(bare_model(model_name), path, display_name or model_name)
 
 
@@ -325,7 +319,8 @@ def _bundle_weights(model_name: str) -> Optional[Path]:
 def _diagnose_checkpoint(model_name: str, pretrained: Optional[str], error: BaseException) -> None:
     """After open_clip failed to build ``model_name``: raise ``CheckpointError`` saying what is wrong
     with the checkpoint file (empty, truncated, foreign, another architecture), else return."""
-    from .checkpoint import mismatch_error, read_checkpoint
+    import open_clip
+    from .fileio.checkpoint import mismatch_error, read_checkpoint
     if model_name.startswith("local-dir:"):
         weights = _bundle_weights(model_name)
         if weights is not None:

@@ -2,7 +2,7 @@
 
 For one image and each concept ``c`` of the caption (spaCy noun phrases, see
 :mod:`open_clip_c2lip.concepts`), the XAC attention over the patch tokens is
-``a_t = softmax_t(lambda * cos(c, v_t))`` (METHOD.md section 4), with ``v_t`` the per-patch joint
+``a_t = softmax_t(lambda * cos(c, v_t))`` (the xac attention of ``docs/method.md``), with ``v_t`` the per-patch joint
 embeddings of the MAP head's value path (:func:`open_clip_c2lip.model.image_token_features`) and
 ``c`` the concept encoded by the text tower as its own text. Maps are shown relative to uniform
 attention (``T * a_t``, 1 = uniform) and upsampled over the image as the model sees it, on one
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import cli_errors
-from .atomic import atomic_output
-from .diskspace import MIN_FREE_BYTES, check_free_space, disk_full_as_error
+from .fileio.atomic import atomic_output
+from .fileio.diskspace import MIN_FREE_BYTES, check_free_space, disk_full_as_error
 from .loading import add_model_args, load_model, model_kwargs
 
 
@@ -54,7 +54,7 @@ def concept_attention_maps(model, image: torch.Tensor, concepts: Sequence[str], 
     ``image [3, H, W]`` -> ``[N, rows, cols]`` attention weights (each map sums to 1 over the
     patch tokens; prefix tokens pooled by the MAP head, if any, are left out of the map).
     """
-    from .loss import concept_attention
+    from .xac import concept_attention
     from .model import image_token_features
     if not concepts:
         raise ValueError("no concepts to visualize")

@@ -1,4 +1,4 @@
-"""Benchmark the xac term: closed form (``open_clip_c2lip.loss.xac_similarity``) vs the authors'
+"""Benchmark the xac term: closed form (``open_clip_c2lip.xac.xac_similarity``) vs the authors'
 per-concept loop, and vs a matmul-only lower bound with the same large products.
 
 Each case (method x N) runs in a fresh subprocess so its peak memory is its own: on CPU the extra
@@ -77,7 +77,7 @@ def run_case(case):
     """One measurement in this process; returns a JSON-able dict."""
     import torch
 
-    from open_clip_c2lip.loss import xac_memory_plan, xac_similarity
+    from open_clip_c2lip.xac import xac_memory_plan, xac_similarity
 
     torch.set_num_threads(case["threads"])
     device = torch.device(case["device"])
@@ -146,7 +146,7 @@ def run_case(case):
 
 def _agreement(image_tokens, concepts, upstream, case):
     """Max |difference| of similarities and gradients, closed form vs loop, on a few concepts."""
-    from open_clip_c2lip.loss import xac_similarity
+    from open_clip_c2lip.xac import xac_similarity
 
     concepts = concepts[:case["check"]]
     upstream = upstream[:, :case["check"]]
@@ -297,7 +297,7 @@ def main():
                                for n in args.concepts)
         write_markdown(summarize(results, args.concepts), args, args.output)
         return
-    from open_clip_c2lip.loss import XAC_MEMORY_BUDGET_MB, xac_memory_plan
+    from open_clip_c2lip.xac import XAC_MEMORY_BUDGET_MB, xac_memory_plan
 
     if args.budget_mb is None:
         args.budget_mb = XAC_MEMORY_BUDGET_MB

@@ -1,4 +1,4 @@
-"""Vary the xac temperature and weight on VALIDATION worlds (issue 10, item 5): does C2LIP need them?
+"""Vary the xac temperature and weight on VALIDATION worlds: does C2LIP need them?
 
 Each ``--grid T:W`` point becomes a demo variant ``xac_t{T}_w{W}``: the text-mode ``c2lip`` variant
 with ``--c2lip-xac-temperature T --c2lip-xac-weight W`` (npc weight and everything else unchanged).

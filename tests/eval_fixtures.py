@@ -19,12 +19,14 @@ from PIL import Image
 import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from conftest import DATA_ENV, data_dir, real_data
 from open_clip_c2lip import eval as c2eval
 
 torch.set_num_threads(1)
 
-# real annotation files (no images): $C2LIP_TEST_DATA, by default the shared/data folder beside the repository
-SHARED_DATA = Path(os.environ.get("C2LIP_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+# where real annotation data lives ($C2LIP_TEST_DATA); read files through conftest's real_data, which
+# skips a test when one is absent
+SHARED_DATA = data_dir()
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 IMAGE_SIZE = 32
 ITEMS_PER_SPLIT = 3
@@ -33,11 +35,12 @@ ITEMS_PER_SPLIT = 3
 # ------------------------------------------------------------------------------------------------
 # fixtures
 
-def shared_data(*parts: str) -> Path:
-    """``SHARED_DATA/<parts>``; skips the calling test, saying what is missing, when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
+def shared_data(name: str, *parts: str) -> Path:
+    """``$C2LIP_TEST_DATA/<name>/<parts>`` through conftest's ``real_data`` (which skips the calling
+    test, saying what to get and from where, when ``name`` is absent)."""
+    path = real_data(name).joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real annotation data not found: {path} (set C2LIP_TEST_DATA to the shared data folder)")
+        pytest.skip(f"{path} not found under ${DATA_ENV}: the {name} folder lacks it")
     return path
 
 
@@ -50,7 +53,9 @@ def block_image(path: Path, seed: int, size=(80, 60)) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def subset_sugarcrepe(root: Path):
+def subset_sugarcrepe(root: Path, real_data):
+    """Subsets of the real SugarCrepe / SugarCrepe++ files (``real_data``: conftest's helper, which
+    skips when they are absent) with stand-in images."""
     expected_pp_ties = 0
     for split in c2eval.SUGARCREPE_SPLITS:
         data = json.loads(shared_data("sugar_crepe", f"{split}.json").read_text())
@@ -316,9 +321,9 @@ def written_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
+def data_root(tmp_path_factory, real_data):
     root = tmp_path_factory.mktemp("bench")
-    subset_sugarcrepe(root)
+    subset_sugarcrepe(root, real_data)
     write_aro(root)
     write_winoground(root)
     write_aro_order(root)

@@ -597,7 +597,7 @@ def test_quick_demo_end_to_end(quick_run):
     world = out / "seed_3" / "world"
     shards = sorted((world / "shards").glob("train-*.tar"))
     assert shards
-    from open_clip_c2lip.shards import read_shard
+    from open_clip_c2lip.fileio.tar import read_shard
     samples = [s for path in shards for s in read_shard(str(path))]
     assert len(samples) == results["settings"]["num_train"]
     held = {tuple(p) for p in seed["held_out_pairs"]}

@@ -17,12 +17,11 @@ import open_clip
 
 from open_clip_c2lip import eval as c2eval
 from open_clip_c2lip import export
-from open_clip_c2lip.checkpoint import CheckpointError
+from open_clip_c2lip.fileio.checkpoint import CheckpointError
 
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 TINY_CONFIG = REPO / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 SIGLIP = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
 TEXTS = ["a red ball on a blue box", "two dogs playing in the snow"]
@@ -89,6 +88,7 @@ def test_base_model_name():
     assert export.base_model_name("C2LIP-Tiny") == "C2LIP-Tiny"
 
 
+@pytest.mark.slow
 def test_bundle_loads_in_plain_open_clip(tiny, tmp_path):
     model, checkpoint = tiny
     bundle = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "bundle")
@@ -167,12 +167,13 @@ def test_export_errors_leave_nothing_behind(tiny, tmp_path):
         export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "taken")
 
 
-def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path):
+@pytest.mark.slow
+def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path, real_data):
     model, checkpoint = tiny
     bundle = export.main(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "b")])
     # our layout (val2017/ + sugarcrepe/<split>.json); clip_benchmark wants <root>/val2017 + <root>/<split>.json
     root = tmp_path / "data"
-    data = json.loads((SHARED_DATA / "sugar_crepe" / "swap_att.json").read_text())
+    data = json.loads((real_data("sugar_crepe") / "swap_att.json").read_text())
     items = dict(list(data.items())[:14])
     for i, name in enumerate(sorted({d["filename"] for d in items.values()})):
         rng = np.random.default_rng(i)
@@ -262,12 +263,15 @@ def test_overwrite_replaces_a_previous_export(tiny, tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "epoch_7.pt"]  # no staging / old folder left
     # exporting a trained checkpoint says nothing about random initialization
     assert "initialized randomly" not in caplog.text
-    # a pre-0.2 export (no file list) is recognized by its file names; an empty folder is replaced
+    # export info without the list of written files: not provably ours, so not replaced
     info = json.loads((first / export.INFO_NAME).read_text())
-    del info["files"], info["exported_by"]
+    del info["files"]
     (first / export.INFO_NAME).write_text(json.dumps(info))
-    export.export_bundle("C2LIP-Tiny", checkpoint, first, overwrite=True, verify=False)
-    assert json.loads((first / export.INFO_NAME).read_text())["epoch"] == 3
+    before = sorted(p.name for p in first.iterdir())
+    with pytest.raises(FileExistsError, match="not a previous export"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, first, overwrite=True, verify=False)
+    assert sorted(p.name for p in first.iterdir()) == before
+    # an empty folder is replaced
     (tmp_path / "empty").mkdir()
     export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "empty", overwrite=True, verify=False)
     assert (tmp_path / "empty" / export.WEIGHTS_NAME).is_file()
@@ -295,7 +299,8 @@ from collections import namedtuple  # noqa: E402
 
 from hub_fixtures import (add_cached_repo, hub_cache, hub_tokenizer_config, refused_hub,  # noqa: E402,F401
                           tiny_hf_tokenizer)
-from open_clip_c2lip import cli_errors, diskspace, hub  # noqa: E402
+from open_clip_c2lip import cli_errors, hub  # noqa: E402
+from open_clip_c2lip.fileio import diskspace  # noqa: E402
 
 Usage = namedtuple("Usage", "total used free")
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import open_clip_c2lip  # noqa: F401  (hooks, as in training)
-from open_clip_c2lip.atomic import PARTIAL_SUFFIX
+from open_clip_c2lip.fileio.atomic import PARTIAL_SUFFIX
 from open_clip_c2lip.integration import checkpoints
 from open_clip_c2lip.integration.checkpoints import (CheckpointSaveError, UnreadableCheckpointError,
                                                       inspect_checkpoint, save_checkpoint, select_resume_checkpoint)
@@ -120,7 +120,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint_and_leaves_nothing(tm
     elif kind == "rename_fails":
         def failing_replace(src, dst):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
-        monkeypatch.setattr("open_clip_c2lip.atomic.os.replace", failing_replace)
+        monkeypatch.setattr("open_clip_c2lip.fileio.atomic.os.replace", failing_replace)
     else:
         monkeypatch.setattr(torch, "save", _fault(kind, real_save))
     expected = KeyboardInterrupt if kind == "signal_mid_write" else CheckpointSaveError

@@ -4,7 +4,7 @@ status, C2LIP settings in checkpoints. Plus the drift checks of the upstream cod
 
 Every training run trains 3 epochs of 2 steps on the same 8-row CSV (synthetic captions and images).
 Requeued runs must end *bit-identical* to the uninterrupted reference: the data order is a function of
-seed and epoch (``open_clip_c2lip.data_order``), ``--aug-cfg scale='(1.0, 1.0)'`` on square images
+seed and epoch (``open_clip_c2lip.integration.data_order``), ``--aug-cfg scale='(1.0, 1.0)'`` on square images
 makes the random crop the whole image, and ``--workers 0`` single-threaded CPU kernels are
 deterministic, so a resume from epoch k's checkpoint (weights + AdamW state) redoes exactly the same
 steps. Faults are injected into the child process by a ``sitecustomize`` that replaces ``torch.save``
@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import open_clip_c2lip  # noqa: F401  (hooks, as in training)
-from open_clip_c2lip.atomic import PARTIAL_SUFFIX
+from open_clip_c2lip.fileio.atomic import PARTIAL_SUFFIX
 from open_clip_c2lip.integration import run_lock, train_main
 
 torch.set_num_threads(1)
@@ -320,7 +320,7 @@ def test_second_run_into_a_held_folder_is_refused(runs):
 def test_checkpoints_record_the_c2lip_settings(runs):
     """The reference run used every default --c2lip-* value: its checkpoints (read with weights_only=True)
     record exactly those, besides upstream's entries."""
-    from open_clip_c2lip import runtime
+    from open_clip_c2lip.integration import runtime
 
     for name in ("epoch_1.pt", "epoch_3.pt", "epoch_latest.pt"):
         checkpoint = load(runs["logs"] / "reference" / "checkpoints" / name)

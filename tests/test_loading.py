@@ -34,7 +34,7 @@ def test_unreadable_checkpoints_give_clear_errors_in_eval_and_viz(tmp_path):
 
     from open_clip_c2lip import eval as c2eval
     from open_clip_c2lip import export, viz
-    from open_clip_c2lip.checkpoint import CheckpointError
+    from open_clip_c2lip.fileio.checkpoint import CheckpointError
 
     config = Path(loading.__file__).parent / "model_configs" / "C2LIP-Tiny.json"
     open_clip.add_model_config(config)
@@ -84,7 +84,7 @@ import torch  # noqa: E402
 from hub_fixtures import (COMMIT, TINY_CONFIG, add_cached_repo, hub_cache, hub_tokenizer_config,  # noqa: E402,F401
                           refused_hub, tiny_hf_tokenizer)
 from open_clip_c2lip import hub  # noqa: E402
-from open_clip_c2lip.checkpoint import CheckpointError  # noqa: E402
+from open_clip_c2lip.fileio.checkpoint import CheckpointError  # noqa: E402
 
 TOKENIZER_REPO, WEIGHTS_REPO = "c2lip-test/tiny-tokenizer", "c2lip-test/tiny-weights"
 

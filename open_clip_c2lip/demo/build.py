@@ -66,7 +66,8 @@ def build_world(output_dir, spec: WorldSpec, num_train: int, num_eval: int, seed
     held-out set comes from its own stream, excluding any scene that also occurs in training or
     earlier in the set, so every evaluation image is unseen and distinct.
     """
-    from .. import concepts, shards
+    from .. import concepts
+    from ..fileio import shards
     output_dir = Path(output_dir)
     for stale in ("shards_raw", "shards", "eval"):  # a previous, larger world must not leak in
         if (output_dir / stale).is_dir():

@@ -3,7 +3,7 @@ import json
 import math
 from typing import Any, List, Mapping, Optional, Sequence
 
-from ..atomic import write_text
+from ..fileio.atomic import write_text
 
 # Row label -> how to read it from one run's results.
 _RETRIEVAL_ROWS = {

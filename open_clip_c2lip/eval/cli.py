@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from ..atomic import write_text
-from ..diskspace import MIN_FREE_BYTES, check_free_space, disk_full_as_error
+from ..fileio.atomic import write_text
+from ..fileio.diskspace import MIN_FREE_BYTES, check_free_space, disk_full_as_error
 from ..loading import add_model_args, load_model, model_kwargs
 from .core import BENCHMARKS
 from .encode import PRECISIONS

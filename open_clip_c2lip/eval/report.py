@@ -35,7 +35,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..atomic import write_text
+from ..fileio.atomic import write_text
 
 _logger = logging.getLogger(__name__)
 

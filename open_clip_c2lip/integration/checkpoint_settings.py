@@ -13,7 +13,8 @@ import dataclasses
 import logging
 from typing import Any, Dict, List, Mapping, Optional
 
-from .. import __version__, runtime
+from .. import __version__
+from . import runtime
 
 _logger = logging.getLogger(__name__)
 

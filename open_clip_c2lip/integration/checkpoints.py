@@ -32,8 +32,8 @@ from typing import Iterable, List, Optional, Tuple
 
 import torch
 
-from .. import atomic
-from ..checkpoint import CheckpointError, read_checkpoint
+from ..fileio import atomic
+from ..fileio.checkpoint import CheckpointError, read_checkpoint
 
 _logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def inspect_checkpoint(path: str) -> CheckpointFile:
     """Cheaply classify ``path``: complete training checkpoint (with its epoch) or why not.
 
     Empty, truncated (zip without end record), non-torch and damaged files get a ``problem`` string
-    naming the file (``open_clip_c2lip.checkpoint.read_checkpoint``'s checks; zip checkpoints are
+    naming the file (``open_clip_c2lip.fileio.checkpoint.read_checkpoint``'s checks; zip checkpoints are
     memory-mapped, so their tensors are not read here). Raises ``UnreadableCheckpointError`` for a
     whole archive that still cannot be read.
     """
