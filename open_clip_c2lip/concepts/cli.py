@@ -218,7 +218,7 @@ def _annotate_all(todo: List[str], outputs: Dict[str, str], options: AnnotateOpt
                     on_failure(exc)
                     continue
                 stats.merge(file_stats)
-                progress(file_stats.captions + file_stats.failures)
+                progress(file_stats.samples)
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -269,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     stats = ConceptStats()
     failed_files: List[str] = []
-    bar = tqdm(total=None, unit=" captions", disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=None, unit=" samples", disable=args.quiet, dynamic_ncols=True)
 
     def on_failure(exc: Exception) -> None:
         if args.on_error != "skip":
