@@ -18,7 +18,8 @@ caption spaCy fails on, two members of one extension) raises ``CaptionError`` na
 ``AnnotationError``; a damaged or truncated tar too (``fileio.tar``: bad headers are skipped to the
 next valid one, as GNU tar does), or with ``skip`` every complete sample it keeps is written and
 the kept and lost samples are counted. Outputs are written atomically (``fileio.atomic``) and get
-their record (``records``).
+their record (``records``); a full disk raises ``OutputSpaceError`` naming the output and the space
+it needs, and leaves nothing of it.
 """
 import contextlib
 import json
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from ..fileio.atomic import atomic_output
+from ..fileio.diskspace import DiskFullError, disk_full_as_error
 from ..fileio.formats import (COMPRESSORS, SHARD_COMPRESSION, SHARD_SUFFIXES, FormatError, check_shard_format,
                               input_suffix)
 from .extract import (DEFAULT_BATCH_SIZE, DEFAULT_CACHE_SIZE, AnnotationError, CaptionError, ConceptExtractor,
@@ -240,12 +242,20 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
     return stats
 
 
+class OutputSpaceError(AnnotationError):
+    """An output that does not fit: the disk is full or the quota exceeded. Not a fault of the input:
+    the CLI stops on it whatever ``--on-error`` says. The message names the output and the space it
+    needs (``fileio.diskspace``)."""
+
+
 def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
                   progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
     """Annotate one shard or table into ``output_path`` (written atomically), then its record
     (``write_record``). A previous output of ours (valid record) is removed first, so a failure leaves
     no stale output behind; any other previous output is only replaced once the new one is complete,
-    and its record is removed first: an output without a valid record is never taken as finished."""
+    and its record is removed first: an output without a valid record is never taken as finished.
+    A full disk raises ``OutputSpaceError`` (the output needs about its input's size) and leaves
+    neither the output nor a partial file."""
     annotate = annotate_shard if input_suffix(input_path) in SHARD_SUFFIXES else annotate_table
     try:
         if read_record(output_path) is not None:
@@ -253,9 +263,16 @@ def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
         if os.path.exists(record_path(output_path)):
             os.remove(record_path(output_path))
         input_identity = _file_identity(input_path)  # before reading: a change while reading shows next time
-        stats = annotate(input_path, output_path, options, progress)
-        write_record(input_path, input_identity, output_path, options, stats)
+        with disk_full_as_error(output_path, input_identity["size"]):
+            stats = annotate(input_path, output_path, options, progress)
+            try:
+                write_record(input_path, input_identity, output_path, options, stats)
+            except BaseException:
+                os.remove(output_path)  # ours, written just now: without its record it would look unowned
+                raise
         return stats
+    except DiskFullError as exc:
+        raise OutputSpaceError(str(exc)) from exc
     except AnnotationError:
         raise
     except (OSError, tarfile.TarError, ValueError) as exc:

@@ -33,9 +33,10 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..fileio.atomic import partial_files
+from ..fileio.diskspace import DiskFullError, check_free_space
 from ..fileio.formats import SHARD_SUFFIXES, input_suffix
 from ..fileio.tables import TABLE_SUFFIXES
-from .annotate import AnnotateOptions, annotate_file
+from .annotate import AnnotateOptions, OutputSpaceError, annotate_file
 from .extract import DEFAULT_BATCH_SIZE, MAX_LISTED_FAILURES, AnnotationError, ConceptStats
 from .records import FINISHED, RECORD_SUFFIX, REDO, TODO, UNOWNED, output_state, read_record, record_path
 from .spacy_pipeline import DEFAULT_SPACY_MODEL, load_spacy
@@ -184,6 +185,19 @@ def _check_outputs(inputs: List[str], outputs: Dict[str, str], states: Dict[str,
               "writes there", file=sys.stderr)
 
 
+def _check_space(todo: List[str], outputs: Dict[str, str], output_dir: str) -> None:
+    """``SystemExit`` when ``output_dir``'s file system has less room than the outputs to write need:
+    about their inputs' sizes (a shard's copy gains the concepts, a table one column), less the earlier
+    outputs of ours that are removed before they are redone."""
+    needed = sum(os.path.getsize(path) for path in todo)
+    freed = sum(os.path.getsize(outputs[path]) for path in todo if read_record(outputs[path]) is not None)
+    try:
+        check_free_space(output_dir, needed - freed)
+    except DiskFullError as exc:
+        raise SystemExit(f"error: {exc} for the {len(todo)} output(s) to write, about as big as their inputs; "
+                         "nothing was written: free space or pick another --output-dir") from None
+
+
 def _recorded_failures(finished: List[str], outputs: Dict[str, str]) -> ConceptStats:
     """The failures recorded by the runs that wrote the outputs skipped as finished."""
     earlier = ConceptStats()
@@ -199,11 +213,14 @@ def _annotate_all(todo: List[str], outputs: Dict[str, str], options: AnnotateOpt
                   stats: ConceptStats, on_failure: Callable[[Exception], None],
                   progress: Callable[[int], None]) -> None:
     """Annotate ``todo`` in this process or ``file_workers`` worker processes into ``stats``; a file
-    that fails goes to ``on_failure`` (which raises or counts it)."""
+    that fails goes to ``on_failure`` (which raises or counts it); a full disk (``OutputSpaceError``)
+    stops it."""
     if file_workers == 1:
         for path in todo:
             try:
                 stats.merge(annotate_file(path, outputs[path], options, progress=progress))
+            except OutputSpaceError:
+                raise
             except AnnotationError as exc:
                 on_failure(exc)
         return
@@ -214,6 +231,8 @@ def _annotate_all(todo: List[str], outputs: Dict[str, str], options: AnnotateOpt
             for future in concurrent.futures.as_completed(futures):
                 try:
                     file_stats = future.result()
+                except OutputSpaceError:
+                    raise
                 except AnnotationError as exc:
                     on_failure(exc)
                     continue
@@ -267,6 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     file_workers = min(args.processes, max(1, len(todo)))
     options.n_process = max(1, args.processes // file_workers)
 
+    _check_space(todo, outputs, args.output_dir)
     stats = ConceptStats()
     failed_files: List[str] = []
     bar = tqdm(total=None, unit=" samples", disable=args.quiet, dynamic_ncols=True)
@@ -278,7 +298,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         failed_files.append(str(exc))
         stats.add_failure(str(exc))
 
-    _annotate_all(todo, outputs, options, file_workers, stats, on_failure, bar.update)
+    try:
+        _annotate_all(todo, outputs, options, file_workers, stats, on_failure, bar.update)
+    except OutputSpaceError as exc:
+        bar.close()
+        raise SystemExit(f"error: {exc}; outputs finished before it are complete and kept, nothing partial is "
+                         "left: free space and rerun to go on") from None
     bar.close()
     redone = [p for p in inputs if states[p] == REDO]
     return _report(stats, _recorded_failures(finished, outputs), len(inputs), len(todo) - len(failed_files),
