@@ -14,6 +14,7 @@ SCRIPTS = REPO / "scripts"
 TORCHRUN_SCRIPT = SCRIPTS / "train_c2lip_torchrun.sh"
 SLURM_SCRIPT = SCRIPTS / "train_c2lip_slurm.sbatch"
 ANNOTATE_SCRIPT = SCRIPTS / "annotate_concepts.sh"
+ARRAY_SCRIPT = SCRIPTS / "annotate_concepts_array.sbatch"
 BASH = shutil.which("bash")
 
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash not available")
@@ -23,7 +24,8 @@ TRAIN_ENV = {"TRAIN_DATA": "/data/cc3m_c2lip/{00000..00331}.tar", "LOGS_DIR": "/
 
 def run_script(script: Path, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_DATA", "LOGS_DIR", "SHARDS", "OUTPUT_DIR",
-                                                           "PRECISION", "DRY_RUN", "MASTER_ADDR")}
+                                                           "PRECISION", "DRY_RUN", "MASTER_ADDR", "PROCESSES")
+           and not k.startswith("SLURM_")}
     env.update(env_extra)
     return subprocess.run([BASH, str(script), *args], env=env, capture_output=True, text=True, timeout=60)
 
@@ -52,7 +54,7 @@ def parse_args():
     upstream_parse_args([])  # parsing without --c2lip-loss clears open_clip_c2lip.integration.runtime
 
 
-@pytest.mark.parametrize("script", [TORCHRUN_SCRIPT, SLURM_SCRIPT, ANNOTATE_SCRIPT], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [TORCHRUN_SCRIPT, SLURM_SCRIPT, ANNOTATE_SCRIPT, ARRAY_SCRIPT], ids=lambda p: p.name)
 def test_bash_syntax(script):
     proc = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -62,6 +64,7 @@ def test_bash_syntax(script):
     (TORCHRUN_SCRIPT, "TRAIN_DATA"), (TORCHRUN_SCRIPT, "LOGS_DIR"),
     (SLURM_SCRIPT, "TRAIN_DATA"), (SLURM_SCRIPT, "LOGS_DIR"),
     (ANNOTATE_SCRIPT, "SHARDS"), (ANNOTATE_SCRIPT, "OUTPUT_DIR"),
+    (ARRAY_SCRIPT, "SHARDS"), (ARRAY_SCRIPT, "OUTPUT_DIR"),
 ], ids=lambda x: getattr(x, "name", x))
 def test_missing_environment_is_a_clear_error(script, missing):
     env = {**TRAIN_ENV, "SHARDS": "in/{0..1}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1"}
@@ -149,6 +152,30 @@ def test_annotate_script_runs_the_concepts_cli():
     assert cli.inputs == ["in/{000..001}.tar"] and cli.output_dir == "out"
     assert cli.processes == 4 and cli.overwrite
     assert cli.clean == "canonicalize"  # the recipe trains SigLIP models
+
+
+def test_array_script_gives_each_slurm_task_its_share(monkeypatch):
+    """What an array task of ``sbatch --array=3-6`` runs: the CLI with the task from SLURM's variables."""
+    from open_clip_c2lip.concepts.cli import _parse_args
+    from open_clip_c2lip.concepts.tasks import share
+
+    slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_MAX": "6",
+             "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "1", "SLURM_CPUS_PER_TASK": "8"}
+    command = run_script(ARRAY_SCRIPT, {"SHARDS": "in/{000..009}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1", **slurm},
+                         "--batch-size", "64")
+    assert command.returncode == 0, command.stderr
+    argv = shlex.split(command.stdout)
+    assert argv[1:3] == ["-m", "open_clip_c2lip.concepts"]
+    for name, value in slurm.items():  # the CLI reads them in the task's environment
+        monkeypatch.setenv(name, value)
+    cli = _parse_args(argv[3:])
+    assert cli.inputs == ["in/{000..009}.tar"] and cli.output_dir == "out" and cli.batch_size == 64
+    assert cli.processes == 8 and cli.clean == "canonicalize" and cli.on_error == "skip" and cli.quiet
+    assert (cli.task.index, cli.task.count) == (2, 4)
+    assert [p[-7:] for p in share([f"in/{i:03d}.tar" for i in range(10)], cli.task)] == ["002.tar", "006.tar"]
+    directives = [line.split(None, 1)[1] for line in ARRAY_SCRIPT.read_text().splitlines()
+                  if line.startswith("#SBATCH")]
+    assert any(d.startswith("--array=0-") for d in directives) and "--ntasks=1" in directives
 
 
 # ------------------------------------------------------------------------------------------------
