@@ -24,7 +24,8 @@ TRAIN_ENV = {"TRAIN_DATA": "/data/cc3m_c2lip/{00000..00331}.tar", "LOGS_DIR": "/
 
 def run_script(script: Path, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_DATA", "LOGS_DIR", "SHARDS", "OUTPUT_DIR",
-                                                           "PRECISION", "DRY_RUN", "MASTER_ADDR", "PROCESSES")
+                                                           "PRECISION", "DRY_RUN", "MASTER_ADDR", "PROCESSES",
+                                                           "TASK_COUNT")
            and not k.startswith("SLURM_")}
     env.update(env_extra)
     return subprocess.run([BASH, str(script), *args], env=env, capture_output=True, text=True, timeout=60)
@@ -176,6 +177,26 @@ def test_array_script_gives_each_slurm_task_its_share(monkeypatch):
     directives = [line.split(None, 1)[1] for line in ARRAY_SCRIPT.read_text().splitlines()
                   if line.startswith("#SBATCH")]
     assert any(d.startswith("--array=0-") for d in directives) and "--ntasks=1" in directives
+
+
+def test_array_script_redoes_chosen_tasks_of_a_larger_array(monkeypatch):
+    """``TASK_COUNT=100 sbatch --array=17,42``: a list of ids, which the CLI alone refuses, is tasks 17
+    and 42 of 100; without an array TASK_COUNT is an error."""
+    from open_clip_c2lip.concepts.cli import _parse_args
+
+    slurm = {"SLURM_ARRAY_TASK_ID": "42", "SLURM_ARRAY_TASK_MIN": "17", "SLURM_ARRAY_TASK_MAX": "42",
+             "SLURM_ARRAY_TASK_COUNT": "2"}
+    base = {"SHARDS": "in/{000..999}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1"}
+    command = run_script(ARRAY_SCRIPT, {**base, **slurm, "TASK_COUNT": "100"})
+    assert command.returncode == 0, command.stderr
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    cli = _parse_args(shlex.split(command.stdout)[3:])
+    assert (cli.task.index, cli.task.count) == (42, 100)
+    with pytest.raises(SystemExit):  # the same array without TASK_COUNT: refused, no share is guessed
+        _parse_args(shlex.split(run_script(ARRAY_SCRIPT, {**base, **slurm}).stdout)[3:])
+    command = run_script(ARRAY_SCRIPT, {**base, "TASK_COUNT": "100"})
+    assert command.returncode != 0 and "TASK_COUNT is for a job array" in command.stderr
 
 
 # ------------------------------------------------------------------------------------------------
