@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(os.environ.get("C2LIP_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA = Path(os.environ.get("C2LIP_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 DEFAULT_CAPTIONS = DATA / "coco_captions_val2017.json"
 
 
@@ -64,6 +64,14 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def fit(k1: int, cpu1: float, k2: int, cpu2: float, captions: int) -> tuple:
+    """``(fixed, rate)`` of ``total CPU s = K * fixed + captions / rate`` through two measurements
+    (``K`` tasks took ``cpu`` CPU seconds): CPU s per task, captions per CPU s."""
+    fixed = (cpu2 - cpu1) / (k2 - k1) if k2 != k1 else float("nan")
+    work = cpu1 - k1 * fixed
+    return fixed, captions / work if work > 0 else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", default=str(DEFAULT_CAPTIONS), help="COCO captions JSON")
@@ -95,9 +103,7 @@ def main() -> None:
                 rows.append((repeat, count, children_cpu() - cpu, time.perf_counter() - wall, load,
                              os.getloadavg()[0]))
                 digests[repeat, count] = digest(out)
-            (k1, c1), (k2, c2) = measured[0], measured[-1]
-            fixed = (c2 - c1) / (k2 - k1) if k2 != k1 else float("nan")
-            fits.append((fixed, len(captions) / (c1 - k1 * fixed)))
+            fits.append(fit(*measured[0], *measured[-1], len(captions)))
     k1, k2 = args.tasks[0], args.tasks[-1]
     from open_clip_c2lip.environment import describe
 

@@ -5,6 +5,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,37 @@ def test_bench_per_round_ratios():
                       "round_ratios": [r[name] for r in ratios]} for name in ("siglip", "c2lip-span")}
     table = bench.format_table(bench.parse_args([]), results, {"total": 1, "unique": 1})
     assert "| 1.00x | 1.00-1.25x |" in table
+
+
+# ------------------------------------------------------------------------------------------------
+# scripts/bench_concept_tasks.py on a few captions (the rates themselves are benchmarks)
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_concept_tasks_fit_recovers_fixed_cost_and_rate():
+    fit = load_script("bench_concept_tasks").fit
+    # 25,000 captions at 1,000 per CPU s plus 5 CPU s per task: 1 task 30 s, 8 tasks 65 s
+    assert fit(1, 1 * 5.0 + 25.0, 8, 8 * 5.0 + 25.0, 25_000) == pytest.approx((5.0, 1000.0))
+    assert fit(4, 4 * 2.5 + 10.0, 2, 2 * 2.5 + 10.0, 6_000) == pytest.approx((2.5, 600.0))
+
+
+@pytest.mark.slow
+def test_bench_concept_tasks_runs_and_checks_its_outputs(tmp_path, real_data):
+    captions = real_data("coco_captions_val2017.json")
+    report = tmp_path / "tasks.md"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_concept_tasks.py"), "--captions", str(captions),
+                           "--limit", "30", "--shards", "3", "--tasks", "1", "3", "--output", str(report)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    text = report.read_text()
+    assert "Outputs byte-identical for every K and round: True." in text and "`uptime` before:" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 0 |")]
+    assert [int(row[1]) for row in rows] == [1, 3]
+    assert [30 / float(row[2]) for row in rows] == pytest.approx([float(row[4]) for row in rows], abs=1)  # captions/CPU s
