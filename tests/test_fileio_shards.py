@@ -317,3 +317,23 @@ def test_prefix_must_be_a_plain_file_name_prefix(tmp_path, captions, make_shards
     with pytest.raises(ValueError, match="plain file-name prefix"):
         S.write_shards([{"jpg": image(0), "txt": "a"}], str(tmp_path / "out"), prefix)
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_make_shards_table_paths_follow_the_one_rule(tmp_path, make_shards_main, monkeypatch):
+    """Relative paths are read from the table's folder, as training reads them; one that names another
+    file relative to the working directory stops the run naming both (it used to pick silently)."""
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    (tmp_path / "run" / "img").mkdir(parents=True)
+    for i in range(2):
+        image(i).save(tmp_path / "data" / "img" / f"{i}.png")
+        image(i + 5).save(tmp_path / "run" / "img" / f"{i}.png")
+    (tmp_path / "data" / "list.tsv").write_text("filepath\ttitle\nimg/0.png\ta dog\nimg/1.png\ta cat\n")
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(SystemExit) as info:
+        make_shards_main([str(tmp_path / "data" / "list.tsv"), "--output-dir", str(tmp_path / "out")])
+    assert str(tmp_path / "data" / "img" / "0.png") in str(info.value)
+    assert str(tmp_path / "run" / "img" / "0.png") in str(info.value)
+    monkeypatch.chdir(tmp_path)  # no img/ here: the table's images, unambiguously
+    assert make_shards_main([str(tmp_path / "data" / "list.tsv"), "--output-dir", str(tmp_path / "out")]) == 0
+    got = wds_samples(sorted((tmp_path / "out").glob("*.tar")))
+    assert [s["png"] for s in got] == [(tmp_path / "data" / "img" / f"{i}.png").read_bytes() for i in range(2)]
