@@ -108,6 +108,15 @@ def test_rgba_png_on_white():
     assert got[0, 1].tolist() == [255, 255, 255]  # fully transparent: the white page, not black or green
 
 
+def test_compositing_is_exact_for_every_colour_and_alpha():
+    c, a = np.meshgrid(np.arange(256), np.arange(256))
+    image = Image.fromarray(np.dstack([c, 255 - c, c // 2, a]).astype(np.uint8), "RGBA")
+    expected = over_white(np.dstack([c, 255 - c, c // 2]), a)
+    assert np.array_equal(rgb(image), expected)
+    la = Image.fromarray(np.dstack([c, a]).astype(np.uint8), "LA")
+    assert np.array_equal(rgb(la), grey3(over_white(c[..., None], a)[..., 0]))
+
+
 def test_la_png_on_white():
     grey = np.array([[0, 100, 200, 50]], np.uint8)
     alpha = np.array([[255, 0, 100, 1]], np.uint8)

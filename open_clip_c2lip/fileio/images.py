@@ -48,12 +48,10 @@ class ImageDecodeError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Pixel arithmetic (numpy; uint8 out)
 
-def _composite_on_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``round(c * a / 255 + 255 - a)``: straight colour ``[H, W, C]`` uint8 over white; alpha ``[H, W]``."""
-    c = colour.astype(np.uint32)
-    a = alpha.astype(np.uint32)[..., None]
-    # (c * a + 255 * (255 - a)) / 255, rounded half up (exact in integers: no ties at .5)
-    return ((c * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+def _on_white(colour: Image.Image, alpha: Image.Image) -> Image.Image:
+    """``colour`` (``RGB`` or ``L``, straight) over white through ``alpha`` (``L``): per channel
+    ``round(c * a / 255 + 255 - a)``; PIL's ``composite`` rounds exactly so (checked over every c, a)."""
+    return Image.composite(colour, Image.new(colour.mode, colour.size, "white"), alpha)
 
 
 def _premultiplied_on_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -64,7 +62,7 @@ def _premultiplied_on_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray
 
 def _scale_16bit(values: np.ndarray) -> np.ndarray:
     """0..65535 -> 0..255, ``round(v / 257)`` in integers."""
-    v = values.astype(np.uint64)
+    v = values.astype(np.uint32)  # 65535 * 255 + 32767 < 2 ** 32
     return ((v * 255 + 32767) // 65535).astype(np.uint8)
 
 
@@ -111,14 +109,12 @@ def _bilevel(image: Image.Image) -> Image.Image:
 
 
 def _rgba(image: Image.Image) -> Image.Image:
-    pixels = np.asarray(image.convert("RGBA") if image.mode != "RGBA" else image)
-    return Image.fromarray(_composite_on_white(pixels[..., :3], pixels[..., 3]), "RGB")
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    return _on_white(rgba.convert("RGB"), rgba.getchannel("A"))
 
 
 def _la(image: Image.Image) -> Image.Image:
-    pixels = np.asarray(image)
-    grey = _composite_on_white(pixels[..., :1], pixels[..., 1])[..., 0]
-    return _grey(grey)
+    return _on_white(image.getchannel("L"), image.getchannel("A")).convert("RGB")
 
 
 def _premultiplied(image: Image.Image) -> Image.Image:
