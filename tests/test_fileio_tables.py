@@ -43,7 +43,7 @@ def _file(path, content=b"x"):
 
 
 def test_image_paths_resolve_against_the_tables_folder(tmp_path, monkeypatch):
-    from open_clip_c2lip.fileio.tables import ImagePaths
+    from open_clip_c2lip.fileio.tables import ImagePaths, TableError
 
     monkeypatch.chdir(tmp_path)
     paths = ImagePaths("data/sub/t.csv", "filepath")
@@ -52,6 +52,9 @@ def test_image_paths_resolve_against_the_tables_folder(tmp_path, monkeypatch):
     assert paths.resolve("../b.jpg") == str(tmp_path / "data" / "sub" / ".." / "b.jpg")
     assert paths.resolve("/abs/c.jpg") == "/abs/c.jpg"
     paths.check(["imgs/a.jpg", "/abs/c.jpg"])  # nothing in the working directory: no conflict
+    with pytest.raises(TableError, match=r"t\.csv row 1: column 'filepath' holds b'\\x89PNG.*… \(\d+ characters\), "
+                                         r"not an image path \(1 such row\(s\)\)"):
+        paths.check(["imgs/a.jpg", b"\x89PNG" + bytes(500)])  # a parquet column of image bytes
 
 
 def test_image_path_conflicts_name_both_files(tmp_path, monkeypatch):
@@ -93,6 +96,8 @@ def test_relocated_paths_name_the_same_files(tmp_path, monkeypatch):
     assert paths.relocated("a.jpg", "data/imgs") == "../a.jpg"
     assert paths.relocated("imgs/a.jpg", "data/imgs") == "a.jpg"
     assert paths.relocated("/abs/x.jpg", "out") == "/abs/x.jpg"
+    assert paths.relocated("https://example.com/a/x.jpg", "out") == "https://example.com/a/x.jpg"
+    assert paths.resolve("s3://bucket/x.jpg") == "s3://bucket/x.jpg"
     # an output folder reached through a symlink: '..' from it is the link target's parent
     (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere" / "deep")

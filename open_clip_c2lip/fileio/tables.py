@@ -17,7 +17,10 @@ Used by the concepts CLI, the CSV training reader (``open_clip_c2lip.integration
   is an error naming both (``ImagePaths.check``), never a silent choice.
 """
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence
+
+from ..messages import excerpt
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 DEFAULT_CSV_SEPARATOR = "\t"  # open_clip_train's --csv-separator default
@@ -100,11 +103,20 @@ def write_text_table(frame, path: str, sep: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Image paths in tables: one rule
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_relative_path(cell: str) -> bool:
+    """A relative file path: not absolute and not a URL (``https://...``, kept as written)."""
+    return not os.path.isabs(cell) and not _URL.match(cell)
+
+
 class ImagePaths:
     """The image path rule of a table: a relative path is relative to the table's folder.
 
     ``folder`` is the folder of the table's path as given (joined to the working directory, symlinks
-    not resolved); ``resolve(cell)`` joins a cell to it (an absolute cell stays as it is). ``check``
+    not resolved); ``resolve(cell)`` joins a relative cell to it (absolute paths and URLs stay as
+    they are). ``check``
     finds the cells where the working-directory convention of open_clip_train names an existing file
     that ours does not: another file, or one where ours finds none.
     """
@@ -118,7 +130,7 @@ class ImagePaths:
         self._moved: Dict[Any, str] = {}  # (cell's folder, output folder) -> that folder from the output's
 
     def resolve(self, cell: str) -> str:
-        return os.path.join(self.folder, cell)
+        return os.path.join(self.folder, cell) if is_relative_path(cell) else cell
 
     def _cwd_file(self, cell: str) -> Optional[str]:
         """``cwd/cell`` if it is an existing file (its folder's existence cached: one stat per folder
@@ -132,7 +144,7 @@ class ImagePaths:
 
     def conflict(self, cell: str) -> Optional[str]:
         """Why ``cell`` names different files under the two conventions, or None when it does not."""
-        if os.path.isabs(cell):
+        if not is_relative_path(cell):
             return None
         other = self._cwd_file(cell)
         if other is None:
@@ -154,8 +166,8 @@ class ImagePaths:
         if bad_cells:
             row = bad_cells[0]
             raise TableError(
-                f"{self.table_path} row {row}: column {self.column!r} holds {cells[row]!r}, not an image path "
-                f"({len(bad_cells)} such row(s))")
+                f"{self.table_path} row {row}: column {self.column!r} holds {excerpt(cells[row])}, not an image "
+                f"path ({len(bad_cells)} such row(s))")
         if os.path.realpath(self.folder) == os.path.realpath(self.cwd):
             return
         conflicts = [(row, why) for row, cell in enumerate(cells) if (why := self.conflict(cell)) is not None]
@@ -171,10 +183,10 @@ class ImagePaths:
     def relocated(self, cell: str, folder: str) -> str:
         """``cell`` rewritten for a copy of the table in ``folder``: the same file by the same rule.
 
-        Absolute cells are kept. A relative cell gets the lexical path from ``folder`` when the OS
+        Absolute paths and URLs are kept. A relative cell gets the lexical path from ``folder`` when the OS
         resolves that to the same place (``..`` after a symlink does not go back where it came from),
         else the path between the physical folders."""
-        if os.path.isabs(cell):
+        if not is_relative_path(cell):
             return cell
         head, name = os.path.split(cell)
         key = (head, folder)
