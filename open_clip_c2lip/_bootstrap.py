@@ -23,7 +23,9 @@ HOOKS = {
                                "open_clip_c2lip.integration.train_main:patch_params_module"),
     "open_clip_train.data": ("open_clip_c2lip.integration.wds:patch_shard_reader",
                              "open_clip_c2lip.integration.train_data:patch_get_data",
-                             "open_clip_c2lip.integration.data_order:patch_data_order"),
+                             "open_clip_c2lip.integration.data_order:patch_data_order",
+                             "open_clip_c2lip.integration.images:patch_image_decoding",
+                             "open_clip_c2lip.integration.csv_data:patch_csv_data"),
     "open_clip_train.train": ("open_clip_c2lip.integration.train_loop:patch_train",),
 }
 
