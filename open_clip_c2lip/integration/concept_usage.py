@@ -197,7 +197,7 @@ class UsageMonitor:
         if self.epoch_total is not None:
             usage, data = _reduce(self.epoch_total), self._data_since(self._data_at_run_start)
             self._stop_without_usable(usage, data, period)
-            self._report(usage, data, period)
+            self._report(usage, data, period, "so far")
 
     def _stop_without_usable(self, usage: Dict[str, int], data: Dict[str, int], period: str) -> None:
         if usage["usable_concepts"] == 0:
@@ -223,9 +223,9 @@ class UsageMonitor:
             self.first_report_done = True
             self._stop_without_usable(usage, self._data_since(self._data_at_run_start),
                                       f"the first {self.steps} steps (all of epoch {self.epoch})")
-        self._report(usage, self._data_since(self._data_at_epoch_start), f"epoch {self.epoch}")
+        self._report(usage, self._data_since(self._data_at_epoch_start), f"epoch {self.epoch}", f"in epoch {self.epoch}")
 
-    def _report(self, usage: Dict[str, int], data: Dict[str, int], period: str) -> None:
+    def _report(self, usage: Dict[str, int], data: Dict[str, int], period: str, data_period: str) -> None:
         if not self.master:
             return
         _logger.info(f"C2LIP concept usage, {period}: {format_usage(usage)}")
@@ -243,7 +243,7 @@ class UsageMonitor:
             from .wds import AUTHORS_CONCEPTS_KEY
 
             _logger.warning(
-                f"C2LIP: {extracted} of {packed} samples packed in {period} had no concepts under "
+                f"C2LIP: {extracted} of the {packed} samples the data loader packed {data_period} had no concepts under "
                 f"--c2lip-concepts-key {self.concepts_key!r} (nor {AUTHORS_CONCEPTS_KEY!r}; data counter "
                 f"extracted_on_the_fly): their concepts were extracted on the fly with spaCy, not read from the "
                 f"data. If the data holds concepts under another field, pass its name with --c2lip-concepts-key; "
