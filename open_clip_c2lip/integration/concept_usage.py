@@ -1,7 +1,7 @@
 """Whether the concept losses get concepts: counted every step, reported, and a stop when there are none.
 
-npc and xac are 0 for a caption without a *usable* concept, and nothing else in training changes:
-the contrastive term trains on as plain SigLIP. Spans that are not found, blank concepts, whole-caption
+A caption without a *usable* concept gives npc and xac nothing to learn from, and nothing else in
+training changes: the contrastive term trains on as plain SigLIP. Spans that are not found, blank concepts, whole-caption
 fallbacks, truncation, a concepts key that matches nothing, ``--c2lip-duplicate-concepts ignore`` on
 batches that share every concept ... all end there. So the measure is the loss's own:
 ``C2LIPLoss.last_concept_usage`` (``open_clip_c2lip.loss.CONCEPT_USAGE_KEYS``), taken in the training
@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 _logger = logging.getLogger(__name__)
 
 # a WARNING when more than this share of a report's samples had no usable concept. Healthy data is far
-# below it (COCO captions with their own spaCy concepts: 0.02 % in text mode, see docs/training.md);
+# below it (COCO captions with their own spaCy concepts: 0.032 %, benchmarks/concept_usage.md);
 # above it most images get no concept positive and the run is closer to SigLIP than to C2LIP.
 THRESHOLD = 0.5
 # optimizer steps before the first report; none of them with a usable concept stops the run
