@@ -26,7 +26,9 @@ HOOKS = {
                              "open_clip_c2lip.integration.data_order:patch_data_order",
                              "open_clip_c2lip.integration.images:patch_image_decoding",
                              "open_clip_c2lip.integration.csv_data:patch_csv_data"),
-    "open_clip_train.train": ("open_clip_c2lip.integration.train_loop:patch_train",),
+    # concept_usage first: its train_one_epoch wrapper is the inner one
+    "open_clip_train.train": ("open_clip_c2lip.integration.concept_usage:patch_train",
+                              "open_clip_c2lip.integration.train_loop:patch_train"),
 }
 
 # set on a module once its hook ran (idempotency across install() calls, reloads, finder copies)
