@@ -121,3 +121,18 @@ def test_labels_tell_two_runs_of_one_architecture_apart():
     assert first != second and "c2lip/epoch_1.pt" in first and "siglip/epoch_1.pt" in second
     assert _label("C2LIP-Tiny", "/x/model.pt") == "C2LIP-Tiny model.pt"
     assert _label("C2LIP-Tiny", None) == "C2LIP-Tiny"
+
+
+def test_many_concepts_get_one_row_each_at_a_fixed_width(tmp_path):
+    """Seven or more concepts stay readable: rows are added, the panels do not shrink."""
+    picture = np.random.default_rng(0).random((64, 64, 3))
+    sizes = {}
+    for count in (2, 8):
+        maps = [torch.rand(count, 64, 64) * 2, torch.rand(count, 64, 64) * 2]
+        out = viz.render(picture, [f"a red square number {i}" for i in range(count)], maps, ["first", "second"],
+                         tmp_path / f"{count}.png")
+        with Image.open(out) as image:
+            sizes[count] = image.size
+    (width2, height2), (width8, height8) = sizes[2], sizes[8]
+    assert abs(width8 - width2) <= 0.05 * width2  # the same four columns
+    assert height8 > 3 * height2 * 0.8  # six more rows of the same height
