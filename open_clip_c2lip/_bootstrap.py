@@ -3,8 +3,8 @@
 Runs in every Python process of an environment with the plugin installed (``open_clip_c2lip.pth``
 or, on Python >= 3.15, ``open_clip_c2lip.start``), so it is stdlib-only and cheap: it installs one
 ``sys.meta_path`` finder and imports nothing else. The finder reacts to exactly the modules in
-``HOOKS``; after such a module has executed, the named function of ``open_clip_c2lip.hooks`` patches
-it. ``importlib.abc`` is deliberately not imported (it costs ~25 ms at startup); the finder and
+``HOOKS``; after such a module has executed, the patch functions listed for it (all in
+``open_clip_c2lip.integration``) patch it, in order. ``importlib.abc`` is deliberately not imported (it costs ~25 ms at startup); the finder and
 loader are plain duck-typed classes.
 
 Set ``OPEN_CLIP_C2LIP_DISABLE=1`` to turn the hooks off (pure upstream behaviour). The explicit
@@ -15,12 +15,16 @@ import sys
 
 DISABLE_ENV = "OPEN_CLIP_C2LIP_DISABLE"
 
-# module name -> patch function in ``open_clip_c2lip.hooks``
+# upstream module -> its patches, "module:function" (each function takes the upstream module)
 HOOKS = {
-    "open_clip": "patch_open_clip",
-    "open_clip_train.params": "patch_params",
-    "open_clip_train.data": "patch_data",
-    "open_clip_train.train": "patch_train",
+    "open_clip": ("open_clip_c2lip.integration.open_clip_factory:patch_open_clip",
+                  "open_clip_c2lip.integration.logit_bias:patch_open_clip_module"),
+    "open_clip_train.params": ("open_clip_c2lip.integration.train_params:patch_params",
+                               "open_clip_c2lip.integration.train_main:patch_params_module"),
+    "open_clip_train.data": ("open_clip_c2lip.integration.wds:patch_shard_reader",
+                             "open_clip_c2lip.integration.train_data:patch_get_data",
+                             "open_clip_c2lip.integration.data_order:patch_data_order"),
+    "open_clip_train.train": ("open_clip_c2lip.integration.train_loop:patch_train",),
 }
 
 # set on a module once its hook ran (idempotency across install() calls, reloads, finder copies)
@@ -34,21 +38,22 @@ def disabled() -> bool:
 
 
 def _run_hook(module, executed: bool = False) -> None:
-    """Run the module's hook unless it already ran; ``executed``: the module body just (re)ran,
-    e.g. ``importlib.reload``, which undoes earlier patches, so the (idempotent) hook runs again."""
-    hook_name = HOOKS.get(getattr(module, "__name__", None))
-    if hook_name is None or (getattr(module, SENTINEL, False) and not executed):
+    """Run the module's patches unless they already ran; ``executed``: the module body just (re)ran,
+    e.g. ``importlib.reload``, which undoes earlier patches, so the (idempotent) patches run again."""
+    patches = HOOKS.get(getattr(module, "__name__", None))
+    if patches is None or (getattr(module, SENTINEL, False) and not executed):
         return
-    # mark first: a hook that fails half-way must not be re-run on top of its own partial patches
+    # mark first: a patch that fails half-way must not be re-run on top of its own partial patches
     setattr(module, SENTINEL, True)
-    try:
-        from . import hooks
-        getattr(hooks, hook_name)(module)
-    except Exception:  # a broken hook must never break upstream
-        import logging
-        logging.getLogger(__name__).warning(
-            "open_clip_c2lip: the hook for %r failed, so it keeps its upstream behaviour "
-            "(%s=1 disables the plugin)", module.__name__, DISABLE_ENV, exc_info=True)
+    for patch in patches:
+        try:
+            patch_module, _, function = patch.partition(":")
+            getattr(__import__(patch_module, fromlist=[function]), function)(module)
+        except Exception:  # a broken patch must never break upstream
+            import logging
+            logging.getLogger(__name__).warning(
+                "open_clip_c2lip: the hook %s for %r failed, so that part keeps its upstream behaviour "
+                "(%s=1 disables the plugin)", patch, module.__name__, DISABLE_ENV, exc_info=True)
 
 
 class _HookedLoader:

@@ -14,11 +14,15 @@ built in a temporary sibling folder, verified by re-loading it and comparing emb
 then moved into place, with the user's umask (folder ``0777 & ~umask``, files ``0666 & ~umask``).
 
 ``--overwrite`` replaces only a previous export: a folder whose ``export_info.json`` lists the files
-it wrote, holding nothing else (exports before 0.2 have no list: the bundle and tokenizer file names
-stand in). Anything else (a foreign file, a subfolder, a symlink, a folder without export info) is
+it wrote, holding nothing else. Anything else (a foreign file, a subfolder, a symlink, a folder without export info) is
 refused and nothing is deleted; an empty folder is replaced. A bad checkpoint (missing, empty,
 truncated, foreign, no state dict, another architecture) fails before anything is written, with
-an error that says which (:mod:`open_clip_c2lip.checkpoint`).
+an error that says which (:mod:`open_clip_c2lip.fileio.checkpoint`); the architecture is checked on the
+``meta`` device before any download. An HF tokenizer comes from the local Hugging Face cache
+first; without it and without the Hub the export stops at once, saying what to pass
+(:mod:`open_clip_c2lip.hub`). The weights' size is checked against the free space up front, and a
+full disk while writing ends in ``DiskFullError`` naming the folder and the size, with the
+staging folder removed (:mod:`open_clip_c2lip.fileio.diskspace`).
 """
 import argparse
 import json
@@ -32,8 +36,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from .checkpoint import load_checkpoint_into
-from .loading import is_plugin_model, no_random_init_warning, plugin_entry, resolve_preprocess_cfg
+from . import cli_errors
+from .fileio.checkpoint import check_architecture, load_checkpoint_into
+from .fileio.diskspace import check_free_space, disk_full_as_error
+from .hub import HubUnavailableError
+from .loading import (bare_model, build_cache_first, is_plugin_model, load_tokenizer, no_random_init_warning,
+                      plugin_entry, resolve_preprocess_cfg)
 
 _logger = logging.getLogger(__name__)
 
@@ -42,10 +50,9 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 INFO_NAME = "export_info.json"
 EXPORTED_BY = "open_clip_c2lip.export"
 _VERIFY_TEXTS = ("a photo of a dog", "two red apples on a wooden table")
-# what HF save_pretrained may write: the names a pre-0.2 export (no file list) may hold besides the bundle
-_LEGACY_TOKENIZER_FILES = frozenset({
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja"})
+# room for the config and export info; the safetensors header takes about 100 bytes + the name per tensor
+_SMALL_FILES_BYTES = 1 << 16
+_HEADER_BYTES_PER_TENSOR = 128
 
 
 def base_model_name(model_name: str) -> str:
@@ -75,25 +82,31 @@ def _model_config(name: str) -> Dict[str, Any]:
 
 def _tokenizer(name: str, model_cfg: Mapping[str, Any], tokenizer_source: Optional[str]):
     """The model's tokenizer when it is an HF tokenizer (to save into the bundle), else ``None``."""
-    import open_clip
     from open_clip.tokenizer import HFTokenizer
     text_cfg = model_cfg.get("text_cfg", {})
     if not text_cfg.get("hf_tokenizer_name") and tokenizer_source is None:
         return None
     source = tokenizer_source or text_cfg["hf_tokenizer_name"]
     try:
-        if tokenizer_source is None:
-            tokenizer = open_clip.get_tokenizer(name)
-        else:
-            tokenizer = HFTokenizer(tokenizer_source, context_length=text_cfg.get("context_length", 77),
-                                    tokenizer_mode=text_cfg.get("tokenizer_mode"),
-                                    **text_cfg.get("tokenizer_kwargs", {}))
-    except Exception as e:
-        raise RuntimeError(f"cannot load the HF tokenizer {source!r} of {name} to save it into the bundle "
-                           f"({e}); pass --tokenizer with a local tokenizer folder") from e
+        tokenizer = load_tokenizer(name, tokenizer_source)
+    except (HubUnavailableError, FileNotFoundError):
+        raise
+    except (OSError, ValueError) as e:  # transformers: a folder without a readable tokenizer
+        raise ValueError(f"cannot load the HF tokenizer {source!r} of {name} to save it into the bundle: "
+                         f"{str(e).strip().splitlines()[0]}") from e
     if not isinstance(tokenizer, HFTokenizer):
         raise RuntimeError(f"{name}: expected an HF tokenizer for {source!r}, got {type(tokenizer).__name__}")
     return tokenizer
+
+
+def weights_bytes(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of the safetensors file of ``state_dict`` (meta tensors included), from above: the
+    tensors' bytes plus a header entry per tensor."""
+    return sum(t.numel() * t.element_size() + len(k) + _HEADER_BYTES_PER_TENSOR for k, t in state_dict.items())
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def _listing(names: Sequence[str], limit: int = 5) -> str:
@@ -117,13 +130,12 @@ def previous_export_files(folder: Path) -> List[Path]:
         info = json.loads((folder / INFO_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         info = None
-    if not isinstance(info, dict) or "base_model" not in info:
+    if not isinstance(info, dict) or "base_model" not in info or not isinstance(info.get("files"), list):
         held = _listing(e.name + ("/" if e.is_dir() else "") for e in entries)
-        raise FileExistsError(f"refusing to replace {folder}: it is not a previous export (no readable {INFO_NAME}) "
-                              f"and holds {held}; choose another --output or remove it yourself")
-    written = info.get("files")
-    allowed = set(written) if isinstance(written, list) else {CONFIG_NAME, WEIGHTS_NAME} | _LEGACY_TOKENIZER_FILES
-    allowed.add(INFO_NAME)
+        raise FileExistsError(f"refusing to replace {folder}: it is not a previous export (no readable {INFO_NAME} "
+                              f"listing the files it wrote) and holds {held}; choose another --output or remove it "
+                              f"yourself")
+    allowed = set(info["files"]) | {INFO_NAME}
     foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
                if e.name not in allowed or e.is_symlink() or not e.is_file()]
     if foreign:
@@ -184,7 +196,7 @@ def _verify(bundle: Path, model, preprocess_cfg: Mapping[str, Any], atol: float 
     """Re-load ``bundle`` with plain open_clip and check config, tokenizer and embeddings."""
     import open_clip
     name = f"local-dir:{bundle}"
-    loaded = open_clip.create_model(name).eval()
+    loaded = build_cache_first(lambda: open_clip.create_model(name), name).eval()
     for key in ("mean", "std", "interpolation", "resize_mode"):
         got, want = loaded.visual.preprocess_cfg.get(key), preprocess_cfg[key]
         if (tuple(got) if isinstance(got, (list, tuple)) else got) != want:
@@ -219,38 +231,52 @@ def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: 
         previous_export_files(output_dir)  # refuse before any work; checked again before replacing
     base = base_model_name(model_name)
     model_cfg = _model_config(base)
+    # file faults and another architecture are reported before anything is downloaded or built
+    bare = bare_model(base)
+    check_architecture(bare, checkpoint, model_name)
+    needed = weights_bytes(bare.state_dict()) + _SMALL_FILES_BYTES  # tokenizer files come on top
+    del bare
+    check_free_space(output_dir, needed)
     # the base's tags (SigLIP for every twin) or, for the plugin's own architectures, the plugin's
     preprocess_cfg = resolve_preprocess_cfg(base, None, preprocess_overrides)
     if not {"mean", "std"} <= set(preprocess_cfg):
         preprocess_cfg = resolve_preprocess_cfg(model_name, None, preprocess_overrides)
     tokenizer = _tokenizer(base, model_cfg, tokenizer_source)
 
-    with no_random_init_warning():  # the trained weights are loaded next
-        model = open_clip.create_model(base, pretrained=None, pretrained_text=False).eval()
-    meta = load_checkpoint_into(model, checkpoint, base)
+    def create():
+        with no_random_init_warning():  # the trained weights are loaded next
+            return open_clip.create_model(base, pretrained=None, pretrained_text=False)
+
+    model = build_cache_first(create, base).eval()
+    meta = load_checkpoint_into(model, checkpoint, model_name)
     full_preprocess = merge_preprocess_dict(PreprocessCfg(), {**preprocess_cfg, "size": model.visual.image_size})
     open_clip.set_model_preprocess_cfg(model, full_preprocess)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        # clone: safetensors refuses tensors that share storage
-        tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        safetensors.torch.save_file(tensors, str(staging / WEIGHTS_NAME))
-        save_config_for_hf(model, staging / CONFIG_NAME, model_config=model_cfg)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        files = sorted(p.name for p in staging.iterdir()) + [INFO_NAME]
-        info = {"model": model_name, "base_model": base, "checkpoint": checkpoint.name, **meta,
-                "open_clip_version": open_clip.__version__, "exported_by": EXPORTED_BY, "files": files}
-        (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-        if verify:
-            _verify(staging, model, {k: full_preprocess[k] for k in ("mean", "std", "interpolation", "resize_mode")})
-        _apply_umask(staging)
-        _replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    written = {"tokenizer": 0}  # the tokenizer's files, once saved
+    with disk_full_as_error(output_dir, lambda: needed + written["tokenizer"]):
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+        try:
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+                written["tokenizer"] = _folder_bytes(staging)
+            save_config_for_hf(model, staging / CONFIG_NAME, model_config=model_cfg)
+            check_free_space(output_dir, needed - _SMALL_FILES_BYTES)  # the tokenizer may have taken the room
+            # clone: safetensors refuses tensors that share storage
+            tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+            safetensors.torch.save_file(tensors, str(staging / WEIGHTS_NAME))
+            del tensors
+            files = sorted(p.name for p in staging.iterdir()) + [INFO_NAME]
+            info = {"model": model_name, "base_model": base, "checkpoint": checkpoint.name, **meta,
+                    "open_clip_version": open_clip.__version__, "exported_by": EXPORTED_BY, "files": files}
+            (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+            if verify:
+                _verify(staging, model, {k: full_preprocess[k] for k in ("mean", "std", "interpolation", "resize_mode")})
+            _apply_umask(staging)
+            _replace(staging, output_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     _logger.info("exported %s (%s) from %s to %s", model_name, base, checkpoint, output_dir)
     return output_dir
 
@@ -260,7 +286,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="model name the checkpoint was trained as (e.g. a -C2 name)")
     parser.add_argument("--checkpoint", required=True, type=Path, help="open_clip checkpoint (epoch_N.pt) or state dict")
     parser.add_argument("--output", required=True, type=Path, help="bundle folder to write")
-    parser.add_argument("--tokenizer", default=None, help="local HF tokenizer folder (offline SigLIP exports)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="HF tokenizer folder (or local-dir:DIR, e.g. a previous export) to save into the bundle "
+                             "instead of downloading the model's from the Hugging Face Hub")
     parser.add_argument("--image-mean", type=float, nargs=3, default=None, metavar="M")
     parser.add_argument("--image-std", type=float, nargs=3, default=None, metavar="S")
     parser.add_argument("--image-interpolation", default=None, choices=["bicubic", "bilinear", "random"])
@@ -283,7 +311,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    cli_errors.run(main, sys.argv[1:])

@@ -32,7 +32,7 @@ from open_clip.timm_model import TimmModel
 from timm.layers import AttentionPoolLatent
 
 from .layout import unpack_texts
-from .runtime import CONCEPT_MODES
+from .config import CONCEPT_MODES, check_concept_mode
 
 __all__ = [
     "C2LIPMixin", "C2CLIP", "C2CustomTextCLIP", "register_c2lip_class", "enable_c2lip", "disable_c2lip",
@@ -71,8 +71,7 @@ def _check_vision_tower(model: nn.Module) -> None:
 
 def check_c2lip_compatible(model: nn.Module, concept_mode: str = "text") -> None:
     """Raise ``ValueError`` saying what to change when ``model`` cannot run the C2 forward."""
-    if concept_mode not in CONCEPT_MODES:
-        raise ValueError(f"concept_mode must be one of {CONCEPT_MODES}, got {concept_mode!r}")
+    check_concept_mode(concept_mode)
     _check_vision_tower(model)
     if getattr(model, "logit_bias", None) is None:
         raise ValueError(
@@ -193,9 +192,7 @@ def encode_packed_text(model: nn.Module, texts: torch.Tensor, concept_mode: str 
     valid iff its concept row is non-zero. ``span`` mode: span-mean of the caption's token states;
     a slot is valid iff its span row is non-zero.
     """
-    encoder = _CONCEPT_ENCODERS.get(concept_mode)
-    if encoder is None:
-        raise ValueError(f"concept_mode must be one of {CONCEPT_MODES}, got {concept_mode!r}")
+    encoder = _CONCEPT_ENCODERS[check_concept_mode(concept_mode)]
     caption_ids, concept_ids, span_masks = unpack_texts(texts)
     text_features, concept_features, concept_mask, stats = encoder(
         model, caption_ids, concept_ids, span_masks, dedup=dedup)

@@ -28,9 +28,10 @@ not found.
 
 Counters (``TextPacker.stats``) are per process: every DataLoader worker holds its own copy of the
 packer, logs its totals every ``log_every`` packed samples and whenever ``log_summary`` is called
-(the webdataset hookup in ``open_clip_c2lip.data`` calls it when a worker's pass over its shards
-ends). Nothing is dropped silently: every fallback, miss and truncation is counted there.
+(the webdataset hookup in ``open_clip_c2lip.integration.wds`` calls it when a worker's pass over
+its shards ends). Nothing is dropped silently: every fallback, miss and truncation is counted there.
 """
+import functools
 import logging
 import os
 import re
@@ -39,14 +40,15 @@ from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequen
 import torch
 from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, _clean_canonicalize
 
-from . import runtime
-from .concepts import concept_source, has_text, strip_markup
+from .concepts.text import concept_source, has_text, strip_markup
+from .config import check_max_concepts
 from .layout import pack_rows
 from .messages import excerpt
 
 Span = Tuple[int, int]
 Sample = Tuple[str, Optional[List[str]]]
-ConceptExtractor = Callable[[List[str]], List[List[str]]]
+# concept_extractor of TextPacker: captions -> one concept list per caption
+ConceptsFn = Callable[[List[str]], List[List[str]]]
 
 STAT_KEYS = (
     "samples",                  # captions packed
@@ -64,6 +66,9 @@ STAT_KEYS = (
     "spans_past_truncation",    # concepts located but not fully inside the kept tokens: zero row
     "captions_truncated",       # captions longer than the context length
 )
+
+# distinct concept texts whose cleaning / special-token check is remembered (per process)
+_MAX_CACHED_CONCEPTS = 100_000
 
 _logger = logging.getLogger(__name__)
 
@@ -174,20 +179,16 @@ class FastTokenizerAligner:
         self.clean_fn = clean_fn
         self.strip_sep_token = strip_sep_token
         self._special_ids = frozenset(fast_tokenizer.all_special_ids)
-        self._has_content: Dict[str, bool] = {}
+        # one tokenizer call per distinct concept text, not per occurrence
+        self.has_content = functools.lru_cache(maxsize=_MAX_CACHED_CONCEPTS)(self._has_content)
 
     def clean(self, text: str) -> str:
         return self.clean_fn(text)
 
-    def has_content(self, cleaned: str) -> bool:
+    def _has_content(self, cleaned: str) -> bool:
         """Whether cleaned text has a token that is not special (``"</s>"``, ``"<pad>"`` have none)."""
-        known = self._has_content.get(cleaned)
-        if known is None:  # one tokenizer call per distinct concept text, not per occurrence
-            if len(self._has_content) >= _MAX_CLEANED_CONCEPTS:
-                self._has_content.clear()
-            ids = self.fast_tokenizer(cleaned, add_special_tokens=False)["input_ids"]
-            known = self._has_content[cleaned] = any(i not in self._special_ids for i in ids)
-        return known
+        ids = self.fast_tokenizer(cleaned, add_special_tokens=False)["input_ids"]
+        return any(i not in self._special_ids for i in ids)
 
     def tokens(self, caption: str, context_length: int) -> CaptionTokens:
         cleaned = self.clean_fn(caption)
@@ -324,23 +325,18 @@ def _check_ids(caption: CaptionTokens, caption_row: torch.Tensor, text: str) -> 
             "the tokenizer wrapper changed upstream and its aligner must follow")
 
 
-_CLEANED_CONCEPTS: Dict[Tuple[Callable, str], str] = {}
-_MAX_CLEANED_CONCEPTS = 100_000
+@functools.lru_cache(maxsize=_MAX_CACHED_CONCEPTS)
+def _cleaned(clean_fn: Callable[[str], str], concept: str) -> str:
+    return clean_fn(concept)
 
 
 def _clean_concept(aligner, concept: str) -> str:
     # concept strings repeat a lot ("a man", "a table") and cleaning (ftfy) dominates short texts
-    key = (aligner.clean_fn, concept)
-    cleaned = _CLEANED_CONCEPTS.get(key)
-    if cleaned is None:
-        if len(_CLEANED_CONCEPTS) >= _MAX_CLEANED_CONCEPTS:
-            _CLEANED_CONCEPTS.clear()
-        cleaned = _CLEANED_CONCEPTS[key] = aligner.clean(concept)
-    return cleaned
+    return _cleaned(aligner.clean_fn, concept)
 
 
 def _names_something(aligner, cleaned: str) -> bool:
-    """A letter or digit outside markup (``concepts.strip_markup``: "<br/>", "</s>" name nothing, as
+    """A letter or digit outside markup (``concepts.text.strip_markup``: "<br/>", "</s>" name nothing, as
     in extraction), in a token that is not the tokenizer's special token (a concept
     ``"<end_of_text>"`` would be encoded as the end token itself: an empty concept)."""
     if not has_text(strip_markup(cleaned)):
@@ -415,7 +411,8 @@ def _as_samples(texts) -> List[Sample]:
     return samples
 
 
-def _process_label() -> str:
+def process_label() -> str:
+    """``worker i/n, pid p`` in a DataLoader worker, else ``main process, pid p``."""
     info = torch.utils.data.get_worker_info()
     worker = f"worker {info.id}/{info.num_workers}" if info is not None else "main process"
     return f"{worker}, pid {os.getpid()}"
@@ -436,16 +433,12 @@ class TextPacker:
     concept was not found or fell past truncation). Top-level and picklable (DataLoader workers).
     """
 
-    def __init__(self, tokenizer, max_concepts: int = 8, concept_extractor: Optional[ConceptExtractor] = None,
+    def __init__(self, tokenizer, max_concepts: int = 8, concept_extractor: Optional[ConceptsFn] = None,
                  log_every: int = 10000):
-        if not 1 <= max_concepts <= runtime.MAX_CONCEPTS:
-            raise ValueError(f"max_concepts must be >= 1 and <= {runtime.MAX_CONCEPTS}, got {max_concepts}")
         self.tokenizer = tokenizer
         self.aligner = get_aligner(tokenizer)
-        self.max_concepts = max_concepts
-        if concept_extractor is None:
-            concept_extractor = SpacyConceptExtractor(runtime.config().spacy_model if runtime.active() else None)
-        self.concept_extractor = concept_extractor
+        self.max_concepts = check_max_concepts(max_concepts)
+        self.concept_extractor = SpacyConceptExtractor() if concept_extractor is None else concept_extractor
         self.log_every = log_every
         self.stats: Dict[str, int] = {key: 0 for key in STAT_KEYS}
         self._unlogged = 0
@@ -467,7 +460,7 @@ class TextPacker:
         """Log this process's counters (workers each log their own)."""
         totals = ", ".join(f"{key}={value}" for key, value in self.stats.items())
         suffix = f" ({reason})" if reason else ""
-        _logger.info(f"C2LIP text packer [{_process_label()}]{suffix}: {totals}")
+        _logger.info(f"C2LIP text packer [{process_label()}]{suffix}: {totals}")
         self._unlogged = 0
 
     def _extract(self, samples: List[Sample]) -> List[Sample]:

@@ -14,6 +14,7 @@ Two kinds of names:
 Every C2 name defaults ``force_preprocess_cfg`` to SigLIP preprocessing (user values win) so that
 a checkpoint file, or random init, does not fall back to open_clip's OpenAI mean/std + 'shortest'.
 """
+import functools
 import json
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -23,20 +24,30 @@ from typing import Any, Callable, Dict, Mapping, Optional
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 C2_SUFFIX = "-C2"
 
-# open_clip.pretrained._slpcfg values (INCEPTION mean/std), as every SigLIP/SigLIP2 tag uses
-SIGLIP_PREPROCESS: Mapping[str, Any] = {
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-    "interpolation": "bicubic",
-    "resize_mode": "squash",
-}
+
+
+def siglip_preprocess() -> Dict[str, Any]:
+    """What ``open_clip.pretrained._slpcfg`` gives every SigLIP/SigLIP2 tag (INCEPTION mean/std).
+
+    A function, and ``SIGLIP_PREPROCESS`` a lazy module attribute: importing ``open_clip`` runs the
+    plugin's hook, which imports this module, so this module must not import ``open_clip`` itself.
+    """
+    from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
+
+    return {"mean": INCEPTION_MEAN, "std": INCEPTION_STD, "interpolation": "bicubic", "resize_mode": "squash"}
+
+
+def __getattr__(name: str):
+    if name == "SIGLIP_PREPROCESS":
+        return siglip_preprocess()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def reinit_map_head(model) -> None:
     """Xavier-uniform re-init of the timm MAP head's ``q``, ``kv`` and ``proj`` (biases zero).
 
     With timm's default init of these layers a tiny model trained from scratch stalls for hundreds
-    of steps (design/DEMO_NOTES.md §2); Xavier init removes the stall. Only for random init.
+    of steps (``docs/demo.md``); Xavier init removes the stall. Only for random init.
     """
     import torch.nn as nn
 
@@ -51,12 +62,13 @@ def reinit_map_head(model) -> None:
 class C2Model:
     name: str
     base: Optional[str] = None  # open_clip config it twins (pretrained tags alias); None: own config
-    preprocess: Mapping[str, Any] = field(default_factory=lambda: dict(SIGLIP_PREPROCESS))
+    preprocess: Mapping[str, Any] = field(default_factory=siglip_preprocess)
     init_fn: Optional[Callable[[Any], None]] = None  # applied only when no pretrained weights load
 
 
-OWN_MODELS: Dict[str, C2Model] = {
-    "C2LIP-Tiny": C2Model("C2LIP-Tiny", init_fn=reinit_map_head),
+# own architectures: name -> their C2Model fields besides the name (built by c2_models, not at import)
+OWN_MODELS: Dict[str, Dict[str, Any]] = {
+    "C2LIP-Tiny": {"init_fn": reinit_map_head},
 }
 
 
@@ -103,19 +115,18 @@ def shipped_twins() -> Dict[str, str]:
 def c2_models() -> Dict[str, C2Model]:
     """Every C2 name -> its entry (twins + own architectures)."""
     models = {name: C2Model(name, base=base) for name, base in shipped_twins().items()}
-    models.update(OWN_MODELS)
+    models.update({name: C2Model(name, **fields) for name, fields in OWN_MODELS.items()})
     return models
 
 
-_MODELS: Optional[Dict[str, C2Model]] = None
+@functools.lru_cache(maxsize=None)
+def _c2_models() -> Dict[str, C2Model]:
+    return c2_models()  # the shipped files do not change while the process runs
 
 
 def lookup(model_name: str) -> Optional[C2Model]:
     """The C2 entry for ``model_name`` (as ``create_model`` resolves it, '/' -> '-'), else None."""
-    global _MODELS
-    if _MODELS is None:
-        _MODELS = c2_models()
-    return _MODELS.get(model_name.replace("/", "-"))
+    return _c2_models().get(model_name.replace("/", "-"))
 
 
 def register(open_clip_module) -> None:

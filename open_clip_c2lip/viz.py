@@ -2,7 +2,7 @@
 
 For one image and each concept ``c`` of the caption (spaCy noun phrases, see
 :mod:`open_clip_c2lip.concepts`), the XAC attention over the patch tokens is
-``a_t = softmax_t(lambda * cos(c, v_t))`` (``loss.concept_attention``), with ``v_t`` the per-patch joint
+``a_t = softmax_t(lambda * cos(c, v_t))`` (the xac attention of ``docs/method.md``), with ``v_t`` the per-patch joint
 embeddings of the MAP head's value path (:func:`open_clip_c2lip.model.image_token_features`) and
 ``c`` the concept encoded by the text tower as its own text. Maps are shown relative to uniform
 attention (``T * a_t``, 1 = uniform) and upsampled over the image as the model sees it, on one
@@ -17,6 +17,7 @@ model attends more, violet where it attends less (matplotlib ``PiYG``, as the pa
 --caption "a cat on a red sofa" --compare C2LIP-Tiny --compare-pretrained epoch_0.pt --output cat.png``
 """
 import argparse
+import io
 import sys
 import textwrap
 from pathlib import Path
@@ -25,7 +26,9 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_output
+from . import cli_errors
+from .fileio.atomic import atomic_output
+from .fileio.diskspace import MIN_FREE_BYTES, check_free_space, disk_full_as_error
 from .loading import add_model_args, load_model, model_kwargs
 
 
@@ -53,7 +56,7 @@ def concept_attention_maps(model, image: torch.Tensor, concepts: Sequence[str], 
     ``image [3, H, W]`` -> ``[N, rows, cols]`` attention weights (each map sums to 1 over the
     patch tokens; prefix tokens pooled by the MAP head, if any, are left out of the map).
     """
-    from .loss import concept_attention
+    from .xac import concept_attention
     from .model import image_token_features
     if not concepts:
         raise ValueError("no concepts to visualize")
@@ -84,7 +87,8 @@ def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], label
 
     ``picture [H, W, 3]`` in [0, 1]; ``maps`` one ``[N, H, W]`` tensor per model, relative to
     uniform attention (``T * a``). One colour bar per column, shared by its panels, so any number
-    of concepts stays readable. Returns the PNG path (written atomically).
+    of concepts stays readable. Returns the PNG path (written atomically, after checking that its
+    bytes fit; a full disk raises ``diskspace.DiskFullError``).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -131,13 +135,17 @@ def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], label
         bar.locator = MaxNLocator(nbins=4 * len(columns[0]), symmetric=shown is differences)
         bar.update_ticks()
         bar.ax.tick_params(labelsize=8)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     try:
-        with atomic_output(str(output)) as partial:
-            fig.savefig(partial, dpi=130, format="png", bbox_inches="tight")
+        fig.savefig(buffer, dpi=130, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
+    data, output = buffer.getvalue(), Path(output)
+    with disk_full_as_error(output, len(data)):
+        check_free_space(output, len(data))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(str(output)) as partial, open(partial, "wb") as f:
+            f.write(data)
     return output
 
 
@@ -197,11 +205,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = parse_args(argv)
     if not args.image.is_file():
         raise FileNotFoundError(f"--image not found: {args.image}")
+    check_free_space(args.output, MIN_FREE_BYTES, at_least=True)  # a full disk is said before the models load
     kwargs = model_kwargs(args)
     models = [(_label(args.model, args.pretrained), *load_model(args.model, args.pretrained, **kwargs))]
     if args.compare:
+        # --tokenizer is the first model's; a second architecture brings its own
+        compare_kwargs = {**kwargs, "tokenizer": kwargs["tokenizer"] if args.compare == args.model else None}
         models.append((_label(args.compare, args.compare_pretrained),
-                       *load_model(args.compare, args.compare_pretrained, **kwargs)))
+                       *load_model(args.compare, args.compare_pretrained, **compare_kwargs)))
     output = visualize(args.image, args.caption, models, args.output, concepts=args.concepts,
                        temperature=args.temperature, spacy_model=args.spacy_model)
     print(f"attention maps written to {output}")
@@ -209,7 +220,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    cli_errors.run(main, sys.argv[1:])

@@ -140,7 +140,7 @@ def run(cmd: List[str], env: Dict[str, str]) -> (float, str):
 
 def write_inputs(captions: List[str], folder: Path, num_shards: int) -> Dict[str, object]:
     import pandas as pd
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     (folder / "captions.json").write_text(json.dumps(captions))
     pd.DataFrame({"filepath": [f"{i}.jpg" for i in range(len(captions))], "caption": captions}).to_csv(
@@ -158,7 +158,7 @@ def write_inputs(captions: List[str], folder: Path, num_shards: int) -> Dict[str
 
 def main(argv: Optional[List[str]] = None) -> int:
     from open_clip_c2lip.concepts import DEFAULT_BATCH_SIZE
-    from open_clip_c2lip.shards import read_shard
+    from open_clip_c2lip.fileio.tar import read_shard
 
     args = parse_args(argv)
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Cost of the data-path guards and counters (issue #11), measured as ratios within one run.
+"""Cost of the data-path guards and counters, measured as ratios within one run.
 
 1. Webdataset train pipeline throughput, one epoch through ``open_clip_train.data.get_data`` with
    ``--c2lip-loss`` (``--workers 0``, so one process does all the work): ``guarded`` is the pipeline
@@ -30,7 +30,7 @@ def build_shards(directory: Path, num_shards: int, per_shard: int) -> str:
     import numpy as np
     from PIL import Image
 
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     annotations = json.loads(DEFAULT_CAPTIONS.read_text())["annotations"]
     rng = np.random.default_rng(0)
@@ -52,9 +52,10 @@ def make_loader(shards: str, num_samples: int, batch_size: int, guarded: bool):
     import webdataset as wds
     from open_clip_train.params import parse_args
 
-    import open_clip_c2lip.data as c2lip_data
+    from open_clip_c2lip.integration import data_order, train_data, wds as c2lip_wds
 
-    c2lip_data.patch_train_data(upstream)
+    c2lip_wds.patch_shard_reader(upstream)
+    train_data.patch_get_data(upstream)
     args = parse_args(["--train-data", shards, "--dataset-type", "webdataset", "--train-num-samples",
                        str(num_samples), "--batch-size", str(batch_size), "--workers", "0",
                        "--model", "C2LIP-Tiny", "--c2lip-loss"])
@@ -62,14 +63,14 @@ def make_loader(shards: str, num_samples: int, batch_size: int, guarded: bool):
     _, preprocess, _ = open_clip.create_model_and_transforms("C2LIP-Tiny")
     info = upstream.get_data(args, (preprocess, preprocess), tokenizer=open_clip.get_tokenizer("C2LIP-Tiny"))["train"]
     if not guarded:
-        stages = c2lip_data._sample_stages(info)
+        stages = data_order.wds_train_stages(info)
         for i, stage in enumerate(stages):
-            if isinstance(stage, c2lip_data.FullBatchGuard):
+            if isinstance(stage, c2lip_wds.FullBatchGuard):
                 stages[i] = stage.stage
-            elif isinstance(stage, c2lip_data.DropIncomplete):
+            elif isinstance(stage, c2lip_wds.DropIncomplete):
                 stages[i] = wds.select(stage.predicate)
-            elif isinstance(stage, functools.partial) and stage.func is c2lip_data.tarfile_to_samples_nothrow:
-                stages[i] = functools.partial(c2lip_data.tarfile_to_samples_nothrow, stats=stage.keywords["stats"])
+            elif isinstance(stage, functools.partial) and stage.func is c2lip_wds.tarfile_to_samples_nothrow:
+                stages[i] = functools.partial(c2lip_wds.tarfile_to_samples_nothrow, packer=stage.keywords["packer"])
         info.c2lip_packer.counters = None
     return info.dataloader
 
@@ -85,9 +86,9 @@ def time_epoch(loader):
 
 def spacy_startup_seconds() -> float:
     code = ("import time; t = time.perf_counter()\n"
-            "from open_clip_c2lip.data import check_concept_extraction\n"
+            "from open_clip_c2lip.integration.train_data import check_concept_extraction\n"
             "from open_clip_c2lip.packing import SpacyConceptExtractor\n"
-            "from open_clip_c2lip.runtime import C2LIPConfig\n"
+            "from open_clip_c2lip.config import C2LIPConfig\n"
             "class P: concept_extractor = SpacyConceptExtractor('en_core_web_sm')\n"
             "t0 = time.perf_counter(); check_concept_extraction(P(), C2LIPConfig()); print(time.perf_counter() - t0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -98,7 +99,7 @@ def counter_add_microseconds():
     """(``SharedCounters.add``, a plain tensor element ``+=``) in microseconds per call."""
     import timeit
 
-    from open_clip_c2lip.counters import SharedCounters
+    from open_clip_c2lip.integration.counters import SharedCounters
 
     counters = SharedCounters(2)
     add = timeit.timeit(lambda: counters.add("samples", 1), number=200000) / 200000
@@ -129,7 +130,7 @@ def main() -> None:
             for name, loader in loaders.items():
                 times[name].append(time_epoch(loader))
 
-        from open_clip_c2lip.data import check_local_shards
+        from open_clip_c2lip.integration.train_data import check_local_shards
         import open_clip_train.data as upstream
         stat_dir = Path(tmp) / "stat"
         stat_dir.mkdir()
@@ -145,7 +146,7 @@ def main() -> None:
     median = {name: statistics.median(t for t, _ in values) for name, values in times.items()}
     median_cpu = {name: statistics.median(c for _, c in values) for name, values in times.items()}
     lines = [
-        "# Data-path guards and counters: cost (issue #11)",
+        "# Data-path guards and counters: cost",
         "",
         f"`OMP_NUM_THREADS=1 python scripts/bench_data_counters.py` — {num_samples} samples "
         f"({args.shards} shards x {args.per_shard}, 64 px JPEG, COCO captions with concepts), batch "

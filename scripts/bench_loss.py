@@ -1,4 +1,4 @@
-"""Benchmark the xac term: closed form (``open_clip_c2lip.loss.xac_similarity``) vs the authors'
+"""Benchmark the xac term: closed form (``open_clip_c2lip.xac.xac_similarity``) vs the authors'
 per-concept loop, and vs a matmul-only lower bound with the same large products.
 
 Each case (method x N) runs in a fresh subprocess so its peak memory is its own: on CPU the extra
@@ -28,7 +28,7 @@ METHODS = ("closed_form", "closed_form_low_budget", "loop")
 
 
 def loop_xac_similarity(image_tokens, concepts, temperature):
-    """The authors' algorithm (a Python loop over concepts, autograd), written from METHOD.md §4."""
+    """The authors' algorithm (a Python loop over concepts, autograd), written from docs/method.md §3."""
     import torch
     import torch.nn.functional as F
 
@@ -77,7 +77,7 @@ def run_case(case):
     """One measurement in this process; returns a JSON-able dict."""
     import torch
 
-    from open_clip_c2lip.loss import xac_memory_plan, xac_similarity
+    from open_clip_c2lip.xac import xac_memory_plan, xac_similarity
 
     torch.set_num_threads(case["threads"])
     device = torch.device(case["device"])
@@ -146,7 +146,7 @@ def run_case(case):
 
 def _agreement(image_tokens, concepts, upstream, case):
     """Max |difference| of similarities and gradients, closed form vs loop, on a few concepts."""
-    from open_clip_c2lip.loss import xac_similarity
+    from open_clip_c2lip.xac import xac_similarity
 
     concepts = concepts[:case["check"]]
     upstream = upstream[:, :case["check"]]
@@ -217,7 +217,8 @@ def write_markdown(table, args, path):
         "each once; timed alternately with the closed form in the same process, `this / bound` is the "
         "median of the paired ratios (not the ratio of the two median times: the load on the shared "
         "machine varied between rounds);",
-        "- loop: the authors' per-concept Python loop (autograd), written from METHOD.md §4;",
+        "- loop: the authors' per-concept Python loop (autograd), written from the pooling equations of "
+        "docs/method.md §3 (the authors' own `C2LIP_Loss`: benchmarks/authors_release.md);",
         f"- times: medians over {args.rounds} fresh-process rounds (closed form: each round the median of "
         f"{args.repeats} warm runs; loop: {args.loop_rounds} round(s) of one run); extra peak memory: "
         f"{memory_how}.",
@@ -296,7 +297,7 @@ def main():
                                for n in args.concepts)
         write_markdown(summarize(results, args.concepts), args, args.output)
         return
-    from open_clip_c2lip.loss import XAC_MEMORY_BUDGET_MB, xac_memory_plan
+    from open_clip_c2lip.xac import XAC_MEMORY_BUDGET_MB, xac_memory_plan
 
     if args.budget_mb is None:
         args.budget_mb = XAC_MEMORY_BUDGET_MB

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Cost of the train reader's truncation check (issue #11), as a ratio within one run.
+"""Cost of the train reader's truncation check, as a ratio within one run.
 
 Reads one local shard (``--samples`` samples of jpg / txt / json members, ``--image-bytes`` random
 bytes per image) to the end with webdataset's ``tar_file_iterator`` (upstream's reader, no end-of-
-archive check) and with ``open_clip_c2lip.shards.iter_tar_stream_files`` (the C2LIP train reader:
+archive check) and with ``open_clip_c2lip.fileio.tar.iter_tar_stream_files`` (the C2LIP train reader:
 same ``tarfile`` stream mode, holds back one sample, checks the end-of-archive blocks). Interleaved
 over ``--rounds``; min and median seconds per pass, and CPU seconds.
 
@@ -41,7 +41,7 @@ def main() -> None:
     import webdataset
     from webdataset.tariterators import tar_file_iterator
 
-    from open_clip_c2lip.shards import iter_tar_stream_files
+    from open_clip_c2lip.fileio.tar import iter_tar_stream_files
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,7 +69,7 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     (base, ours) = readers
     lines = [
-        "# Train shard reader: cost of the truncation check (issue #11)", "",
+        "# Train shard reader: cost of the truncation check", "",
         f"`OMP_NUM_THREADS=1 python scripts/bench_shard_reader.py` — one local shard, {args.samples} samples "
         f"x 3 members ({size_mb:.1f} MiB), read to the end, {args.rounds} interleaved rounds after a warm-up; "
         f"webdataset {webdataset.__version__}.",

@@ -1,14 +1,13 @@
 """Share of the authors' concept negatives that are false in a demo world (benchmarks/demo.md).
 
-With the authors' labels (a concept is positive only for the image whose caption it came from) the
-concept of caption j is a negative for every image
+With the authors' labels (docs/method.md §7) the concept of caption j is a negative for every image
 i != j of the batch, even when image i shows that very object. This counts, over sampled training
 batches, the fraction of those (image, concept) negatives whose concept names an object the image
-shows. No training; the v0.1 world is given by its flags.
+shows. No training; a world is given by its flags.
 
 ``python scripts/demo_false_negatives.py`` (this world) and
 ``python scripts/demo_false_negatives.py --grid 4 --jitter 0 --colours red green blue --min-objects 3
---max-objects 3 --held-out-block 0`` (the v0.1 world).
+--max-objects 3 --held-out-block 0`` (the "v0.1 world" of benchmarks/demo.md).
 """
 import random
 import sys

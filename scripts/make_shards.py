@@ -10,7 +10,7 @@ are read like open_clip_train reads them: ``--csv-separator`` defaults to a tab.
 
 Keys are the sample's zero-based position in sorted-path (folder) or row (CSV) order, zero-padded;
 json holds ``caption`` and ``source`` (the image path). Non-JPEG images are re-encoded to JPEG. See
-``open_clip_c2lip.shards`` for the details. Add concepts afterwards with
+``open_clip_c2lip.fileio.shards`` for the details. Add concepts afterwards with
 ``python -m open_clip_c2lip.concepts 'shards/shard-{000000..N}.tar' --output-dir shards-c``.
 """
 import argparse
@@ -18,9 +18,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from open_clip_c2lip.shards import (BadSampleError, ShardDirError, ShardWriteStats, check_prefix,
+from open_clip_c2lip.fileio.shards import (BadSampleError, ShardDirError, ShardWriteStats, check_prefix,
                                     samples_from_csv, samples_from_folder, write_shards)
-from open_clip_c2lip.tables import TableError, parse_separator
+from open_clip_c2lip.fileio.tables import TableError, parse_separator
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,7 @@
 #   EPOCHS [5]  TRAIN_NUM_SAMPLES [2823019]  MODEL [ViT-B-16-SigLIP-C2]  PRETRAINED [webli]
 #   PRECISION [amp_bf16]: amp_bf16 = fp32 master weights + bf16 autocast (improved default);
 #       pure_bf16 = the authors' `--precision bf16` (model, grads and AdamW state all bf16: at lr 1e-5
-#       most weight updates round away, see METHOD.md 12.3). Any other upstream value passes through.
+#       most weight updates round away, see docs/method.md §9). Any other upstream value passes through.
 #   TORCHRUN [torchrun]  TORCHRUN_ARGS [--standalone]
 #   DRY_RUN=1: print the command instead of running it.
 #

@@ -1,7 +1,7 @@
 """Shared helpers of the data tests: tiny JPEG images and webdataset shards written member by member
 (for samples that ``shards.write_shards`` refuses to write: bad json, non-UTF-8 text, ...).
 
-Imported by ``tests/test_data.py``, ``test_data_passes.py`` and ``test_train_e2e.py`` (pytest puts
+Imported by the ``tests/test_integration_*.py`` data tests and ``test_train_e2e.py`` (pytest puts
 ``tests/`` on ``sys.path``).
 """
 import io
@@ -27,3 +27,11 @@ def write_tar(path: Path, members: Iterable[Tuple[str, bytes]]) -> str:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return str(path)
+
+
+def wds_samples(paths):
+    """Read shards back with webdataset itself (what open_clip_train does)."""
+    import webdataset as wds
+
+    dataset = wds.DataPipeline(wds.SimpleShardList([str(p) for p in paths]), wds.tarfile_to_samples())
+    return list(dataset)

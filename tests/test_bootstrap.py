@@ -7,12 +7,13 @@ import logging
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 import open_clip_c2lip  # noqa: F401  (installs the hooks in this process)
-from open_clip_c2lip import _bootstrap, hooks
+from open_clip_c2lip import _bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "patches"
@@ -97,9 +98,20 @@ def test_install_is_idempotent_and_respects_disable(monkeypatch):
     assert len(_our_finders()) == 1 and sys.meta_path[0] is _our_finders()[0]
 
 
+def test_every_hook_is_a_function_of_the_integration_package():
+    assert set(_bootstrap.HOOKS) == {"open_clip", "open_clip_train.params", "open_clip_train.data",
+                                     "open_clip_train.train"}
+    for patches in _bootstrap.HOOKS.values():
+        for patch in patches:
+            module, _, function = patch.partition(":")
+            assert module.startswith("open_clip_c2lip.integration."), patch
+            assert callable(getattr(importlib.import_module(module), function)), patch
+
+
 @pytest.fixture
 def fake_hooked_module(tmp_path, monkeypatch):
-    """A module ``c2lip_fake_<n>`` on sys.path registered in HOOKS with a recording hook."""
+    """A module ``c2lip_fake_<n>`` on sys.path registered in HOOKS with a recording hook, the function
+    ``fake_hook`` of the module ``c2lip_fake_<n>_patches`` (yielded third)."""
     name = f"c2lip_fake_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{name}.py").write_text("VALUE = 41\n\ndef answer():\n    return VALUE + 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -109,15 +121,17 @@ def fake_hooked_module(tmp_path, monkeypatch):
         calls.append((module, module.VALUE))  # module body has executed when the hook runs
         module.VALUE += 1
 
-    monkeypatch.setitem(_bootstrap.HOOKS, name, "fake_hook")
-    monkeypatch.setattr(hooks, "fake_hook", fake_hook, raising=False)
+    patches = types.ModuleType(f"{name}_patches")
+    patches.fake_hook = fake_hook
+    monkeypatch.setitem(sys.modules, patches.__name__, patches)
+    monkeypatch.setitem(_bootstrap.HOOKS, name, (f"{patches.__name__}:fake_hook",))
     monkeypatch.delitem(sys.modules, name, raising=False)
-    yield name, calls
+    yield name, calls, patches
     sys.modules.pop(name, None)
 
 
 def test_finder_runs_hook_once_after_exec(fake_hooked_module):
-    name, calls = fake_hooked_module
+    name, calls, _ = fake_hooked_module
     _bootstrap.install()
     module = importlib.import_module(name)
     assert calls == [(module, 41)] and module.VALUE == 42
@@ -134,7 +148,7 @@ def test_finder_runs_hook_once_after_exec(fake_hooked_module):
 
 
 def test_install_hooks_already_imported_module(fake_hooked_module, monkeypatch):
-    name, calls = fake_hooked_module
+    name, calls, _ = fake_hooked_module
     hooked = dict(_bootstrap.HOOKS)
     monkeypatch.delitem(_bootstrap.HOOKS, name)
     module = importlib.import_module(name)  # imported while not hooked
@@ -145,12 +159,12 @@ def test_install_hooks_already_imported_module(fake_hooked_module, monkeypatch):
 
 
 def test_failing_hook_warns_and_import_still_works(fake_hooked_module, monkeypatch, caplog):
-    name, _ = fake_hooked_module
+    name, _, patches = fake_hooked_module
 
     def broken_hook(module):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(hooks, "fake_hook", broken_hook)
+    monkeypatch.setattr(patches, "fake_hook", broken_hook)
     _bootstrap.install()
     with caplog.at_level(logging.WARNING, logger=_bootstrap.__name__):
         module = importlib.import_module(name)

@@ -137,7 +137,7 @@ def test_quick_demo_end_to_end(quick_run):
     assert "expected" in proc.stdout and "environment: Python" in proc.stdout
     assert "Pre-registered" not in proc.stdout  # siglip and c2lip only: no pre-registered analysis
     root = out / "world_3" / "world"
-    from open_clip_c2lip.shards import read_shard
+    from open_clip_c2lip.fileio.tar import read_shard
     samples = [s for path in sorted((root / "shards").glob("train-*.tar")) for s in read_shard(str(path))]
     assert len(samples) == results["settings"]["num_train"]
     held = {tuple(p) for p in world["held_out_pairs"]}
@@ -191,14 +191,21 @@ def test_same_seeds_same_numbers_in_one_environment(quick_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_cli_reproduces_the_demo_numbers(quick_run, tmp_path):
-    """``python -m open_clip_c2lip.eval`` on a demo checkpoint and held-out set gives the demo's numbers."""
+def test_documented_eval_command_reproduces_the_demo_numbers(quick_run, tmp_path):
+    """The documented demo -> eval command (docs/evaluation.md), with its DIR and seeds filled in,
+    evaluates a demo checkpoint on a held-out set and gives the demo's numbers."""
+    import re
+    import shlex
+
     from open_clip_c2lip.eval.cli import main as eval_main
     out, _, results = quick_run
-    checkpoint = out / "world_3" / "logs" / "c2lip_t0" / "checkpoints" / "epoch_1.pt"
-    eval_main(["--model", "C2LIP-Tiny", "--pretrained", str(checkpoint), "--benchmark", "sugarcrepe",
-               "--data-root", str(out / "world_3" / "world" / "eval" / "unseen_pairs"),
-               "--output", str(tmp_path / "r.json")])
+    docs = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+    line = next(m.group(0) for m in re.finditer(r"^python -m open_clip_c2lip\.eval --model C2LIP-Tiny .*$", docs,
+                                                re.MULTILINE) if "DIR/" in m.group(0))
+    argv = [a.replace("DIR", str(out)).replace("world_0", "world_3") for a in shlex.split(line)[3:]]
+    argv[argv.index("--output") + 1] = str(tmp_path / "r.json")
+    assert Path(argv[argv.index("--pretrained") + 1]).is_file()
+    eval_main(argv)
     ours = json.loads((tmp_path / "r.json").read_text())
     demo = results["worlds"]["3"]["runs"]["c2lip_t0"]["evaluation"]["unseen_pairs"]["sugarcrepe"]
     for split, value in demo.items():

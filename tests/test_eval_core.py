@@ -47,7 +47,7 @@ def test_missing_and_bad_files_give_clear_errors(stub, data_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="visual_genome_relation.json"):
         run(tmp_path, ["aro_vgr"])
     with pytest.raises(ValueError, match="unknown benchmark"):
-        run(data_root, ["valse"])
+        run(data_root, ["no_such_benchmark"])
 
 
 # ---------------------------------------------------------------------------------------- tie rules
@@ -88,3 +88,21 @@ def test_tied_counts_any_equal_comparison():
     a, b, c = np.array([1.0, 2.0, 3.0]), np.array([1.0, 0.0, 3.0]), np.array([0.0, 0.0, 3.0])
     assert tied((a, b)).tolist() == [True, False, True]
     assert tied((a, c), (b, c)).tolist() == [False, True, True]
+
+
+def test_option_similarity_is_chunk_invariant_and_exact_for_equal_options():
+    import torch
+    from open_clip_c2lip.eval.core import option_similarity
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(7, 16, generator=generator), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(9, 16, generator=generator), dim=-1)
+    image_index = [0, 3, 3, 6, 1]
+    options = [[0, 1, 2], [4, 4, 5], [8, 7, 6], [2, 2, 2], [5, 0, 1]]
+    whole = option_similarity(images, texts, image_index, options)
+    assert whole.shape == (5, 3) and whole.dtype == np.float64
+    assert np.array_equal(whole, option_similarity(images, texts, image_index, options, chunk=2))
+    naive = np.array([[float(images[i].double() @ texts[t].double()) for t in row]
+                      for i, row in zip(image_index, options)])
+    assert np.allclose(whole, naive, atol=1e-6)
+    assert whole[1, 0] == whole[1, 1] and len(set(whole[3])) == 1  # the same text scores exactly the same

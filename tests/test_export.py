@@ -17,12 +17,11 @@ import open_clip
 
 from open_clip_c2lip import eval as c2eval
 from open_clip_c2lip import export
-from open_clip_c2lip.checkpoint import CheckpointError
+from open_clip_c2lip.fileio.checkpoint import CheckpointError
 
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 TINY_CONFIG = REPO / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 SIGLIP = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
 TEXTS = ["a red ball on a blue box", "two dogs playing in the snow"]
@@ -89,6 +88,7 @@ def test_base_model_name():
     assert export.base_model_name("C2LIP-Tiny") == "C2LIP-Tiny"
 
 
+@pytest.mark.slow
 def test_bundle_loads_in_plain_open_clip(tiny, tmp_path):
     model, checkpoint = tiny
     bundle = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "bundle")
@@ -167,12 +167,13 @@ def test_export_errors_leave_nothing_behind(tiny, tmp_path):
         export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "taken")
 
 
-def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path):
+@pytest.mark.slow
+def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path, real_data):
     model, checkpoint = tiny
     bundle = export.main(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "b")])
     # our layout (val2017/ + sugarcrepe/<split>.json); clip_benchmark wants <root>/val2017 + <root>/<split>.json
     root = tmp_path / "data"
-    data = json.loads((SHARED_DATA / "sugar_crepe" / "swap_att.json").read_text())
+    data = json.loads((real_data("sugar_crepe") / "swap_att.json").read_text())
     items = dict(list(data.items())[:14])
     for i, name in enumerate(sorted({d["filename"] for d in items.values()})):
         rng = np.random.default_rng(i)
@@ -262,12 +263,15 @@ def test_overwrite_replaces_a_previous_export(tiny, tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "epoch_7.pt"]  # no staging / old folder left
     # exporting a trained checkpoint says nothing about random initialization
     assert "initialized randomly" not in caplog.text
-    # a pre-0.2 export (no file list) is recognized by its file names; an empty folder is replaced
+    # export info without the list of written files: not provably ours, so not replaced
     info = json.loads((first / export.INFO_NAME).read_text())
-    del info["files"], info["exported_by"]
+    del info["files"]
     (first / export.INFO_NAME).write_text(json.dumps(info))
-    export.export_bundle("C2LIP-Tiny", checkpoint, first, overwrite=True, verify=False)
-    assert json.loads((first / export.INFO_NAME).read_text())["epoch"] == 3
+    before = sorted(p.name for p in first.iterdir())
+    with pytest.raises(FileExistsError, match="not a previous export"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, first, overwrite=True, verify=False)
+    assert sorted(p.name for p in first.iterdir()) == before
+    # an empty folder is replaced
     (tmp_path / "empty").mkdir()
     export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "empty", overwrite=True, verify=False)
     assert (tmp_path / "empty" / export.WEIGHTS_NAME).is_file()
@@ -284,3 +288,132 @@ def test_bundle_gets_the_users_umask(tiny, tmp_path, umask):
     assert (bundle.stat().st_mode & 0o777) == 0o777 & ~umask
     for path in bundle.iterdir():
         assert (path.stat().st_mode & 0o777) == 0o666 & ~umask, path.name
+
+
+# ------------------------------------------------------------------------------------------------
+# before anything is fetched, without the Hub, on a full disk
+
+import errno  # noqa: E402
+import shutil  # noqa: E402
+from collections import namedtuple  # noqa: E402
+
+from hub_fixtures import (add_cached_repo, hub_cache, hub_tokenizer_config, refused_hub,  # noqa: E402,F401
+                          tiny_hf_tokenizer)
+from open_clip_c2lip import cli_errors, hub  # noqa: E402
+from open_clip_c2lip.fileio import diskspace  # noqa: E402
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def _forbid(monkeypatch, target: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{target} must not be called")
+    monkeypatch.setattr(target, refuse)
+
+
+def _cli(argv):
+    """``python -m open_clip_c2lip.export`` in this process: the exit message, or None on success."""
+    try:
+        cli_errors.run(export.main, argv)
+    except SystemExit as e:
+        return e.code
+    return None
+
+
+def test_wrong_architecture_is_reported_before_anything_is_fetched(tiny, tmp_path, hub_cache, refused_hub,
+                                                                    monkeypatch):
+    _, checkpoint = tiny
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _forbid(patch, "open_clip_c2lip.loading._build_tokenizer")
+        _forbid(patch, "open_clip_c2lip.export.load_checkpoint_into")  # no model with weights is built
+        with pytest.raises(CheckpointError, match=rf"^{checkpoint} is not a checkpoint of ViT-B-16-SigLIP-C2: "):
+            export.export_bundle("ViT-B-16-SigLIP-C2", checkpoint, out)
+    assert refused_hub == [] and not out.exists()
+    # the command line: one line, status 1, no traceback; the Hub's place is a closed local port
+    env = {**PLAIN_ENV, "OPEN_CLIP_C2LIP_DISABLE": "", "HF_HOME": str(tmp_path / "hf"),
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    del env["HF_HUB_OFFLINE"], env["TRANSFORMERS_OFFLINE"]
+    done = subprocess.run([sys.executable, "-m", "open_clip_c2lip.export", "--model", "ViT-B-16-SigLIP-C2",
+                           "--checkpoint", str(checkpoint), "--output", str(out)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {checkpoint} is not a checkpoint of ViT-B-16-SigLIP-C2: ")
+    assert "another shape" in lines[0] and not out.exists() and not (tmp_path / "hf").exists()
+
+
+@pytest.fixture
+def tiny_hub_model(tmp_path):
+    """C2LIP-TinyHub (its tokenizer the Hub repo c2lip-test/tiny-tokenizer) and a checkpoint of it."""
+    name = hub_tokenizer_config(tmp_path, "C2LIP-TinyHub", "c2lip-test/tiny-tokenizer")
+    torch.manual_seed(2)
+    model = open_clip.create_model(name).eval()
+    return name, model, _training_checkpoint(model, tmp_path / "epoch_2.pt")
+
+
+def test_hub_tokenizer_offline_cached_or_local(tiny_hub_model, tmp_path, hub_cache, refused_hub):
+    name, model, checkpoint = tiny_hub_model
+    out = tmp_path / "bundle"
+    message = _cli(["--model", name, "--checkpoint", str(checkpoint), "--output", str(out)])
+    assert message.startswith(f"error: the tokenizer of {name} (Hub repo c2lip-test/tiny-tokenizer) is not in the "
+                              f"local Hugging Face cache ({hub_cache}) and the Hub cannot be reached (")
+    assert "pass --tokenizer DIR with a saved copy of it" in message and "C2LIP-Tiny" in message
+    assert "\n" not in message and len(refused_hub) == 1  # one probe, no retries
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
+    # a saved copy given with --tokenizer (as a folder or local-dir:)
+    folder = tiny_hf_tokenizer(tmp_path / "tokenizer copy")
+    for source in (str(folder), f"local-dir:{folder}"):
+        assert _cli(["--model", name, "--checkpoint", str(checkpoint), "--output", str(out), "--tokenizer", source,
+                     "--overwrite"]) is None
+    # the tokenizer in the local cache: used without a request, as open_clip's get_tokenizer reads it
+    add_cached_repo(hub_cache, "c2lip-test/tiny-tokenizer", folder=folder, absent=["config.json"])
+    refused_hub.clear()
+    assert _cli(["--model", name, "--checkpoint", str(checkpoint), "--output", str(out), "--overwrite"]) is None
+    bundled = open_clip.get_tokenizer(f"local-dir:{out}")
+    with hub.cache_only():
+        assert torch.equal(bundled(TEXTS), open_clip.get_tokenizer(name)(TEXTS))
+    assert refused_hub == []
+
+
+def test_full_disk_is_said_up_front_with_the_size(tiny, tmp_path, monkeypatch):
+    model, checkpoint = tiny
+    needed = sum(v.numel() * v.element_size() + len(k) + 128 for k, v in model.state_dict().items()) + 65536
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 12, 10 ** 12 - (needed - 1), needed - 1))
+    _forbid(monkeypatch, "open_clip_c2lip.export.load_checkpoint_into")  # said before the model is built
+    out = tmp_path / "sub" / "bundle"
+    message = _cli(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(out)])
+    assert message == (f"error: no space left on the device for {out}: it needs about "
+                       f"{diskspace.format_bytes(needed)}, {diskspace.format_bytes(needed - 1)} free in {tmp_path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # the estimate is an upper bound of the bundle (no tokenizer here), within 64 KiB + 128 bytes a tensor
+    monkeypatch.undo()
+    bundle = export.export_bundle("C2LIP-Tiny", checkpoint, out, verify=False)
+    size = sum(p.stat().st_size for p in bundle.iterdir())
+    assert size <= needed <= size + 65536 + 128 * len(model.state_dict())
+
+
+@pytest.mark.parametrize("fault", ["oserror", "safetensors", "quota"])
+def test_full_disk_while_writing_leaves_nothing_partial(tiny, tmp_path, monkeypatch, fault):
+    import safetensors.torch
+    from safetensors import SafetensorError
+    _, checkpoint = tiny
+    previous = export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "bundle", verify=False)
+    before = _tree(previous)
+    real_save = safetensors.torch.save_file
+
+    def save_half_then_fail(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        if fault == "safetensors":
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        raise OSError(errno.EDQUOT if fault == "quota" else errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_half_then_fail)
+    message = _cli(["--model", "C2LIP-Tiny", "--checkpoint", str(checkpoint), "--output", str(previous),
+                    "--overwrite"])
+    problem = "the disk quota is exceeded" if fault == "quota" else "no space left on the device"
+    assert message.startswith(f"error: {problem} for {previous}: it needs about ") and " free in " in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # the staging folder is gone
+    assert _tree(previous) == before  # the previous export is untouched

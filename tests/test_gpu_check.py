@@ -34,6 +34,7 @@ def _table(text: str, first_header: str):
     return rows
 
 
+@pytest.mark.slow
 def test_tiny_mode_writes_the_report(tmp_path):
     out = tmp_path / "check"
     proc = subprocess.run([BASH, str(SCRIPT), "--tiny", str(out)], env=_env(), capture_output=True,

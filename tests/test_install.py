@@ -124,6 +124,7 @@ def test_disabled_env_var_skips_activation(envs):
     assert _wait(_run(envs["wheel"], "-c", code, disabled=True)).split() == ["False"]
 
 
+@pytest.mark.slow
 def test_new_processes_see_c2_names_and_flags(envs):
     twins = sorted(p.stem for p in (REPO / "open_clip_c2lip" / "model_configs").glob("*-C2.json"))
     # started together: the torch/open_clip imports dominate and overlap on 2 cores. The model

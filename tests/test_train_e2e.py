@@ -2,7 +2,7 @@
 the installed ``open_clip_c2lip.pth``), on CPU, with C2LIP-Tiny at 64 px.
 
 Data: 16 synthetic 64x64 JPEGs with real COCO val2017 captions, written as webdataset shards by
-``open_clip_c2lip.shards.write_shards`` and as a CSV, then annotated by the concepts CLI
+``open_clip_c2lip.fileio.shards.write_shards`` and as a CSV, then annotated by the concepts CLI
 (``open_clip_c2lip.concepts.main``, spaCy noun chunks). Runs (independent ones run concurrently):
 
 - ``wds``: webdataset shards, ``--accum-freq 2 --grad-checkpointing --precision amp_bf16``, 1 worker;
@@ -22,7 +22,7 @@ a resume), and the sigmoid losses are sums over all pairs, i.e. invariant to per
 the resumed run must reproduce the uninterrupted run's per-step losses and weights up to float
 summation order. ``--lr-scheduler const --warmup 0`` because a cosine schedule's length depends on
 ``--epochs`` (2 vs 3) and would differ by design. The check runs on the CSV path. (With the plugin
-the order itself is a function of seed and epoch, ``open_clip_c2lip.data_order``, so a resume also sees
+the order itself is a function of seed and epoch, ``open_clip_c2lip.integration.data_order``, so a resume also sees
 the same batches; ``tests/test_train_reproducible.py`` checks same seed -> same numbers.)
 """
 import json
@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_dir
 from tar_fixtures import write_tar
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCO_CAPTIONS = DATA_DIR / "coco_captions_val2017.json"
+COCO_CAPTIONS = data_dir() / "coco_captions_val2017.json"
 TINY_CONFIG = REPO / "open_clip_c2lip" / "model_configs" / "C2LIP-Tiny.json"
 LOSS_KEYS = ("contrastive_loss", "npc_loss", "xac_loss")
 NUM_SAMPLES = 16  # webdataset: 2 shards of 8
@@ -51,7 +51,14 @@ RUN_TIMEOUT = 600
 
 torch.set_num_threads(1)
 
-pytestmark = pytest.mark.skipif(not COCO_CAPTIONS.is_file(), reason=f"{COCO_CAPTIONS} not found")
+
+pytestmark = pytest.mark.slow  # training runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _coco_captions_present(real_data):
+    """The runs train on real COCO captions (skipped, saying where to get them, when absent)."""
+    real_data(COCO_CAPTIONS.name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,7 +88,8 @@ def synthetic_images(count: int):
 
 def build_data(root: Path) -> dict:
     """Raw shards + CSV, annotated by the concepts CLI into ``root/annotated``."""
-    from open_clip_c2lip import concepts, shards
+    from open_clip_c2lip import concepts
+    from open_clip_c2lip.fileio import shards
 
     captions = coco_captions(NUM_SAMPLES)
     images = synthetic_images(NUM_SAMPLES)
@@ -345,7 +353,7 @@ def test_training_logs_c2lip_losses(e2e, name):
 def test_logged_losses_are_the_c2lip_losses_of_the_csv_batch(e2e):
     """The first logged step of ``csv_a`` equals C2LIPLoss computed here on the same init weights and
     the same 8 samples, packed directly from the annotated CSV's concepts column with TextPacker
-    (not through open_clip_c2lip.data): the training pipeline feeds the loss the concepts from the
+    (not through open_clip_c2lip.integration): the training pipeline feeds the loss the concepts from the
     data, and logs each term."""
     import pandas as pd
     import open_clip
@@ -382,7 +390,7 @@ def test_wds_run_uses_accum_grad_checkpointing_amp_bf16(e2e):
     # the packer's counters (logged by the DataLoader worker at the end of its pass): every sample's
     # concepts came from the shards' json written by the concepts CLI, none from on-the-fly spaCy
     from braceexpand import braceexpand
-    from open_clip_c2lip.shards import read_shard
+    from open_clip_c2lip.fileio.tar import read_shard
 
     summaries = re.findall(r"C2LIP text packer \[worker 0/1.*?\].*?: (samples=.*)", run.output)
     assert summaries, run.output[-3000:]
@@ -481,7 +489,7 @@ def test_training_process_reports_data_counters_every_epoch(e2e):
 BAD_RUN_TIMEOUT = 300  # a run that does not end by then hangs
 
 
-def _issue_shard(path: Path, captions: list, images: list) -> str:
+def _mostly_rejected_shard(path: Path, captions: list, images: list) -> str:
     """8 samples of which 5 are rejected: invalid json, json list, concepts a string, empty caption,
     non-UTF-8 caption. The 3 good ones carry concepts."""
     import io
@@ -506,12 +514,12 @@ def _issue_shard(path: Path, captions: list, images: list) -> str:
 
 @pytest.fixture(scope="module")
 def bad_data_runs(tmp_path_factory):
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     root = tmp_path_factory.mktemp("e2e_bad")
     logs = root / "logs"
     captions, images = coco_captions(NUM_SAMPLES), synthetic_images(NUM_SAMPLES)
-    stuck_shard = _issue_shard(root / "issue-000000.tar", captions, images)
+    stuck_shard = _mostly_rejected_shard(root / "issue-000000.tar", captions, images)
     samples = [{"jpg": images[i], "txt": captions[i], "json": {"concepts": captions[i].split(" ")[:2]}}
                for i in range(NUM_SAMPLES)]
     paths = write_shards(samples, str(root / "gaps"), prefix="train", samples_per_shard=NUM_SAMPLES // 2)
@@ -542,7 +550,7 @@ def bad_data_runs(tmp_path_factory):
 
 
 def test_shard_that_cannot_fill_a_batch_stops_training_with_named_error(bad_data_runs):
-    """The issue's 8-sample shard with 5 rejected samples (3 usable < --batch-size 4): upstream's
+    """An 8-sample shard with 5 rejected samples (3 usable < --batch-size 4): upstream's
     loader restarted the pass forever; now the run ends with an error naming the shard and counts."""
     run = bad_data_runs["runs"]["stuck"]
     assert run.returncode is not None and run.returncode > 0, (run.returncode, run.output[-3000:])

@@ -1,5 +1,5 @@
 """Same seed -> same numbers: two runs of one ``python -m open_clip_train.main ... --c2lip-loss --seed S``
-command log identical losses and write identical checkpoints (``open_clip_c2lip.data_order``).
+command log identical losses and write identical checkpoints (``open_clip_c2lip.integration.data_order``).
 
 Four commands (webdataset shards / CSV, ``--workers 1`` / ``--workers 2``), each run twice, on CPU
 with one thread (``OMP_NUM_THREADS=1``), C2LIP-Tiny at 64 px, open_clip's random-crop augmentation on
@@ -16,12 +16,12 @@ import math
 import pytest
 import torch
 
-from test_train_e2e import (COCO_CAPTIONS, CSV_ROWS, LOSS_KEYS, NUM_SAMPLES, Run, coco_captions, launch_training,
-                            state_dict, synthetic_images, tensorboard_scalars)
+from test_train_e2e import (CSV_ROWS, LOSS_KEYS, NUM_SAMPLES, Run, _coco_captions_present,  # noqa: F401 (autouse)
+                            coco_captions, launch_training, state_dict, synthetic_images, tensorboard_scalars)
 
 torch.set_num_threads(1)
 
-pytestmark = pytest.mark.skipif(not COCO_CAPTIONS.is_file(), reason=f"{COCO_CAPTIONS} not found")
+pytestmark = pytest.mark.slow  # eight training runs
 
 SEED = 3
 COMMANDS = [("wds", 1), ("wds", 2), ("csv", 1), ("csv", 2)]
@@ -33,7 +33,7 @@ def build_data(root) -> dict:
     """2 webdataset shards of 8 samples and a CSV of 8 rows, with a ``concepts`` field / column."""
     import json
     import pandas as pd
-    from open_clip_c2lip.shards import write_shards
+    from open_clip_c2lip.fileio.shards import write_shards
 
     captions = coco_captions(NUM_SAMPLES)
     # "a thing" in every sample: duplicates across images for --c2lip-duplicate-concepts ignore

@@ -136,3 +136,75 @@ def test_many_concepts_get_one_row_each_at_a_fixed_width(tmp_path):
     (width2, height2), (width8, height8) = sizes[2], sizes[8]
     assert abs(width8 - width2) <= 0.05 * width2  # the same four columns
     assert height8 > 3 * height2 * 0.8  # six more rows of the same height
+
+
+# ------------------------------------------------------------------------------------------------
+# a full disk and a missing Hub: one error line, nothing partial
+
+import errno  # noqa: E402
+import shutil  # noqa: E402
+from collections import namedtuple  # noqa: E402
+
+from hub_fixtures import hub_cache, refused_hub  # noqa: E402,F401
+from open_clip_c2lip import cli_errors  # noqa: E402
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def _cli(argv):
+    try:
+        cli_errors.run(viz.main, argv)
+    except SystemExit as e:
+        return e.code
+    return None
+
+
+def _forbid(monkeypatch, target: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{target} must not be called")
+    monkeypatch.setattr(target, refuse)
+
+
+def test_full_disk_before_and_while_writing(tiny, tmp_path, monkeypatch):
+    image_path, (checkpoint, _) = tiny
+    output = tmp_path / "figures" / "maps.png"
+    argv = ["--model", "C2LIP-Tiny", "--pretrained", str(checkpoint), "--image", str(image_path), "--caption", "x",
+            "--concepts", "a red ball", "--output", str(output), "--device", "cpu"]
+    with monkeypatch.context() as patch:  # a full disk is said before the model loads
+        patch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 9, 10 ** 9 - 4096, 4096))
+        _forbid(patch, "open_clip_c2lip.viz.load_model")
+        assert _cli(argv) == (f"error: no space left on the device for {output}: it needs at least 1,048,576 bytes "
+                              f"(1.0 MiB), 4,096 bytes (4.0 KiB) free in {tmp_path}")
+    # the disk fills while the PNG is written: the partial file is removed, the size is the PNG's
+    written = []
+
+    class FillingFile:
+        def __init__(self, path):
+            self.file = open(path, "wb")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            written.append(len(data))
+            self.file.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(viz, "open", lambda path, mode="r": FillingFile(path), raising=False)
+    message = _cli(argv)
+    assert message.startswith(f"error: no space left on the device for {output}: it needs about {written[0]:,} bytes")
+    assert sorted(p.name for p in output.parent.iterdir()) == []  # no partial PNG left
+
+
+def test_offline_pretrained_tag_is_one_line(tiny, tmp_path, hub_cache, refused_hub, monkeypatch):
+    image_path, _ = tiny
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    _forbid(monkeypatch, "open_clip.create_model_and_transforms")
+    message = _cli(["--model", "ViT-B-16-SigLIP-C2", "--pretrained", "webli", "--image", str(image_path),
+                    "--caption", "x", "--concepts", "a red ball", "--output", str(tmp_path / "v.png")])
+    assert message.startswith("error: the tokenizer of ViT-B-16-SigLIP-C2 (Hub repo timm/ViT-B-16-SigLIP) and the "
+                              "weights of --pretrained webli") and "(HF_HUB_OFFLINE is set)" in message
+    assert "\n" not in message and refused_hub == [] and not (tmp_path / "v.png").exists()

@@ -6,7 +6,6 @@ Training data goes through the project's own data tools, as a user's data would:
 member. The generator never writes concepts itself.
 """
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
+from ..fileio.atomic import write_text
 from .evalsets import write_eval_sets
 from .world import Scene, SceneKey, WorldSpec, balanced_scenes, held_out_pairs, render, scene_key
 
@@ -97,7 +97,7 @@ def build_world(output_dir, spec: WorldSpec, num_train: int, num_eval: int, seed
     earlier in the set, so every evaluation image is unseen and distinct. ``reuse``: return the
     world already there when its ``world.json`` says it was built with these arguments.
     """
-    from .. import shards
+    from ..fileio import shards
     output_dir = Path(output_dir)
     if reuse:
         world = load_world(output_dir, spec, num_train, num_eval, seed, samples_per_shard)
@@ -135,7 +135,5 @@ def build_world(output_dir, spec: WorldSpec, num_train: int, num_eval: int, seed
                        [s.caption() for s in train_scenes])
     record = {"manifest": _manifest(spec, num_train, num_eval, seed, samples_per_shard),
               "files": {**asdict(world), "held_out": [list(p) for p in world.held_out]}}
-    partial = output_dir / "world.json.partial"
-    partial.write_text(json.dumps(record, indent=1))
-    os.replace(partial, output_dir / "world.json")  # last: only a complete world is ever reused
+    write_text(str(output_dir / "world.json"), json.dumps(record, indent=1))  # last: only a complete world is reused
     return world

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from ..fileio.atomic import write_text
 from . import preregistration as prereg
 from .variants import DEFAULT_SINGLE, VARIANTS, LossSettings, available
 from .world import COLOURS, SHAPES, WorldSpec
@@ -311,7 +312,7 @@ def write_report(results: Dict[str, Any], worlds: Dict[int, Dict[str, Any]], var
                  "scores 50 under every rule; 0 and 100 are both cues.\n\n" + tables["blind"],
                  "## Every run\n\n" + tables["runs"]]
     text = "\n\n".join(sections) + "\n"
-    (output_dir / "results.md").write_text(text)
+    write_text(str(output_dir / "results.md"), text)
     plot_study(output_dir / "results.png", worlds, summary, variants, metrics, title=title)
     shown = [v for v in ("c2lip", "siglip") if v in variants] or list(variants[:2])
     figure = attention_figure(output_dir / "attention.png", {w: worlds[w] for w in summary["worlds"]} or worlds,

@@ -1,10 +1,9 @@
 """Demo outputs: markdown tables of the study (``analysis.summarize``) and ``results.json``."""
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..fileio.atomic import write_text
 from . import preregistration as prereg
 from .analysis import run_name
 from .blind import RULES
@@ -17,10 +16,7 @@ DETERMINISM = ("Same world seed and training seed give the same numbers only wit
 
 def write_results(path, results: Mapping[str, Any]) -> None:
     """``results.json``, written to a temporary name and renamed so a reader never sees half a file."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(results, indent=2, sort_keys=False))
-    os.replace(partial, path)
+    write_text(str(path), json.dumps(results, indent=2, sort_keys=False))
 
 
 def is_shown(metric: str) -> bool:

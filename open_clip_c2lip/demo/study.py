@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ..fileio.atomic import write_text
 from .analysis import run_name
 from .blind import blind_accuracy
 from .build import WorldFiles, build_world
@@ -252,9 +253,7 @@ def run_study(settings: StudySettings, output_dir, progress: bool = True, enviro
                       "environment": environment, "metrics": flatten_metrics(evaluation),
                       "evaluation": evaluation, "curves": read_train_log(spec, logs_dir).to_dict()}
             saved.parent.mkdir(parents=True, exist_ok=True)
-            partial = saved.with_suffix(".json.partial")
-            partial.write_text(json.dumps(record, indent=1))
-            os.replace(partial, saved)  # a reader (or a resumed study) never sees half a record
+            write_text(str(saved), json.dumps(record, indent=1))  # a resumed study never sees half a record
         with lock:
             worlds[w]["runs"][name] = record
             overall.update(1)

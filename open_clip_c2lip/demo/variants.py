@@ -68,7 +68,7 @@ def available(name: str) -> bool:
     if not flag:
         return True
     import argparse
-    from ..params import add_c2lip_args
+    from ..integration.train_params import add_c2lip_args
     parser = argparse.ArgumentParser()
     add_c2lip_args(parser)
     return any(flag in action.option_strings for action in parser._actions)

@@ -28,8 +28,9 @@ from typing import Any, Callable, FrozenSet, Iterable, Mapping, Optional
 
 import numpy as np
 
-from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, load_json, mean, pair_similarity,
-                   register_benchmark, require_dir, require_file, require_items, selection_correct, tied)
+from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, load_json, mean, number_field,
+                   pair_similarity, register_benchmark, require_dir, require_file, require_items, selection_correct,
+                   text_field, tied)
 
 _logger = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ VGA_ANNOTATION = "visual_genome_attribution.json"
 VGR_EXCLUDED_RELATIONS_FILE = Path(__file__).resolve().parent / "aro_vgr_excluded_relations.json"
 VGR_DEFAULT_MIN_SAMPLES = 0  # VG_Relation.evaluate_scores keeps every relation
 VGA_DEFAULT_MIN_SAMPLES = 25  # VG_Attribution.evaluate_scores drops pairs with fewer items
+# the Google Drive files dataset_zoo/aro_datasets.py downloads (gdown ids)
+ARO_SOURCE = ("the ARO release (mertyg/vision-language-models-are-bows): Google Drive file {annotation} (the JSON) "
+              "and 1qaPlrwhGNMrR3a11iopZUT_GPP_LrgP9 (vgr_vga_images.zip, unpacked into images/)")
 
 
 def vgr_excluded_relations() -> FrozenSet[str]:
@@ -66,16 +70,16 @@ def _load_aro(name: str, annotation: str, group_of: Callable[[Mapping, Path, Any
     rows = {"id": [], "group": [], "image": [], "true": [], "false": []}
     paths = []
     for index, item in enumerate(data):
-        path = image_dir / field(item, "image_path", source, index)
-        x, y, w, h = (float(field(item, key, source, index)) for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+        path = image_dir / text_field(item, "image_path", source, index)
+        x, y, w, h = (number_field(item, key, source, index) for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
         if w <= 0 or h <= 0:
             raise ValueError(f"{source}: item {index} has an empty bbox (w={w}, h={h})")
         paths.append(path)
         rows["id"].append(index)
         rows["group"].append(group_of(item, source, index))
         rows["image"].append(images.add(ImageRef(path, (x, y, x + w, y + h))))
-        rows["true"].append(texts.add(field(item, "true_caption", source, index)))
-        rows["false"].append(texts.add(field(item, "false_caption", source, index)))
+        rows["true"].append(texts.add(text_field(item, "true_caption", source, index)))
+        rows["false"].append(texts.add(text_field(item, "false_caption", source, index)))
     check_images(paths, image_dir, source)
     groups = np.asarray(rows["group"], dtype=object)
     excluded = None if excluded is None else frozenset(excluded)
@@ -120,7 +124,7 @@ def _load_aro(name: str, annotation: str, group_of: Callable[[Mapping, Path, Any
 
 
 def _relation_of(item, source, index) -> str:
-    return str(field(item, "relation_name", source, index))
+    return text_field(item, "relation_name", source, index)
 
 
 def _attribute_pair_of(item, source, index) -> str:
@@ -130,7 +134,8 @@ def _attribute_pair_of(item, source, index) -> str:
     return f"{attributes[0]}_{attributes[1]}"
 
 
-@register_benchmark("aro_vgr", files=lambda root: {"aro_vgr": Path(root) / "aro_vgr" / VGR_ANNOTATION})
+@register_benchmark("aro_vgr", files=lambda root: {"aro_vgr": Path(root) / "aro_vgr" / VGR_ANNOTATION},
+                    source=ARO_SOURCE.format(annotation="1kX2iCHEv0CADL8dSO1nMdW-V0NqIAiP3"))
 def load_aro_vgr(data_root: Path, images: Vocabulary, texts: Vocabulary, min_samples: Optional[int] = None,
                  excluded_relations: Optional[Iterable[str]] = None) -> Scorer:
     """ARO VG-Relation: ``aro_vgr/visual_genome_relation.json`` + ``aro_vgr/images/``; splits = relations.
@@ -142,7 +147,8 @@ def load_aro_vgr(data_root: Path, images: Vocabulary, texts: Vocabulary, min_sam
                      data_root, images, texts, min_samples, excluded)
 
 
-@register_benchmark("aro_vga", files=lambda root: {"aro_vga": Path(root) / "aro_vga" / VGA_ANNOTATION})
+@register_benchmark("aro_vga", files=lambda root: {"aro_vga": Path(root) / "aro_vga" / VGA_ANNOTATION},
+                    source=ARO_SOURCE.format(annotation="13tWvOrNOLHxl3Rm9cR3geAdHx2qR3-Tw"))
 def load_aro_vga(data_root: Path, images: Vocabulary, texts: Vocabulary,
                  min_samples: Optional[int] = None) -> Scorer:
     """ARO VG-Attribution: ``aro_vga/visual_genome_attribution.json`` + ``aro_vga/images/``; splits = attribute pairs."""

@@ -1,5 +1,6 @@
 """The scoring core shared by every benchmark: interned images / captions, the benchmark registry,
 file checks with clear errors, cosine scores of item pairs and the aggregate helpers."""
+import io
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,9 +18,16 @@ _IMAGE_SUFFIXES = ("", ".png", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image file, optionally cropped to a PIL box ``(left, upper, right, lower)``."""
+    """An image file, optionally cropped to a PIL box ``(left, upper, right, lower)``; ``reader`` names
+    an entry of ``IMAGE_READERS`` for files PIL cannot open (None: ``PIL.Image.open``)."""
     path: Path
     box: Optional[Tuple[float, float, float, float]] = None
+    reader: Optional[str] = None
+
+
+# name -> function(path) -> RGB PIL image, for image files that are not PIL-readable (EqBen's
+# YouCook2 frames are BGR ``.npy`` arrays); a benchmark module registers its reader here.
+IMAGE_READERS: Dict[str, Callable[[Path], Any]] = {}
 
 
 class Vocabulary:
@@ -50,19 +58,24 @@ AnnotationFiles = Callable[[Path], Mapping[str, Path]]
 
 BENCHMARKS: "OrderedDict[str, BenchmarkLoader]" = OrderedDict()
 BENCHMARK_FILES: Dict[str, AnnotationFiles] = {}
+BENCHMARK_SOURCES: Dict[str, str] = {}  # where to get a benchmark's files (named when they are absent)
 SPLIT_OPTION = "splits"  # the loader option that selects splits (benchmarks registered with splits=True)
 SPLIT_BENCHMARKS: List[str] = []
 
 
-def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False):
+def register_benchmark(name: str, files: Optional[AnnotationFiles] = None, splits: bool = False,
+                       source: Optional[str] = None):
     """Register ``loader(data_root, images, texts, **options) -> Scorer`` under ``name``.
 
     ``files`` names the annotation file of each split (how a partial data root is told apart from
-    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them."""
+    a broken one); with ``splits`` the loader takes ``splits=[...]`` to read only some of them;
+    ``source`` says where to get the files (shown when they are absent)."""
     def decorator(loader: BenchmarkLoader) -> BenchmarkLoader:
         BENCHMARKS[name] = loader
         if files is not None:
             BENCHMARK_FILES[name] = files
+        if source is not None:
+            BENCHMARK_SOURCES[name] = source
         if splits and name not in SPLIT_BENCHMARKS:
             SPLIT_BENCHMARKS.append(name)
         return loader
@@ -88,14 +101,47 @@ def require_dir(path: Path, benchmark: str) -> Path:
     return path
 
 
-def load_json(path: Path, benchmark: str):
+def read_text(path: Path, benchmark: str) -> str:
+    """The text of an annotation file (UTF-8; a leading byte-order mark, as spreadsheet programs
+    write, is dropped); ValueError naming the file when it cannot be read or is not UTF-8."""
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
+            return f.read()
+    except OSError as e:  # e.g. no read permission
+        raise ValueError(f"{benchmark}: cannot read {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{benchmark}: {path} is not UTF-8 text (byte {e.start}: {e.reason}); the release's "
+                         f"files are UTF-8: re-download or re-export it") from e
+
+
+def _unique_keys(path: Path, benchmark: str):
+    def hook(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                # json.load would keep the last one and silently drop the other item
+                raise ValueError(f"{benchmark}: {path} has the key {key!r} twice in one object (a damaged or "
+                                 f"concatenated file); each item id must be unique")
+            seen.add(key)
+        return dict(pairs)
+    return hook
+
+
+def load_json(path: Path, benchmark: str):
+    """A JSON annotation file; ValueError naming the file for invalid JSON, non-UTF-8 text and an
+    object with a repeated key."""
+    text = read_text(path, benchmark)
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys(path, benchmark))
     except json.JSONDecodeError as e:
-        size = path.stat().st_size
-        hint = " (0-byte file: a failed download?)" if size == 0 else ""
+        hint = " (0-byte file: a failed download?)" if not text else ""
         raise ValueError(f"{benchmark}: {path} is not valid JSON{hint}: {e}") from e
+
+
+def csv_lines(path: Path, benchmark: str) -> io.StringIO:
+    """A CSV annotation file as lines for ``csv.reader`` / ``csv.DictReader`` (read as :func:`read_text`;
+    split at ``\n``, ``\r`` and ``\r\n`` only, as ``open(..., newline="")`` would)."""
+    return io.StringIO(read_text(path, benchmark), newline="")
 
 
 def field(item: Mapping, key: str, source: Path, item_id) -> Any:
@@ -104,6 +150,29 @@ def field(item: Mapping, key: str, source: Path, item_id) -> Any:
     if key not in item:
         raise ValueError(f"{source}: item {item_id!r} lacks field {key!r} (has {sorted(item)})")
     return item[key]
+
+
+def text_field(item: Mapping, key: str, source: Path, item_id) -> str:
+    """``item[key]``, which must be a text (a caption, a file name); ValueError naming the file,
+    the item and the field otherwise (a null or a number would fail in the tokenizer after every
+    image was encoded, or be scored as the text "None")."""
+    value = field(item, key, source, item_id)
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: item {item_id!r}: field {key!r} must be a text, got {value!r:.80}")
+    return value
+
+
+def number_field(item: Mapping, key: str, source: Path, item_id) -> float:
+    """``item[key]`` as a finite float (a number or a numeric text); ValueError naming the file, the
+    item and the field otherwise."""
+    value = field(item, key, source, item_id)
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not np.isfinite(number):
+        raise ValueError(f"{source}: item {item_id!r}: field {key!r} must be a finite number, got {value!r:.80}")
+    return number
 
 
 def check_images(paths: Sequence[Path], folder: Path, source: Path) -> None:
@@ -163,12 +232,12 @@ def coco_caption_splits(data_root: Path, name: str, splits: Sequence[str], image
         rows = {"id": [], "image": [], **{key: [] for key in caption_fields}}
         paths = []
         for item_id, item in items_of(load_json(source, name), source):
-            path = image_dir / field(item, "filename", source, item_id)
+            path = image_dir / text_field(item, "filename", source, item_id)
             paths.append(path)
             rows["id"].append(item_id)
             rows["image"].append(images.add(ImageRef(path)))
             for key, item_field in caption_fields.items():
-                rows[key].append(texts.add(field(item, item_field, source, item_id)))
+                rows[key].append(texts.add(text_field(item, item_field, source, item_id)))
         check_images(paths, image_dir, source)
         per_split[split] = rows
     return per_split
@@ -189,6 +258,20 @@ def pair_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
 def text_similarity(text_features: torch.Tensor, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of each (text, text) index pair -> ``[N]`` float64."""
     return pair_similarity(text_features, text_features, a, b)
+
+
+def option_similarity(image_features: torch.Tensor, text_features: torch.Tensor, image_index: Sequence[int],
+                      option_index, chunk: int = 4096) -> np.ndarray:
+    """Cosine similarity of each item's image with each of its K text options -> ``[N, K]`` float64.
+
+    ``image_index [N]``, ``option_index [N, K]``; float32 products as :func:`pair_similarity`, so equal
+    options score exactly equal; computed ``chunk`` items at a time (25k items x 5 options x 768-d
+    features would otherwise take 400 MB)."""
+    image_index = torch.as_tensor(np.asarray(image_index), dtype=torch.long)
+    option_index = torch.as_tensor(np.asarray(option_index), dtype=torch.long)
+    out = [(image_features[image_index[s:s + chunk], None, :] * text_features[option_index[s:s + chunk]]).sum(-1)
+           for s in range(0, len(image_index), chunk)]
+    return torch.cat(out).double().numpy() if out else np.zeros((0, option_index.shape[-1]))
 
 
 def selection_correct(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

@@ -20,7 +20,8 @@ def sugarcrepe_files(data_root: Path) -> "OrderedDict[str, Path]":
     return OrderedDict((split, Path(data_root) / "sugarcrepe" / f"{split}.json") for split in SUGARCREPE_SPLITS)
 
 
-@register_benchmark("sugarcrepe", files=sugarcrepe_files, splits=True)
+@register_benchmark("sugarcrepe", files=sugarcrepe_files, splits=True,
+                    source="https://github.com/RAIVNLab/sugar-crepe (data/*.json) + COCO 2017 val images in val2017/")
 def load_sugarcrepe(data_root: Path, images: Vocabulary, texts: Vocabulary,
                     splits: Optional[Sequence[str]] = None) -> Scorer:
     """SugarCrepe: ``acc`` per split; ``_average`` has ``micro`` (all items pooled), ``macro`` (mean

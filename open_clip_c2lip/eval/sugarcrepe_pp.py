@@ -32,7 +32,8 @@ def sugarcrepe_pp_files(data_root: Path) -> "OrderedDict[str, Path]":
     return OrderedDict((split, Path(data_root) / "sugarcrepe_pp" / f"{split}.json") for split in SUGARCREPE_PP_SPLITS)
 
 
-@register_benchmark("sugarcrepe_pp", files=sugarcrepe_pp_files, splits=True)
+@register_benchmark("sugarcrepe_pp", files=sugarcrepe_pp_files, splits=True,
+                    source="https://github.com/Sri-Harsha/scpp (data/*.json) + COCO 2017 val images in val2017/")
 def load_sugarcrepe_pp(data_root: Path, images: Vocabulary, texts: Vocabulary,
                        splits: Optional[Sequence[str]] = None) -> Scorer:
     """SugarCrepe++: ``itt`` and ``tot`` per split; ``_average`` holds their macro averages

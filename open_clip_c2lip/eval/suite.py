@@ -12,8 +12,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence
 
-from .core import BENCHMARK_FILES, BENCHMARKS, SPLIT_BENCHMARKS, SPLIT_OPTION, Vocabulary
-from .encode import encode_images, encode_texts
+from .core import BENCHMARK_FILES, BENCHMARK_SOURCES, BENCHMARKS, SPLIT_BENCHMARKS, SPLIT_OPTION, Vocabulary
+from .encode import concat_features, encode_images, encode_texts
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +36,18 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def _listed(files: Sequence[str], most: int = 6) -> str:
+    """``files`` joined with commas, the middle of a long list elided (VL-CheckList has 56 corpora)."""
+    if len(files) <= most:
+        return ", ".join(files)
+    return ", ".join(list(files[:most - 2]) + [f"... ({len(files)} files)", files[-1]])
+
+
+def _where(name: str) -> str:
+    source = BENCHMARK_SOURCES.get(name)
+    return f"; get it from {source}" if source else ""
 
 
 def plan_benchmarks(benchmarks: Sequence[str], data_root, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -72,7 +84,8 @@ def plan_benchmarks(benchmarks: Sequence[str], data_root, options: Optional[Mapp
         expected = [_relative(files[split], data_root) for split in absent]
         if len(absent) == len(files):
             if name in named:
-                raise FileNotFoundError(f"{name}: not found under {data_root} (expected {', '.join(expected)})")
+                raise FileNotFoundError(f"{name}: not found under {data_root} (expected {_listed(expected)})"
+                                        f"{_where(name)}")
             skipped[name] = expected
             continue
         if absent:
@@ -82,18 +95,18 @@ def plan_benchmarks(benchmarks: Sequence[str], data_root, options: Optional[Mapp
             if report:
                 _logger.warning("%s: %d of %d splits are absent under %s (%s); evaluating %s only. Select "
                                 "splits explicitly (--%s-splits) to make a missing one an error", name, len(absent),
-                                len(files), data_root, ", ".join(expected), ", ".join(present),
+                                len(files), data_root, _listed(expected), _listed(present),
                                 name.replace("_", "-"))
         run[name] = opts
     absent_benchmarks = [name for name in skipped if name not in run]
     if not run:
         raise FileNotFoundError(
             f"none of the requested benchmarks is under {data_root}: "
-            + "; ".join(f"{name} (expected {', '.join(files)})" for name, files in skipped.items())
+            + "; ".join(f"{name} (expected {_listed(files)}{_where(name)})" for name, files in skipped.items())
             + ". See --data-root in `python -m open_clip_c2lip.eval --help` for the layout")
     if absent_benchmarks and report:
         _logger.warning("not under %s, skipped: %s. Evaluating %s; choose benchmarks with --benchmark",
-                        data_root, "; ".join(f"{n} ({', '.join(skipped[n])})" for n in absent_benchmarks),
+                        data_root, "; ".join(f"{n} ({_listed(skipped[n])}{_where(n)})" for n in absent_benchmarks),
                         ", ".join(run))
     return run, skipped
 
@@ -115,17 +128,33 @@ def evaluate(model, preprocess: Callable, tokenizer: Callable, benchmarks: Seque
         raise FileNotFoundError(f"--data-root folder not found: {data_root}")
     run, skipped = plan_benchmarks(benchmarks, data_root, options)
     images, texts = Vocabulary(), Vocabulary()
-    scorers = OrderedDict((name, BENCHMARKS[name](data_root, images, texts, **opts)) for name, opts in run.items())
+    scorers, spans = OrderedDict(), []
+    for name, opts in run.items():
+        first_image, first_text = len(images), len(texts)
+        scorers[name] = BENCHMARKS[name](data_root, images, texts, **opts)
+        not_texts = [t for t in texts.items[first_text:] if not isinstance(t, str)]
+        if not_texts:  # the tokenizer would fail on it after every image was encoded
+            raise ValueError(f"{name}: {len(not_texts)} caption(s) read from {data_root} are not texts, e.g. "
+                             f"{not_texts[0]!r:.80}")
+        spans.append((name, first_image, len(images), first_text, len(texts)))
     _logger.info("encoding %d distinct images and %d distinct captions", len(images), len(texts))
     was_training = model.training
     model.eval()
+    image_parts, text_parts = [], []
     try:
-        image_features = encode_images(model, preprocess, images.items, device=device, precision=precision,
-                                       batch_size=batch_size, workers=workers, progress=progress)
-        text_features = encode_texts(model, tokenizer, texts.items, device=device, precision=precision,
-                                     batch_size=batch_size, progress=progress)
+        # benchmark by benchmark (a progress bar each), each encoding only what no earlier one had
+        for name, image_start, image_end, text_start, text_end in spans:
+            if image_end > image_start:
+                image_parts.append(encode_images(
+                    model, preprocess, images.items[image_start:image_end], device=device, precision=precision,
+                    batch_size=batch_size, workers=workers, progress=progress, desc=f"{name} images"))
+            if text_end > text_start:
+                text_parts.append(encode_texts(
+                    model, tokenizer, texts.items[text_start:text_end], device=device, precision=precision,
+                    batch_size=batch_size, progress=progress, desc=f"{name} texts"))
     finally:
         model.train(was_training)
+    image_features, text_features = concat_features(image_parts), concat_features(text_parts)
     results, records = OrderedDict(), []
     for name, scorer in scorers.items():
         results[name], rows = scorer(image_features, text_features)

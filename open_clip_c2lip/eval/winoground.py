@@ -11,8 +11,8 @@ from typing import Mapping, Tuple
 
 import numpy as np
 
-from .core import (ImageRef, Scorer, Vocabulary, check_images, field, fraction, pair_similarity, register_benchmark,
-                   require_dir, require_file, require_items, resolve_image, tied)
+from .core import (ImageRef, Scorer, Vocabulary, check_images, fraction, pair_similarity, read_text,
+                   register_benchmark, require_dir, require_file, require_items, resolve_image, text_field, tied)
 
 ANNOTATION = "examples.jsonl"
 
@@ -25,7 +25,8 @@ def winoground_correct(c0_i0: np.ndarray, c0_i1: np.ndarray, c1_i0: np.ndarray,
     return text, image, text & image
 
 
-@register_benchmark("winoground", files=lambda root: {"winoground": Path(root) / "winoground" / ANNOTATION})
+@register_benchmark("winoground", files=lambda root: {"winoground": Path(root) / "winoground" / ANNOTATION},
+                    source="the gated Hugging Face dataset facebook/winoground (data/examples.jsonl, images)")
 def load_winoground(data_root: Path, images: Vocabulary, texts: Vocabulary) -> Scorer:
     """Winoground: ``text``, ``image``, ``group`` per ``collapsed_tag`` (``all`` without tags);
     ``_average`` is over all items (the official Winoground scores)."""
@@ -34,22 +35,22 @@ def load_winoground(data_root: Path, images: Vocabulary, texts: Vocabulary) -> S
     image_dir = require_dir(data_root / name / "images", name)
     rows = {key: [] for key in ("id", "tag", "i0", "i1", "c0", "c1")}
     paths = []
-    with open(source, "r", encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{source}:{line_number}: invalid JSON line: {e}") from e
-            item_id = item.get("id", line_number) if isinstance(item, Mapping) else line_number
-            for k in (0, 1):
-                path = resolve_image(image_dir, str(field(item, f"image_{k}", source, item_id)))
-                paths.append(path)
-                rows[f"i{k}"].append(images.add(ImageRef(path)))
-                rows[f"c{k}"].append(texts.add(field(item, f"caption_{k}", source, item_id)))
-            rows["id"].append(item_id)
-            rows["tag"].append(str(item.get("collapsed_tag", "all")))
+    lines = read_text(source, name).split("\n")  # JSON Lines: one item per line
+    for line_number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}:{line_number}: invalid JSON line: {e}") from e
+        item_id = item.get("id", line_number) if isinstance(item, Mapping) else line_number
+        for k in (0, 1):
+            path = resolve_image(image_dir, text_field(item, f"image_{k}", source, item_id))
+            paths.append(path)
+            rows[f"i{k}"].append(images.add(ImageRef(path)))
+            rows[f"c{k}"].append(texts.add(text_field(item, f"caption_{k}", source, item_id)))
+        rows["id"].append(item_id)
+        rows["tag"].append(str(item.get("collapsed_tag", "all")))
     require_items(rows["id"], source)
     check_images(paths, image_dir, source)
     tags = np.asarray(rows["tag"], dtype=object)
