@@ -72,6 +72,24 @@ def test_preregistered_families_and_holm():
     assert primary["p_holm"] == pytest.approx(4 / 256) and primary["supported"] is True
 
 
+def test_a_primary_comparison_without_evidence_is_not_supported():
+    """c2lip is 0.1 above siglip in every world; against the control it is 0.05 above in 4 worlds and
+    0.05 below in 4: sign-flip p 1, and Holm over the two primary p values (2/256, 1) gives (4/256, 1)."""
+    metrics = [prereg.PRIMARY_METRIC]
+    worlds = {}
+    for w in range(8):
+        value = {"siglip": 0.5, "c2lip": 0.6, "siglip_concepts": 0.55 if w % 2 else 0.65}
+        worlds[w] = {"runs": {run_name(v, t): _run(v, t, {m: value[v] for m in metrics})
+                              for v in prereg.VARIANTS for t in prereg.TRAIN_SEEDS}}
+    primary = summarize(worlds, list(prereg.VARIANTS), list(prereg.TRAIN_SEEDS))["tests"]["primary"]
+    against_siglip, against_control = primary
+    assert against_siglip["p_holm"] == pytest.approx(4 / 256) and against_siglip["supported"] is True
+    assert against_control["result"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert (against_control["result"]["positive"], against_control["result"]["negative"]) == (4, 4)
+    assert against_control["result"]["p_sign"] == pytest.approx(1.0)
+    assert against_control["p_holm"] == pytest.approx(1.0) and against_control["supported"] is False
+
+
 def test_the_docs_hold_the_printed_preregistration():
     docs = (REPO / "docs" / "demo_study.md").read_text()
     assert prereg.text() in docs

@@ -49,6 +49,33 @@ def test_sign_flip_p_is_the_exact_enumeration():
     assert stats.sign_flip_p([0.0, 0.0, 0.0]) == 1.0
 
 
+def test_sign_flip_p_by_hand():
+    # [1, 2, 3]: the 8 signed sums are ±6, ±4, ±2, 0, 0; only ±6 reach |6|: p = 2/8
+    assert stats.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(0.25)
+    # [1, -2, 3]: observed |sum| 2; |sum| >= 2 for ±6, ±4, ±2 (6 of 8): p = 0.75
+    assert stats.sign_flip_p([1.0, -2.0, 3.0]) == pytest.approx(0.75)
+    # [0.1, 0.1, 0.1, -0.3]: observed sum 0; every pattern is as extreme: p = 1
+    assert stats.sign_flip_p([0.1, 0.1, 0.1, -0.3]) == pytest.approx(1.0)
+    # 4 equal positives: only all + and all − reach 4d: p = 2/16, however large d is
+    assert stats.sign_flip_p([5.0] * 4) == pytest.approx(0.125)
+    # ties that hold in exact arithmetic hold here too, whatever the float rounding of the differences
+    assert stats.sign_flip_p([0.1, 0.2, -0.3]) == 1.0  # 0.1 + 0.2 - 0.3 is 5.6e-17 in floats
+    tied = [0.6 - 0.55, 0.6 - 0.65] * 4  # +-0.05 up to rounding; 70 of the 256 patterns sum to 0
+    assert stats.sign_flip_p(tied) == 1.0
+    assert stats.sign_flip_p([0.6 - 0.55] * 3 + [0.6 - 0.65]) == pytest.approx(_sign_flip_brute_force([1, 1, 1, -1]))
+
+
+def test_bootstrap_interval_by_hand_and_against_the_t_interval():
+    # [0, 1]: a resample's mean is 0, 0.5 or 1 with probability 1/4, 1/2, 1/4, so the 2.5 % and
+    # 97.5 % percentiles are the extremes
+    assert stats.bootstrap_interval([0.0, 1.0]) == pytest.approx((0.0, 1.0))
+    # for many normal values the percentile interval approaches the t interval (both ~ mean ± 1.96 sd/sqrt(n))
+    values = np.random.default_rng(3).normal(0.2, 1.0, 400)
+    boot, t = stats.bootstrap_interval(values), stats.t_interval(values)
+    half = t[1] - np.mean(values)
+    assert abs(boot[0] - t[0]) < 0.1 * half and abs(boot[1] - t[1]) < 0.1 * half
+
+
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
     values = [0.3, 0.1, -0.05, 0.2, 0.25, 0.1, 0.15, 0.2]
     first, again = stats.bootstrap_interval(values), stats.bootstrap_interval(values)

@@ -67,16 +67,27 @@ def t_test_p(values: Sequence[float]) -> Optional[float]:
     return float(_scipy().ttest_1samp(values, 0.0).pvalue)
 
 
+# sign-flip statistics are computed on the differences in units of this (exact integers in float64),
+# so sign patterns whose sums tie mathematically tie exactly (accuracies are multiples of 1/items)
+SIGN_FLIP_QUANTUM = 1e-9
+
+
 def sign_flip_p(values: Sequence[float]) -> Optional[float]:
     """Two-sided p of the exact sign-flip test of mean 0 (all ``2^n`` sign patterns); None for no
-    values."""
+    values.
+
+    The statistic is the sum of the differences rounded to multiples of ``SIGN_FLIP_QUANTUM``: on
+    raw floats, ``0.6 - 0.55`` and ``0.6 - 0.65`` are not exact opposites, and the rounding noise
+    would decide whether a tied sign pattern counts as "as extreme".
+    """
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return None
-    if np.all(values == 0) or len(values) == 1:  # one value: both signs are as extreme
+    units = np.rint(values / SIGN_FLIP_QUANTUM)
+    if np.all(units == 0) or len(values) == 1:  # one value: both signs are as extreme
         return 1.0
-    result = _scipy().permutation_test((values,), np.mean, permutation_type="samples", n_resamples=np.inf,
-                                       alternative="two-sided", vectorized=False)
+    result = _scipy().permutation_test((units,), lambda x, axis: np.sum(x, axis=axis), permutation_type="samples",
+                                       n_resamples=np.inf, alternative="two-sided", vectorized=True)
     return float(result.pvalue)
 
 
