@@ -52,7 +52,7 @@ def test_tables_of_a_nested_study():
     assert report.ordered_metrics(["b", "unseen_pairs/swap_att", "a"]) == ["unseen_pairs/swap_att", "b", "a"]
 
 
-def _figure(worlds, variants=("siglip", "c2lip")):
+def _figure(path, worlds, variants=("siglip", "c2lip")):
     summary = summarize(worlds, list(variants), [0])
     metrics = ["unseen_pairs/swap_att", "unseen_pairs/i2t_R@1", "unseen_pairs/attn_top1", "unseen_pairs/attn_ratio"]
     captured = {}
@@ -60,24 +60,26 @@ def _figure(worlds, variants=("siglip", "c2lip")):
     original = plt.close
     plt.close = lambda fig=None: captured.setdefault("fig", fig)
     try:
-        figures.plot_study("/dev/null", worlds, summary, list(variants), metrics)
+        figures.plot_study(path, worlds, summary, list(variants), metrics)
     finally:
         plt.close = original
     return captured["fig"], summary
 
 
-def test_study_figure_draws_chance_lines_and_no_error_bars_for_one_world():
+def test_study_figure_draws_chance_lines_and_no_error_bars_for_one_world(tmp_path):
     from matplotlib.container import ErrorbarContainer
-    fig, summary = _figure(_worlds(1))
+    fig, summary = _figure(tmp_path / "one.png", _worlds(1))
     _, values_ax, diff_ax = fig.axes
     assert not [c for ax in (values_ax, diff_ax) for c in ax.containers if isinstance(c, ErrorbarContainer)]
     chance = [c for c in values_ax.collections if c.get_label() == "chance" or c.get_linestyle()[0][1]]
     levels = sorted({round(float(seg[0][1]), 3) for c in chance for seg in c.get_segments()})
     assert levels == [2.0, 25.0, 50.0]  # R@1 (the set's random ranking), attn_top1, the pair choice
     matplotlib.pyplot.close(fig)
-    fig, _ = _figure(_worlds(3))
+    fig, _ = _figure(tmp_path / "three.png", _worlds(3))
     bars = [c for ax in fig.axes[1:] for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    assert bars  # with 3 worlds: sd and t-interval bars
+    assert bars  # with 3 worlds: sd and t-interval bars where there is a spread
+    lengths = [abs(seg[1][1] - seg[0][1]) for c in bars for seg in c.lines[2][0].get_segments()]
+    assert lengths and min(lengths) > 0  # attn_ratio, i2t (no spread over worlds): no zero-length bar
     matplotlib.pyplot.close(fig)
 
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from ..fileio.atomic import atomic_output
 from . import preregistration as prereg
 from .analysis import run_name
 
@@ -38,7 +39,7 @@ def _short(metric: str) -> str:
 def plot_study(path, worlds: Mapping[Any, Mapping[str, Any]], summary: Mapping[str, Any], variants: Sequence[str],
                metrics: Sequence[str], title: str = "") -> None:
     """PNG: (a) training curves of every run; (b) per metric and variant the mean over worlds, each
-    world's mean as a dot, ± sd of the world means (no bar with one world), the metric's chance level
+    world's mean as a dot, ± sd of the world means (no bar with one world or no spread), the metric's chance level
     dashed; (c) per comparison the mean paired difference over worlds with its 95 % t interval (none
     with one world) and each world's difference as a dot. The primary endpoint's label is bold."""
     import matplotlib
@@ -73,7 +74,9 @@ def plot_study(path, worlds: Mapping[Any, Mapping[str, Any]], summary: Mapping[s
                 if not item or item["mean"] is None:
                     continue
                 low, high = item.get("low"), item.get("high")
-                error = None if low is None else [[100 * (item["mean"] - low)], [100 * (high - item["mean"])]]
+                # no bar for one world (no spread) or a spread of 0 (a bar of zero length is just its caps)
+                error = None if low is None or high - low <= 0 else [[100 * (item["mean"] - low)],
+                                                                      [100 * (high - item["mean"])]]
                 ax.bar(x, 100 * item["mean"], width, yerr=error, capsize=2 if error else 0, color=colour_of(name),
                        alpha=0.75, label=name if metric == next(m for m in shown if m in per_metric) else None)
                 dots = item.get("points", [])
@@ -120,8 +123,11 @@ def plot_study(path, worlds: Mapping[Any, Mapping[str, Any]], summary: Mapping[s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(str(path)) as partial:
+            fig.savefig(partial, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def attention_example(items: Sequence[Mapping[str, Any]], held_out) -> Optional[Mapping[str, Any]]:
