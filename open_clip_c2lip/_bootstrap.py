@@ -23,8 +23,12 @@ HOOKS = {
                                "open_clip_c2lip.integration.train_main:patch_params_module"),
     "open_clip_train.data": ("open_clip_c2lip.integration.wds:patch_shard_reader",
                              "open_clip_c2lip.integration.train_data:patch_get_data",
-                             "open_clip_c2lip.integration.data_order:patch_data_order"),
-    "open_clip_train.train": ("open_clip_c2lip.integration.train_loop:patch_train",),
+                             "open_clip_c2lip.integration.data_order:patch_data_order",
+                             "open_clip_c2lip.integration.images:patch_image_decoding",
+                             "open_clip_c2lip.integration.csv_data:patch_csv_data"),
+    # concept_usage first: its train_one_epoch wrapper is the inner one
+    "open_clip_train.train": ("open_clip_c2lip.integration.concept_usage:patch_train",
+                              "open_clip_c2lip.integration.train_loop:patch_train"),
 }
 
 # set on a module once its hook ran (idempotency across install() calls, reloads, finder copies)

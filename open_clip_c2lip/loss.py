@@ -19,6 +19,10 @@ Distributed: every rank scores its local image rows against the all-gathered (wi
 concepts of the whole batch; image tokens never leave their rank. Rank ``r`` returns ``W`` times its
 rows' share of the union loss, so the mean over ranks is the union loss and DDP's gradient averaging
 reproduces single-process training exactly.
+
+Usage: after each forward, ``C2LIPLoss.last_concept_usage`` holds the loss's own view of the
+concepts of its local rows (``CONCEPT_USAGE_KEYS``): how many captions had a concept npc and xac can
+learn from, and why the others had none. Computed on the device, never read by the loss (no host sync).
 """
 import warnings
 from typing import Dict, List, Optional, Tuple, Union
@@ -65,6 +69,62 @@ def concept_identities(concept_ids: torch.Tensor) -> torch.Tensor:
 
 
 
+# what ``C2LIPLoss.last_concept_usage`` counts, in this order, for the local rows of one forward. A
+# concept is *usable* when it is a valid slot (``concept_mask``), is not the whole caption (a concept
+# whose token row is its caption's row: in text mode its embedding is the caption's, so npc repeats
+# the contrastive logits) and has at least one negative image in the global batch (there is none when
+# the batch holds one image, or, with ``duplicate_concepts="ignore"``, when every image holds it).
+CONCEPT_USAGE_KEYS = (
+    "samples",                      # captions (local rows)
+    "samples_with_usable_concept",  # captions with at least one usable concept
+    "samples_without_concept",      # captions without a single valid slot: nothing of theirs reaches npc / xac
+    "concept_slots",                # B * P
+    "concepts",                     # valid slots (concept_mask)
+    "whole_caption_concepts",       # valid slots whose concept is the whole caption
+    "concepts_without_negative",    # other valid slots without a negative image in the global batch
+    "usable_concepts",              # valid slots that are neither
+)
+
+
+def images_holding(identities: torch.Tensor) -> torch.Tensor:
+    """How many images hold each identity: ``identities [M, P]`` (``concept_identities``, ``-1`` for an
+    empty slot) -> ``[M * P + 1]`` counts indexed by identity (the last entry: empty slots). An image
+    holding an identity in two slots counts once. Fixed shapes, so no host sync."""
+    images, slots = identities.shape
+    size = images * slots + 1
+    ids = torch.where(identities >= 0, identities, size - 1)
+    keys = (torch.arange(images, device=identities.device).unsqueeze(1) * size + ids).reshape(-1).sort().values
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return torch.zeros(size, dtype=torch.long, device=identities.device).scatter_add_(0, keys % size, first.long())
+
+
+def concept_usage(concept_mask: torch.Tensor, has_negative: torch.Tensor,
+                  caption_ids: Optional[torch.Tensor] = None, concept_ids: Optional[torch.Tensor] = None,
+                  ) -> torch.Tensor:
+    """The counts of ``CONCEPT_USAGE_KEYS`` (int64 ``[8]``, on the mask's device) for ``concept_mask [B, P]``,
+    ``has_negative [B, P]`` (bool: the slot has a negative image in the global batch) and, to tell
+    whole-caption concepts, ``caption_ids [B, L]`` with ``concept_ids [B, P, L]`` (else none counts as one)."""
+    mask = concept_mask.detach()
+    whole = torch.zeros_like(mask)
+    if caption_ids is not None and concept_ids is not None and concept_ids.ndim == 3 \
+            and caption_ids.shape == (concept_ids.shape[0], concept_ids.shape[2]):
+        whole = mask & concept_ids.eq(caption_ids.unsqueeze(1)).all(-1)
+    without_negative = mask & ~whole & ~has_negative
+    usable = mask & ~whole & has_negative
+    counts = [
+        torch.tensor(mask.shape[0], device=mask.device),
+        usable.any(-1).sum(),
+        (~mask.any(-1)).sum(),
+        torch.tensor(mask.numel(), device=mask.device),
+        mask.sum(),
+        whole.sum(),
+        without_negative.sum(),
+        usable.sum(),
+    ]
+    return torch.stack([c.to(torch.long) for c in counts])
+
+
 def _all_gather_rows(tensor: torch.Tensor, sizes: List[int]) -> torch.Tensor:
     """All-gather ``[B_r, ...]`` tensors of all ranks along dim 0, with gradient, -> ``[sum B_r, ...]``.
 
@@ -106,6 +166,9 @@ class C2LIPLoss(nn.Module):
             mode also a concept whose span was not found, i.e. a masked slot). Exact across ranks:
             identities are compared on the gathered ids.
 
+    ``last_concept_usage``: after each forward, the int64 ``[8]`` counts of ``CONCEPT_USAGE_KEYS`` for
+    the local rows (on their device; reading it is the caller's host sync), else None.
+
     No parameters or buffers: ``logit_scale``/``logit_bias`` are the model's. All terms run in (at least)
     fp32, also inside autocast. A term whose weight is 0 is skipped but kept connected to the graph (a zero
     gradient) so DDP without ``find_unused_parameters`` still sees every parameter used.
@@ -131,6 +194,7 @@ class C2LIPLoss(nn.Module):
         self.xac_memory_budget_mb = float(xac_memory_budget_mb)
         self.xac_chunk_size = xac_chunk_size
         self.duplicate_concepts = duplicate_concepts
+        self.last_concept_usage: Optional[torch.Tensor] = None
 
     def extra_repr(self) -> str:
         return (f"npc_weight={self.npc_weight}, xac_weight={self.xac_weight}, "
@@ -139,7 +203,7 @@ class C2LIPLoss(nn.Module):
 
     @staticmethod
     def _check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask,
-                      concept_ids=None):
+                      concept_ids=None, caption_ids=None):
         def fail(problem):
             raise ValueError(f"C2LIPLoss: {problem}")
 
@@ -164,6 +228,11 @@ class C2LIPLoss(nn.Module):
                      f"got {tuple(concept_ids.shape)}")
             if concept_ids.is_floating_point() or concept_ids.is_complex():
                 fail(f"concept_ids must be integer ids, got {concept_ids.dtype}")
+        if caption_ids is not None:
+            if caption_ids.ndim != 2 or caption_ids.shape[0] != batch:
+                fail(f"caption_ids must be [B, L] with B={batch}, got {tuple(caption_ids.shape)}")
+            if caption_ids.is_floating_point() or caption_ids.is_complex():
+                fail(f"caption_ids must be integer ids, got {caption_ids.dtype}")
 
     def _global_columns(self, text_features: torch.Tensor, concept_features: torch.Tensor,
                         concept_mask: torch.Tensor, concept_ids: Optional[torch.Tensor] = None,
@@ -208,29 +277,35 @@ class C2LIPLoss(nn.Module):
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
                 logit_scale: torch.Tensor, logit_bias: Optional[torch.Tensor] = None, *,
                 image_tokens: torch.Tensor, concept_features: torch.Tensor, concept_mask: torch.Tensor,
-                concept_ids: Optional[torch.Tensor] = None,
+                concept_ids: Optional[torch.Tensor] = None, caption_ids: Optional[torch.Tensor] = None,
                 output_dict: bool = False) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         """Local rows: ``image_features``/``text_features [B, D]``, ``image_tokens [B, T, D]``,
         ``concept_features [B, P, D]`` (all L2-normalized), ``concept_mask [B, P]`` (bool); exp'd
         ``logit_scale`` and ``logit_bias`` scalars. ``concept_ids`` ``[B, P]`` or ``[B, P, L]`` (int):
         each slot's identity, equal rows = the same concept (the C2 model passes each concept's token
         row, i.e. its text after the tokenizer's cleaning); an all-zero row is an empty slot. Used
-        (and required) only by ``duplicate_concepts="ignore"``. Returns the weighted terms (dict) or
-        their sum."""
+        (and required) only by ``duplicate_concepts="ignore"``. ``caption_ids [B, L]`` (int, optional):
+        the captions' token rows, which only ``last_concept_usage`` reads (a concept row equal to its
+        caption's is a whole-caption concept). Returns the weighted terms (dict) or their sum."""
         self._check_inputs(image_features, text_features, image_tokens, concept_features, concept_mask,
-                           concept_ids)
+                           concept_ids, caption_ids)
         if self.duplicate_concepts == "ignore" and concept_ids is None:
             raise ValueError("C2LIPLoss(duplicate_concepts='ignore') needs concept_ids [B, P(, L)] in forward "
                              "(the C2 model's training forward returns them)")
         ids = concept_ids if self.duplicate_concepts == "ignore" else None
         with torch.autocast(device_type=image_features.device.type, enabled=False):
-            losses = self._losses(upcast(image_features), upcast(text_features), upcast(logit_scale),
-                                  None if logit_bias is None else upcast(logit_bias),
-                                  upcast(image_tokens), upcast(concept_features), concept_mask, ids)
+            losses, has_negative = self._losses(
+                upcast(image_features), upcast(text_features), upcast(logit_scale),
+                None if logit_bias is None else upcast(logit_bias),
+                upcast(image_tokens), upcast(concept_features), concept_mask, ids)
+        with torch.no_grad():
+            self.last_concept_usage = concept_usage(concept_mask, has_negative, caption_ids, concept_ids)
         return losses if output_dict else sum(losses.values())
 
     def _losses(self, image_features, text_features, logit_scale, logit_bias, image_tokens,
-                concept_features, concept_mask, concept_ids=None) -> Dict[str, torch.Tensor]:
+                concept_features, concept_mask, concept_ids=None) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """The weighted terms, and whether each local slot ``[B, P]`` has a negative image in the
+        global batch (for ``last_concept_usage``)."""
         device = image_features.device
         scale = logit_scale.reshape(())
         bias = image_features.new_zeros(()) if logit_bias is None else logit_bias.reshape(())
@@ -249,10 +324,13 @@ class C2LIPLoss(nn.Module):
         positive = rows[:, None] == (valid // num_slots)[None]
         num_concepts = max(valid.numel(), 1)  # N == 0: empty sums, still wired to the graph
         keep = None
+        has_negative = torch.full(concept_mask.shape, num_texts > 1, dtype=torch.bool, device=device)
         if all_ids is not None:  # duplicate_concepts == "ignore": drop the false-negative pairs
             identities = concept_identities(all_ids)  # [M, P], -1 for empty slots
-            keep = ~duplicate_pairs(identities.index_select(0, rows), identities.reshape(-1).index_select(0, valid),
-                                    positive)
+            local_identities = identities.index_select(0, rows)
+            keep = ~duplicate_pairs(local_identities, identities.reshape(-1).index_select(0, valid), positive)
+            with torch.no_grad():  # a negative needs an image that does not hold the concept
+                has_negative = images_holding(identities)[local_identities.clamp_min(0)] < num_texts
 
         npc_logits = scale * image_features @ concepts.T + bias
         npc = sigmoid_pair_loss(npc_logits, positive, keep) / num_concepts
@@ -269,4 +347,4 @@ class C2LIPLoss(nn.Module):
             "contrastive_loss": world * contrastive,
             "npc_loss": world * self.npc_weight * npc,
             "xac_loss": world * self.xac_weight * xac,
-        }
+        }, has_negative

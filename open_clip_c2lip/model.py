@@ -12,7 +12,9 @@ returns the upstream keys plus
 - ``concept_mask`` ``[B, P]`` (bool): which slots hold a concept;
 - ``concept_ids`` ``[B, P, L]`` (int64): each slot's concept token row from the packed texts (a view).
   Equal rows = the same concept text after the tokenizer's cleaning (truncated to ``L`` tokens), in
-  both concept modes; ``C2LIPLoss(duplicate_concepts="ignore")`` uses it as the concept identity.
+  both concept modes; ``C2LIPLoss(duplicate_concepts="ignore")`` uses it as the concept identity;
+- ``caption_ids`` ``[B, L]`` (int64): the caption rows (a view); a concept row equal to its caption's
+  is a whole-caption concept, which ``C2LIPLoss.last_concept_usage`` does not count as usable.
 
 Each tower runs once: the trunk's tokens give both the pooled feature and ``image_tokens``; in
 ``text`` concept mode the captions and the distinct concept rows share one ``encode_text`` pass
@@ -269,7 +271,8 @@ class C2LIPMixin:
     def forward_concepts(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Images ``[B, 3, H, W]`` and packed texts ``[B, 1+2P, L]`` -> dict of the upstream keys plus
         ``image_tokens [B, T, D]``, ``concept_features [B, P, D]``, ``concept_mask [B, P]``,
-        ``concept_ids [B, P, L]``.
+        ``concept_ids [B, P, L]``, ``caption_ids [B, L]`` (the ids tell ``C2LIPLoss`` which concepts are
+        the same text, and which are their whole caption).
 
         Always a dict, whatever ``output_dict`` says: the extras have no place in the tuple.
         """
@@ -294,7 +297,8 @@ class C2LIPMixin:
         out["image_tokens"] = image_tokens
         out["concept_features"] = text_out["concept_features"]
         out["concept_mask"] = text_out["concept_mask"]
-        out["concept_ids"] = unpack_texts(text)[1]
+        caption_ids, out["concept_ids"], _ = unpack_texts(text)
+        out["caption_ids"] = caption_ids
         return out
 
 

@@ -8,8 +8,9 @@ embeddings of the MAP head's value path (:func:`open_clip_c2lip.model.image_toke
 attention (``T * a_t``, 1 = uniform) and upsampled over the image as the model sees it, on one
 colour scale shared by every panel and centred on uniform (white = 1, red above, blue below), so
 a near-uniform map looks near white: at the training temperature 1 the weights are close to uniform.
+The figure has one row per concept, so captions with many concepts stay readable.
 
-With ``--compare OTHER`` a third row shows ``T * (a_first - a_other)``: green where the first
+With ``--compare OTHER`` a last column shows ``T * (a_first - a_other)``: green where the first
 model attends more, violet where it attends less (matplotlib ``PiYG``, as the paper's Fig. 2).
 
 ``python -m open_clip_c2lip.viz --model C2LIP-Tiny --pretrained epoch_5.pt --image cat.jpg
@@ -18,6 +19,7 @@ model attends more, violet where it attends less (matplotlib ``PiYG``, as the pa
 import argparse
 import io
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -80,52 +82,62 @@ def display_image(model, image: torch.Tensor):
 
 def render(picture, concepts: Sequence[str], maps: Sequence[torch.Tensor], labels: Sequence[str],
            output, temperature: float = 1.0) -> Path:
-    """Write the figure: the image, one row of overlays per model, a difference row for two models.
+    """Write the figure: one row per concept; columns: the image, one overlay per model and, for two
+    models, their difference (first - second).
 
     ``picture [H, W, 3]`` in [0, 1]; ``maps`` one ``[N, H, W]`` tensor per model, relative to
-    uniform attention (``T * a``). Returns the PNG path (written atomically, after checking that
-    its bytes fit; a full disk raises ``diskspace.DiskFullError``).
+    uniform attention (``T * a``). One colour bar per column, shared by its panels, so any number
+    of concepts stays readable. Returns the PNG path (written atomically, after checking that its
+    bytes fit; a full disk raises ``diskspace.DiskFullError``).
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
-    num_rows = len(maps) + (1 if len(maps) == 2 else 0)
-    num_cols = len(concepts) + 1
-    fig, axes = plt.subplots(num_rows, num_cols, figsize=(2.6 * num_cols, 2.7 * num_rows), squeeze=False)
-    # One colour scale for every panel, centred on uniform attention (T * a = 1, white): a near-uniform
+    from matplotlib.ticker import MaxNLocator
+    difference = len(maps) == 2
+    num_rows, num_cols = len(concepts), 1 + len(maps) + int(difference)
+    fig, axes = plt.subplots(num_rows, num_cols, figsize=(2.3 * num_cols, 2.2 * num_rows + 0.9), squeeze=False,
+                             layout="constrained")
+    # One colour scale for every overlay, centred on uniform attention (T * a = 1, white): a near-uniform
     # map (lambda = 1 on cosines) looks near white instead of being stretched to a full per-panel range.
     peak = max(float(m.max()) for m in maps)
     norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(2.0, peak))
-    for row, (label, model_maps) in enumerate(zip(labels, maps)):
+    bound = max(max(float((a - b).abs().max()) for a, b in zip(*maps)), 1e-12) if difference else 1.0
+    overlays, differences = [], []
+    for row, concept in enumerate(concepts):
         axes[row, 0].imshow(picture)
-        axes[row, 0].set_title(label, fontsize=8)
-        for col, (concept, heat) in enumerate(zip(concepts, model_maps), 1):
+        axes[row, 0].set_ylabel(textwrap.fill(concept, 24), fontsize=10)
+        for col, model_maps in enumerate(maps, 1):
+            heat = model_maps[row]
             axes[row, col].imshow(picture)
-            shown = axes[row, col].imshow(heat.numpy(), cmap="RdBu_r", norm=norm, alpha=0.65)
-            axes[row, col].set_title(f"{concept}\n{heat.min():.2f}-{heat.max():.2f} x uniform", fontsize=8)
-            bar = fig.colorbar(shown, ax=axes[row, col], fraction=0.046, pad=0.02)
-            bar.set_label("T·a (1 = uniform)", fontsize=6)
-            bar.ax.tick_params(labelsize=6)
-    if len(maps) == 2:
-        axes[2, 0].imshow(picture)
-        axes[2, 0].set_title(f"difference\ngreen: more in {labels[0]}", fontsize=8)
-        # one symmetric scale for the whole row, so panels compare
-        bound = max(max(float((a - b).abs().max()) for a, b in zip(*maps)), 1e-12)
-        for col, (concept, first, second) in enumerate(zip(concepts, *maps), 1):
-            difference = (first - second).numpy()
-            axes[2, col].imshow(picture, alpha=0.35)
-            shown = axes[2, col].imshow(difference, cmap="PiYG", vmin=-bound, vmax=bound, alpha=0.8)
-            axes[2, col].set_title(f"{concept}\nfirst - second, x uniform", fontsize=8)
-            fig.colorbar(shown, ax=axes[2, col], fraction=0.046, pad=0.02)
+            overlays.append(axes[row, col].imshow(heat.numpy(), cmap="RdBu_r", norm=norm, alpha=0.65))
+            axes[row, col].set_xlabel(f"{float(heat.min()):.2f}–{float(heat.max()):.2f} × uniform", fontsize=8)
+        if difference:
+            axes[row, -1].imshow(picture, alpha=0.35)
+            differences.append(axes[row, -1].imshow((maps[0][row] - maps[1][row]).numpy(), cmap="PiYG",
+                                                    vmin=-bound, vmax=bound, alpha=0.8))
+    titles = ["image"] + [textwrap.fill(label, 24) for label in labels]
+    titles += [textwrap.fill(f"{labels[0]} − {labels[1]}", 24)] if difference else []
+    for col, title in enumerate(titles):
+        axes[0, col].set_title(title, fontsize=10)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"concept attention softmax_t({temperature:g} * cos(c, v_t))", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"concept attention softmax_t({temperature:g} · cos(c, v_t)), relative to uniform", fontsize=10)
+    bars = [(overlays, axes[:, 1:1 + len(maps)], "T·a (1 = uniform attention)")]
+    if difference:
+        bars.append((differences, axes[:, -1:], f"T·Δa; green: more in {labels[0]}"))
+    for shown, columns, label in bars:
+        bar = fig.colorbar(shown[0], ax=list(columns.flat), location="bottom", shrink=0.9, aspect=20 * len(columns[0]),
+                           pad=0.01)
+        bar.set_label(textwrap.fill(label, 30 * len(columns[0])), fontsize=9)
+        bar.locator = MaxNLocator(nbins=4 * len(columns[0]), symmetric=shown is differences)
+        bar.update_ticks()
+        bar.ax.tick_params(labelsize=8)
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, dpi=110, format="png")
+        fig.savefig(buffer, dpi=130, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     data, output = buffer.getvalue(), Path(output)

@@ -1,4 +1,4 @@
-"""Share of the authors' concept negatives that are false in a demo world (benchmarks/demo.md, item 5).
+"""Share of the authors' concept negatives that are false in a demo world (benchmarks/demo.md).
 
 With the authors' labels (docs/method.md §7) the concept of caption j is a negative for every image
 i != j of the batch, even when image i shows that very object. This counts, over sampled training
@@ -7,7 +7,7 @@ shows. No training; a world is given by its flags.
 
 ``python scripts/demo_false_negatives.py`` (this world) and
 ``python scripts/demo_false_negatives.py --grid 4 --jitter 0 --colours red green blue --min-objects 3
---max-objects 3 --held-out-pairs 0`` (the "v0.1 world" of benchmarks/demo.md).
+--max-objects 3 --held-out-block 0`` (the "v0.1 world" of benchmarks/demo.md).
 """
 import random
 import sys

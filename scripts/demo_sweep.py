@@ -2,22 +2,20 @@
 
 Each ``--grid T:W`` point becomes a demo variant ``xac_t{T}_w{W}``: the text-mode ``c2lip`` variant
 with ``--c2lip-xac-temperature T --c2lip-xac-weight W`` (npc weight and everything else unchanged).
-The demo study (``python -m open_clip_c2lip.demo``, same world, budget and report) then trains
-SigLIP, the default ``c2lip`` (temperature 1, weight 0.01) and every grid point on each seed. Seeds
-0-4 are the demo's evaluation worlds and are refused: settings are chosen on validation worlds only.
+The demo (``python -m open_clip_c2lip.demo``, same world, budget and report) then trains SigLIP,
+the default ``c2lip`` (temperature 1, weight 0.01) and every grid point on each world and training
+seed. The pre-registered study's worlds are refused: settings are chosen on validation worlds only.
 
-Writes the demo's outputs under ``--output-dir`` and ``sweep.md``: the study tables (vs SigLIP) and
-the paired difference of every grid point to the default ``c2lip`` with its 95 % t interval.
+Writes the demo's outputs under ``--output-dir`` and ``sweep.md``: the demo's report and the paired
+difference over worlds of every grid point to the default ``c2lip``.
 
-``python scripts/demo_sweep.py --seeds 100 101 102 --grid 1:0.1 1:1 5:0.1 --output-dir /tmp/demo_sweep``
+``python scripts/demo_sweep.py --seeds 300 301 --grid 1:0.1 1:1 5:0.1 --output-dir /tmp/demo_sweep``
 """
 import argparse
 import dataclasses
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
-
-EVALUATION_SEEDS = range(5)
 
 
 def grid_point(text: str) -> Tuple[float, float]:
@@ -49,28 +47,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     own, rest = parser.parse_known_args(argv)
     if "--variants" in rest or "--runs" in rest:
         parser.error("the variants are siglip, c2lip and the grid points")
-    from open_clip_c2lip.demo import cli
-    from open_clip_c2lip.demo.report import difference_table, is_shown
-    from open_clip_c2lip.demo.study import aggregate, metric_names
+    from open_clip_c2lip.demo import cli, preregistration
+    from open_clip_c2lip.demo.analysis import metric_names, summarize
+    from open_clip_c2lip.demo.report import comparison_table, is_shown, ordered_metrics
 
     names = register(own.grid)
     args = cli.parse_args(rest)
-    if set(args.seeds) & set(EVALUATION_SEEDS) or len(args.seeds) < 2:
-        parser.error("--seeds: two or more validation worlds, none of 0-4 (the demo's evaluation worlds)")
+    if set(args.seeds) & set(preregistration.STUDY_WORLDS) or len(args.seeds) < 2:
+        parser.error(f"--seeds: two or more validation worlds, none of {preregistration.STUDY_WORLDS} (the study's)")
     results = cli.main(list(rest) + ["--variants", "siglip", "c2lip", *names])
-    seeds = results["seeds"]
-    summary = aggregate(seeds, ["c2lip", *names], baseline="c2lip")
-    metrics = [m for m in metric_names(seeds) if is_shown(m)]
-    text = (f"# xac sweep on validation worlds {list(seeds)}\n\n`python scripts/demo_sweep.py "
-            f"{' '.join(sys.argv[1:] if argv is None else argv)}`: {results['total_s']:.0f} s, "
-            f"{results['machine']}, load average {results['load_average_start'][0]:.1f} at the start, "
-            f"{results['load_average_end'][0]:.1f} at the end.\n\n## Every variant, mean ± std\n\n"
-            f"{results['tables']['study']}\n\n## Paired difference to SigLIP\n\n{results['tables']['differences']}"
-            f"\n\n## Paired difference to the default c2lip (xac temperature 1, weight 0.01)\n\n"
-            f"{difference_table(summary, names, metrics, baseline='c2lip')}\n")
+    worlds = results["worlds"]
+    summary = summarize(worlds, ["c2lip", *names], args.train_seeds, comparisons=[(n, "c2lip") for n in names])
+    metrics = ordered_metrics([m for m in metric_names(worlds) if is_shown(m)])
+    text = (f"# xac sweep on validation worlds {list(worlds)}\n\n`python scripts/demo_sweep.py "
+            f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
+            f"{(Path(args.output_dir) / 'results.md').read_text()}\n\n"
+            f"## Paired difference to the default c2lip (xac temperature 1, weight 0.01)\n\n"
+            f"{comparison_table(summary, metrics)}\n")
     out = Path(args.output_dir) / "sweep.md"
     out.write_text(text)
-    print(text)
     print(f"written: {out}")
 
 

@@ -1,12 +1,13 @@
-"""Choose the demo world and budget on VALIDATION worlds: train one variant, evaluate every checkpoint.
+"""Choose the demo's settings on VALIDATION worlds: train one variant, evaluate every checkpoint.
 
-The demo's evaluation seeds are 0-4; validation worlds use other seeds (100, 101, ...). For each
-seed this builds the world with the demo's own ``build_world`` (same defaults and flags as
-``python -m open_clip_c2lip.demo``), trains ``--variant`` with the demo's run spec for ``--steps``
-steps split into epochs of ``--every`` steps (one checkpoint per epoch; the cosine schedule spans
-all of them) and prints one markdown row per checkpoint (benchmarks/demo.md, "Selection").
+The pre-registered study's worlds (``preregistration.STUDY_WORLDS``) are refused: every setting is
+chosen on other worlds (``preregistration.VALIDATION_WORLDS``). For each world seed this builds the
+world with the demo's own ``build_world`` (same defaults and flags as ``python -m
+open_clip_c2lip.demo``), trains ``--variant`` with the demo's run spec for ``--steps`` steps split
+into epochs of ``--every`` steps (one checkpoint per epoch; the cosine schedule spans all of them)
+and prints one markdown row per checkpoint (benchmarks/demo.md, "The budget").
 
-``python scripts/demo_validate.py --seeds 100 101 --steps 300 --every 50 --output-dir /tmp/demo_val``
+``python scripts/demo_validate.py --seeds 300 301 --steps 900 --every 300 --output-dir /tmp/demo_val``
 """
 import argparse
 import os
@@ -14,14 +15,19 @@ import sys
 import time
 from pathlib import Path
 
+SHOWN = ("seen_pairs/replace_att", "seen_pairs/replace_obj", "seen_pairs/add_obj", "seen_pairs/swap_att",
+         "seen_pairs/i2t_R@1", "unseen_pairs/replace_obj", "unseen_pairs/swap_att", "unseen_pairs/novel_half")
+
 
 def main(argv=None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
-    from open_clip_c2lip.demo import cli
+    from open_clip_c2lip.demo import cli, preregistration
+    from open_clip_c2lip.demo.analysis import run_name
     from open_clip_c2lip.demo.build import build_world
     from open_clip_c2lip.demo.report import format_metric
+    from open_clip_c2lip.demo.runs import train
     from open_clip_c2lip.demo.study import evaluate_run, flatten_metrics, run_specs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -29,32 +35,32 @@ def main(argv=None) -> None:
     parser.add_argument("--variant", default="siglip")
     own, rest = parser.parse_known_args(argv)
     args = cli.parse_args(rest)
-    if set(args.seeds) & set(range(5)):
-        parser.error("seeds 0-4 are the demo's evaluation worlds: validate on other seeds")
+    if set(args.seeds) & set(preregistration.STUDY_WORLDS):
+        parser.error(f"worlds {preregistration.STUDY_WORLDS} are the study's: validate on other world seeds")
     if args.steps % own.every:
         parser.error("--steps must be a multiple of --every")
     settings = cli.settings_of(args)
     settings.variants = [own.variant]
-    shown = ["seen_pairs/replace_att", "seen_pairs/replace_obj", "seen_pairs/add_obj", "seen_pairs/swap_att",
-             "unseen_pairs/replace_obj", "unseen_pairs/swap_att", "seen_pairs/i2t_R@1"]
-    print("| seed | step | " + " | ".join(shown) + " | train s | load |")
-    print("|" + "---|" * (len(shown) + 4))
+    print("| world | train seed | step | " + " | ".join(SHOWN) + " | train s | load |")
+    print("|" + "---|" * (len(SHOWN) + 5))
     for seed in args.seeds:
-        out = Path(args.output_dir) / f"seed_{seed}"
-        world = build_world(out / "world", args.world, args.num_train, args.num_eval, seed, progress=False)
-        spec = run_specs(settings, seed, world.train_pattern)[own.variant]
-        epochs = args.steps // own.every
-        spec.epochs, spec.save_frequency = epochs, 1
-        spec.train_num_samples = own.every * args.batch_size
-        start = time.perf_counter()
-        from open_clip_c2lip.demo.runs import train
-        train(spec, str(out / "logs"), progress=not args.no_progress)
-        train_s = time.perf_counter() - start
-        for epoch in range(1, epochs + 1):
-            checkpoint = out / "logs" / spec.name / "checkpoints" / f"epoch_{epoch}.pt"
-            metrics = flatten_metrics(evaluate_run(checkpoint, world, args.world))
-            print(f"| {seed} | {epoch * own.every} | " + " | ".join(format_metric(m, metrics.get(m)) for m in shown)
-                  + f" | {train_s:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
+        out = Path(args.output_dir) / f"world_{seed}"
+        world = build_world(out / "world", args.world, args.num_train, args.num_eval, seed, progress=False,
+                            reuse=True)
+        for train_seed in args.train_seeds:
+            spec = run_specs(settings, train_seed, world.train_pattern)[run_name(own.variant, train_seed)]
+            epochs = args.steps // own.every
+            spec.epochs, spec.save_frequency = epochs, 1
+            spec.train_num_samples = own.every * args.batch_size
+            start = time.perf_counter()
+            train(spec, str(out / "logs"), progress=not args.no_progress)
+            train_s = time.perf_counter() - start
+            for epoch in range(1, epochs + 1):
+                checkpoint = out / "logs" / spec.name / "checkpoints" / f"epoch_{epoch}.pt"
+                metrics = flatten_metrics(evaluate_run(checkpoint, world, args.world))
+                print(f"| {seed} | {train_seed} | {epoch * own.every} | "
+                      + " | ".join(format_metric(m, metrics.get(m)) for m in SHOWN)
+                      + f" | {train_s:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""Images + captions -> webdataset shards (``jpg`` / ``txt`` / ``json``) for open_clip_train.
+"""Images + captions -> webdataset shards (image / ``txt`` / ``json``) for open_clip_train.
 
     python scripts/make_shards.py images/ --output-dir shards            # img.jpg + img.txt pairs
     python scripts/make_shards.py train.csv --output-dir shards --csv-img-key filepath --csv-caption-key title
 
 The output folder must not already hold ``PREFIX-NNNNNN.tar`` shards (a rerun with another
 ``--samples-per-shard`` would leave stale ones); ``--overwrite`` replaces the shards an earlier run
-of this script wrote there (listed in ``PREFIX.shards.json``) and deletes nothing else. CSV/TSV lists
-are read like open_clip_train reads them: ``--csv-separator`` defaults to a tab.
+of this script wrote there (listed in ``PREFIX.shards.json``) and deletes nothing else. CSV/TSV/parquet
+tables are read as training reads them: ``--csv-separator`` defaults to a tab, relative image paths
+are relative to the table's folder (a path that names another file relative to the working directory
+is an error naming both).
 
-Keys are the sample's zero-based position in sorted-path (folder) or row (CSV) order, zero-padded;
-json holds ``caption`` and ``source`` (the image path). Non-JPEG images are re-encoded to JPEG. See
-``open_clip_c2lip.fileio.shards`` for the details. Add concepts afterwards with
+Keys are the sample's zero-based position in sorted-path (folder) or row (table) order, zero-padded;
+json holds ``caption`` and ``source`` (the image path). JPEG, PNG and WebP files are stored as they
+are (``jpg`` / ``png`` / ``webp``); other formats are converted to the RGB training sees and stored
+losslessly as ``png``. See ``open_clip_c2lip.fileio.shards`` for the details. Add concepts afterwards with
 ``python -m open_clip_c2lip.concepts 'shards/shard-{000000..N}.tar' --output-dir shards-c``.
 """
 import argparse
@@ -26,7 +29,7 @@ from open_clip_c2lip.fileio.tables import TableError, parse_separator
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("source", help="folder of images with .txt captions beside them, or a .csv/.tsv")
+    parser.add_argument("source", help="folder of images with .txt captions beside them, or a .csv/.tsv/.parquet")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--prefix", default="shard", help="shards are named PREFIX-000000.tar ...")
     parser.add_argument("--samples-per-shard", type=int, default=1000)
@@ -34,7 +37,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--csv-caption-key", default="title")
     parser.add_argument("--csv-separator", default="\\t",
                         help="as open_clip_train's --csv-separator (a tab unless given)")
-    parser.add_argument("--jpeg-quality", type=int, default=95, help="for re-encoded images (1..100)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="count and skip corrupt images / missing captions instead of stopping")
     parser.add_argument("--overwrite", action="store_true",
@@ -46,8 +48,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_prefix(args.prefix)
     except ValueError as exc:
         parser.error(f"--prefix: {exc}")
-    if not 1 <= args.jpeg_quality <= 100:
-        parser.error(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
     try:
         args.csv_separator = parse_separator(args.csv_separator)
     except TableError as exc:
@@ -67,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stats = ShardWriteStats()
     try:
         write_shards(samples, args.output_dir, args.prefix, args.samples_per_shard, skip_bad=args.skip_bad,
-                     quality=args.jpeg_quality, stats=stats, overwrite=args.overwrite)
+                     stats=stats, overwrite=args.overwrite)
     except ShardDirError as exc:
         raise SystemExit(f"error: {exc}")
     except BadSampleError as exc:

@@ -63,25 +63,35 @@ def test_count_in_equals_out_including_last_partial_shard(tmp_path, captions, co
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_images_jpeg_kept_others_reencoded(tmp_path):
+def test_images_training_reads_are_kept_others_converted_losslessly(tmp_path):
+    """JPEG / PNG / WebP bytes and files are stored as they are (training decodes the same bytes with
+    the same function); BMP / TIFF become the RGB a viewer shows, as lossless PNG; a PIL image JPEG."""
+    from open_clip_c2lip.fileio.images import decode_rgb
+
     jpeg = encoded(image(0), "JPEG", quality=80)
-    png = encoded(image(1), "PNG")
-    path = tmp_path / "img.webp"
-    image(2).save(path, format="WEBP", lossless=True)
+    png16 = encoded(Image.fromarray((np.arange(32 * 24, dtype=np.uint16).reshape(24, 32) * 80)), "PNG")
+    webp = tmp_path / "img.webp"
+    image(2).save(webp, format="WEBP", lossless=True)
+    bmp = tmp_path / "img.bmp"
+    image(3).save(bmp, format="BMP")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: a viewer turns it upright
+    # orientation 6: the stored 0th row is the picture's right edge, read top to bottom
+    tiff = encoded(Image.fromarray(np.rot90(np.asarray(image(4))).copy()), "TIFF", exif=exif.tobytes())
     stats = S.ShardWriteStats()
-    samples = [{"jpg": jpeg, "txt": "a"}, {"jpg": png, "txt": "b"}, {"jpg": str(path), "txt": "c"},
-               {"jpg": image(3, mode="RGBA"), "txt": "d"}, {"jpg": tmp_path / "img.webp", "txt": "e"}]
+    samples = [{"jpg": jpeg, "txt": "a"}, {"jpg": png16, "txt": "b"}, {"jpg": str(webp), "txt": "c"},
+               {"jpg": bmp, "txt": "d"}, {"jpg": tiff, "txt": "e"}, {"jpg": image(5, mode="RGBA"), "txt": "f"}]
     paths = S.write_shards(samples, tmp_path / "out", stats=stats)
     got = wds_samples(paths)
-    assert got[0]["jpg"] == jpeg  # byte-for-byte
-    assert stats.reencoded == 4
-    for sample, original in zip(got[1:4], [image(1), image(2), image(3)]):
-        assert sample["jpg"][:3] == S.JPEG_MAGIC
-        decoded = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), dtype=float)
-        assert decoded.shape == (24, 32, 3)
-        error = np.abs(decoded - np.asarray(original.convert("RGB"), dtype=float)).mean()
-        other = np.abs(decoded - np.asarray(image(7), dtype=float)).mean()
-        assert error < 12 < other  # the same picture, up to JPEG loss
+    assert [sorted(k for k in s if not k.startswith("__")) for s in got] == [
+        ["jpg", "txt"], ["png", "txt"], ["txt", "webp"], ["png", "txt"], ["png", "txt"], ["jpg", "txt"]]
+    assert got[0]["jpg"] == jpeg and got[1]["png"] == png16 and got[2]["webp"] == webp.read_bytes()
+    assert stats.reencoded == 3
+    assert np.array_equal(np.asarray(decode_rgb(got[3]["png"])), np.asarray(image(3)))
+    assert np.array_equal(np.asarray(decode_rgb(got[4]["png"])), np.asarray(image(4)))  # upright, exact
+    decoded = np.asarray(Image.open(io.BytesIO(got[5]["jpg"])), dtype=float)
+    error = np.abs(decoded - np.asarray(image(5), dtype=float)).mean()  # alpha 255: the picture itself
+    assert error < 12 < np.abs(decoded - np.asarray(image(7), dtype=float)).mean()
 
 
 def test_deterministic_bytes(tmp_path, captions):
@@ -144,8 +154,8 @@ def test_make_shards_folder(tmp_path, captions, make_shards_main, capsys):
         sample = by_source[relative]
         assert sample["txt"].decode() == captions[i].strip()
         assert json.loads(sample["json"])["caption"] == captions[i].strip()
-        if not relative.endswith(".png"):
-            assert sample["jpg"] == (folder / relative).read_bytes()
+        extension = "png" if relative.endswith(".png") else "jpg"
+        assert sample[extension] == (folder / relative).read_bytes()  # stored as they are
 
 
 def test_make_shards_folder_missing_caption(tmp_path, make_shards_main, capsys):
@@ -261,8 +271,6 @@ def test_interrupted_write_is_still_ours_to_overwrite(tmp_path, captions):
 @pytest.mark.parametrize("flags, message", [
     (["--samples-per-shard", "0"], "--samples-per-shard must be >= 1"),
     (["--samples-per-shard", "-3"], "--samples-per-shard must be >= 1"),
-    (["--jpeg-quality", "0"], "--jpeg-quality must be in 1..100"),
-    (["--jpeg-quality", "101"], "--jpeg-quality must be in 1..100"),
     (["--csv-separator", "ab"], "--csv-separator must be one character"),
 ])
 def test_make_shards_rejects_bad_arguments(tmp_path, make_shards_main, capsys, flags, message):
@@ -309,3 +317,23 @@ def test_prefix_must_be_a_plain_file_name_prefix(tmp_path, captions, make_shards
     with pytest.raises(ValueError, match="plain file-name prefix"):
         S.write_shards([{"jpg": image(0), "txt": "a"}], str(tmp_path / "out"), prefix)
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_make_shards_table_paths_follow_the_one_rule(tmp_path, make_shards_main, monkeypatch):
+    """Relative paths are read from the table's folder, as training reads them; one that names another
+    file relative to the working directory stops the run naming both (it used to pick silently)."""
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    (tmp_path / "run" / "img").mkdir(parents=True)
+    for i in range(2):
+        image(i).save(tmp_path / "data" / "img" / f"{i}.png")
+        image(i + 5).save(tmp_path / "run" / "img" / f"{i}.png")
+    (tmp_path / "data" / "list.tsv").write_text("filepath\ttitle\nimg/0.png\ta dog\nimg/1.png\ta cat\n")
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(SystemExit) as info:
+        make_shards_main([str(tmp_path / "data" / "list.tsv"), "--output-dir", str(tmp_path / "out")])
+    assert str(tmp_path / "data" / "img" / "0.png") in str(info.value)
+    assert str(tmp_path / "run" / "img" / "0.png") in str(info.value)
+    monkeypatch.chdir(tmp_path)  # no img/ here: the table's images, unambiguously
+    assert make_shards_main([str(tmp_path / "data" / "list.tsv"), "--output-dir", str(tmp_path / "out")]) == 0
+    got = wds_samples(sorted((tmp_path / "out").glob("*.tar")))
+    assert [s["png"] for s in got] == [(tmp_path / "data" / "img" / f"{i}.png").read_bytes() for i in range(2)]

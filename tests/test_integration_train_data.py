@@ -17,6 +17,7 @@ import open_clip_train.data as upstream_data
 from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip.integration import runtime
+from open_clip_c2lip.integration.csv_data import TableDataset
 from open_clip_c2lip.integration.train_data import ConceptCsvDataset
 from train_data_fixtures import (  # noqa: F401
     CAPTIONS,
@@ -107,9 +108,9 @@ def test_csv_train_reads_the_concepts_column(tmp_path, c2lip_off):
     args = _args("--train-data", str(csv_path), "--val-data", str(csv_path), "--dataset-type", "csv")
     tokenizer = _tokenizer()
     data = upstream_data.get_data(args, _transforms(), epoch=0, tokenizer=tokenizer)
-    assert upstream_data.CsvDataset.__name__ == "CsvDataset"  # swapped for the train build only
+    assert upstream_data.CsvDataset is TableDataset  # the plugin's CsvDataset; concepts for the train build only
     assert isinstance(data["train"].dataloader.dataset, ConceptCsvDataset)
-    assert type(data["val"].dataloader.dataset) is upstream_data.CsvDataset
+    assert type(data["val"].dataloader.dataset) is TableDataset
     seen = []
     for _, texts in data["train"].dataloader:
         seen += _check_packed_batch(tokenizer, texts, _expected_from_data)

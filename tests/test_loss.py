@@ -319,3 +319,116 @@ def test_largest_accepted_weights_and_temperature_stay_finite():
     for name, value in inputs.items():
         if value.is_floating_point():
             assert torch.isfinite(value.grad).all(), name
+
+
+# ------------------------------------------------------------------------------------------------
+# last_concept_usage: the loss's own view of its concepts
+
+def naive_usage(mask, concept_ids, caption_ids, rule):
+    """``CONCEPT_USAGE_KEYS`` by loops over images and slots, from their definition: a concept is usable
+    if valid, not its caption's row, and some image of the batch is a negative for it (with "ignore":
+    an image none of whose non-empty id rows equals the concept's)."""
+    from open_clip_c2lip.loss import CONCEPT_USAGE_KEYS
+
+    counts = dict.fromkeys(CONCEPT_USAGE_KEYS, 0)
+    images, slots = mask.shape
+
+    def holds(image, row):
+        return any(concept_ids[image, k].any() and torch.equal(concept_ids[image, k], row) for k in range(slots))
+
+    for b in range(images):
+        counts["samples"] += 1
+        counts["samples_without_concept"] += int(not mask[b].any())
+        usable_here = False
+        for k in range(slots):
+            counts["concept_slots"] += 1
+            if not mask[b, k]:
+                continue
+            counts["concepts"] += 1
+            if caption_ids is not None and torch.equal(concept_ids[b, k], caption_ids[b]):
+                counts["whole_caption_concepts"] += 1
+                continue
+            negatives = [i for i in range(images) if i != b and (rule == "negative" or not holds(i, concept_ids[b, k]))]
+            if negatives:
+                counts["usable_concepts"] += 1
+                usable_here = True
+            else:
+                counts["concepts_without_negative"] += 1
+        counts["samples_with_usable_concept"] += int(usable_here)
+    return counts
+
+
+def usage_batch(seed=0):
+    """6 images x 3 slots, ids of length 2 from 3 texts (so duplicates), one concept every image holds,
+    whole-caption concepts, a masked slot that keeps its text (as span mode does), an image without any."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    ids = torch.randint(1, 4, (6, 3, 2), generator=generator)
+    ids[:, 0] = torch.tensor([9, 9])  # slot 0: one text on every image (image 3 keeps it, masked)
+    ids[~mask] = 0
+    ids[3, 0] = torch.tensor([9, 9])
+    captions = torch.randint(20, 30, (6, 2), generator=generator)
+    captions[4] = ids[4, 1]  # image 4's second concept is its whole caption
+    captions[5] = ids[5, 0]  # image 5's only concept is its whole caption
+    batch = make_batch(valid=mask.int().tolist(), seed=seed)
+    batch.update(concept_ids=ids, caption_ids=captions)
+    return batch
+
+
+@pytest.mark.parametrize("rule", ["negative", "ignore"])
+@pytest.mark.parametrize("with_captions", [True, False])
+def test_last_concept_usage_matches_naive_count(rule, with_captions):
+    from open_clip_c2lip.loss import CONCEPT_USAGE_KEYS
+
+    batch = usage_batch()
+    captions = batch["caption_ids"] if with_captions else None
+    loss_fn = C2LIPLoss(duplicate_concepts=rule)
+    assert loss_fn.last_concept_usage is None
+    call(loss_fn, leaves(batch), concept_ids=batch["concept_ids"], caption_ids=captions)
+    got = dict(zip(CONCEPT_USAGE_KEYS, loss_fn.last_concept_usage.tolist()))
+    expected = naive_usage(batch["concept_mask"], batch["concept_ids"], captions, rule)
+    assert got == expected
+    # the example exercises every branch of the definition
+    assert expected["samples_without_concept"] == 1 and expected["usable_concepts"] > 0
+    assert (expected["whole_caption_concepts"] > 0) == with_captions
+    assert (expected["concepts_without_negative"] > 0) == (rule == "ignore")
+
+
+def test_usage_of_one_image_has_no_negative_and_counts_without_ids():
+    from open_clip_c2lip.loss import CONCEPT_USAGE_KEYS
+
+    batch = make_batch(valid=((1, 0, 1),))
+    loss_fn = C2LIPLoss()
+    call(loss_fn, leaves(batch))  # no concept_ids / caption_ids: no concept is a whole caption
+    got = dict(zip(CONCEPT_USAGE_KEYS, loss_fn.last_concept_usage.tolist()))
+    assert got == {"samples": 1, "samples_with_usable_concept": 0, "samples_without_concept": 0, "concept_slots": 3,
+                   "concepts": 2, "whole_caption_concepts": 0, "concepts_without_negative": 2, "usable_concepts": 0}
+
+
+def test_images_holding_counts_each_image_once():
+    from open_clip_c2lip.loss import images_holding
+
+    generator = torch.Generator().manual_seed(1)
+    identities = torch.randint(-1, 4, (7, 5), generator=generator)
+    counts = images_holding(identities)
+    assert counts.shape == (7 * 5 + 1,)
+    for value in range(7 * 5):
+        assert counts[value] == sum(int(value in row.tolist()) for row in identities), value
+
+
+def test_usage_is_not_part_of_the_graph_and_changes_no_loss():
+    batch = usage_batch()
+    plain = call(C2LIPLoss(duplicate_concepts="ignore"), leaves(batch), concept_ids=batch["concept_ids"], output_dict=True)
+    loss_fn = C2LIPLoss(duplicate_concepts="ignore")
+    counted = call(loss_fn, leaves(batch), concept_ids=batch["concept_ids"], caption_ids=batch["caption_ids"],
+                   output_dict=True)
+    assert all(torch.equal(plain[k], counted[k]) for k in plain)
+    assert not loss_fn.last_concept_usage.requires_grad and loss_fn.last_concept_usage.dtype == torch.long
+
+
+def test_bad_caption_ids_name_the_problem():
+    batch = usage_batch()
+    with pytest.raises(ValueError, match=r"caption_ids must be \[B, L\] with B=6"):
+        call(C2LIPLoss(), leaves(batch), caption_ids=batch["caption_ids"][:5])
+    with pytest.raises(ValueError, match="caption_ids must be integer ids"):
+        call(C2LIPLoss(), leaves(batch), caption_ids=batch["caption_ids"].double())

@@ -78,6 +78,36 @@ def loss_and_grads(batch, rank=0, world_size=1, duplicates="negative"):
     return {k: v.detach() for k, v in losses.items()}, dict(zip(names, grads))
 
 
+# rows per rank of the concept-usage check
+USAGE_SIZES = {2: [3, 2], 3: [2, 1, 2]}
+
+
+def usage_union_batch(world_size):
+    """Slot 0: one text on every image of the union (no negative with "ignore"); slot 1: one text on
+    every image of rank 0 only (a negative on the other ranks, none on rank 0 itself); slot 2: whole
+    captions on rank 0, empty elsewhere."""
+    sizes = USAGE_SIZES[world_size]
+    batch = union_batch([[1, 1, 0]] * sum(sizes), seed=7)
+    ids = torch.zeros(sum(sizes), 3, 2, dtype=torch.long)
+    ids[:, 0] = 9
+    ids[:, 1] = torch.arange(10, 10 + sum(sizes)).unsqueeze(1)
+    ids[:sizes[0], 1] = 5
+    captions = torch.arange(30, 30 + 2 * sum(sizes)).view(-1, 2)
+    ids[:sizes[0], 2] = captions[:sizes[0]]
+    batch["concept_mask"] = ids.ne(0).any(-1)
+    batch.update(concept_ids=ids, caption_ids=captions)
+    return batch
+
+
+def concept_usage_of(batch, rank=0, world_size=1, duplicates="negative"):
+    """``C2LIPLoss.last_concept_usage`` of one forward on ``batch``."""
+    loss_fn = C2LIPLoss(rank=rank, world_size=world_size, duplicate_concepts=duplicates, **LOSS_OPTIONS)
+    loss_fn(batch["image_features"], batch["text_features"], batch["logit_scale"], batch["logit_bias"],
+            image_tokens=batch["image_tokens"], concept_features=batch["concept_features"],
+            concept_mask=batch["concept_mask"], concept_ids=batch["concept_ids"], caption_ids=batch["caption_ids"])
+    return loss_fn.last_concept_usage
+
+
 def _worker(rank, world_size, init_file, out_dir):
     faulthandler.enable()  # a C++ abort then prints the Python stack it came from
     torch.set_num_threads(1)
@@ -90,6 +120,12 @@ def _worker(rank, world_size, init_file, out_dir):
             for duplicates in DUPLICATE_RULES:
                 path = os.path.join(out_dir, f"w{world_size}_{index}_{rank}_{duplicates}.pt")
                 torch.save(loss_and_grads(local, rank, world_size, duplicates), path)
+        for duplicates in DUPLICATE_RULES:
+            batch = usage_union_batch(world_size)
+            start = sum(USAGE_SIZES[world_size][:rank])
+            local = {k: (v[start:start + USAGE_SIZES[world_size][rank]] if v.ndim else v) for k, v in batch.items()}
+            torch.save(concept_usage_of(local, rank, world_size, duplicates),
+                       os.path.join(out_dir, f"usage{world_size}_{rank}_{duplicates}.pt"))
         # No rank closes its gloo pairs while a peer may still use them. One CI run lost rank 0 of the
         # 2-process group to a C++ abort ("terminate called without an active exception") where it was
         # not recorded, and ~50 local repeats did not reproduce it: this barrier and the exit below
@@ -160,3 +196,19 @@ def test_duplicates_span_ranks(world_size):
         ignore, _ = loss_and_grads(batch, duplicates="ignore")
         negative, _ = loss_and_grads(batch, duplicates="negative")
         assert abs(ignore["npc_loss"] - negative["npc_loss"]) > 1e-6
+
+
+@pytest.mark.parametrize("duplicates", DUPLICATE_RULES)
+@pytest.mark.parametrize("world_size", sorted(SCENARIOS))
+def test_ranks_count_concept_usage_of_the_union_batch(world_size, duplicates, rank_results):
+    """The ranks' ``last_concept_usage`` add up to the one-process count of the union batch: a concept
+    that every image of rank 0 holds still has its negatives on the other ranks."""
+    from open_clip_c2lip.loss import CONCEPT_USAGE_KEYS
+
+    union = dict(zip(CONCEPT_USAGE_KEYS, concept_usage_of(usage_union_batch(world_size), duplicates=duplicates).tolist()))
+    ranks = sum(torch.load(rank_results / f"usage{world_size}_{rank}_{duplicates}.pt") for rank in range(world_size))
+    assert dict(zip(CONCEPT_USAGE_KEYS, ranks.tolist())) == union
+    images, rank0 = sum(USAGE_SIZES[world_size]), USAGE_SIZES[world_size][0]
+    assert union["whole_caption_concepts"] == rank0
+    assert union["concepts_without_negative"] == (images if duplicates == "ignore" else 0)
+    assert union["usable_concepts"] == (images if duplicates == "ignore" else 2 * images)

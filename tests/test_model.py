@@ -217,9 +217,11 @@ def test_text_mode_concepts_equal_encode_text(models, packed, images, variant):
 @pytest.mark.parametrize("concept_mode", ["text", "span"])
 def test_concept_ids_are_the_packed_concept_rows(models, packed, images, concept_mode):
     """``concept_ids [B, P, L]`` (the identity used by duplicate_concepts="ignore") are the concepts'
-    token rows in both modes, also for a slot that span mode masks ("a blue hat")."""
+    token rows in both modes, also for a slot that span mode masks ("a blue hat"); ``caption_ids
+    [B, L]`` the caption rows."""
     out = c2_copy(models["cls_excluded"], concept_mode)(images, packed)
     assert torch.equal(out["concept_ids"], packed[:, 1:1 + MAX_CONCEPTS])
+    assert torch.equal(out["caption_ids"], packed[:, 0])  # whole-caption concepts: a row equal to this
     assert out["concept_ids"][2, 2].any() and bool(out["concept_mask"][2, 2]) == (concept_mode == "text")
 
 

@@ -123,6 +123,42 @@ def test_labels_tell_two_runs_of_one_architecture_apart():
     assert _label("C2LIP-Tiny", None) == "C2LIP-Tiny"
 
 
+def test_many_concepts_get_one_row_each_at_a_fixed_width(tmp_path):
+    """Seven or more concepts stay readable: rows are added, the panels do not shrink."""
+    picture = np.random.default_rng(0).random((64, 64, 3))
+    sizes = {}
+    for count in (2, 8):
+        maps = [torch.rand(count, 64, 64) * 2, torch.rand(count, 64, 64) * 2]
+        out = viz.render(picture, [f"a red square number {i}" for i in range(count)], maps, ["first", "second"],
+                         tmp_path / f"{count}.png")
+        with Image.open(out) as image:
+            sizes[count] = image.size
+    (width2, height2), (width8, height8) = sizes[2], sizes[8]
+    assert abs(width8 - width2) <= 0.05 * width2  # the same four columns
+    assert height8 > 3 * height2 * 0.8  # six more rows of the same height
+
+
+def test_difference_column_is_green_where_the_first_model_attends_more(tmp_path, monkeypatch):
+    """The last column is first − second on the PiYG scale: green where the first model (C2LIP in the
+    demo) attends more, pink where it attends less, white where both agree; its colour bar says so."""
+    import matplotlib.pyplot as plt
+    kept, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    first, second = torch.ones(1, 8, 8), torch.ones(1, 8, 8)
+    first[0, :, :4], second[0, :, 4:] = 3.0, 3.0  # first attends more on the left half, second on the right
+    viz.render(np.zeros((8, 8, 3)), ["a red bar"], [first, second], ["c2lip", "siglip"], tmp_path / "d.png")
+    fig = kept[0]
+    panel = fig.axes[3]  # image, c2lip, siglip, difference
+    shown = panel.get_images()[-1]
+    rgba = shown.to_rgba(shown.get_array())
+    left, right = rgba[:, :4].reshape(-1, 4).mean(0), rgba[:, 4:].reshape(-1, 4).mean(0)
+    assert left[1] > left[0] + 0.2 and left[1] > left[2] + 0.2  # green
+    assert right[0] > right[1] + 0.2 and right[2] > right[1] + 0.2  # pink (magenta)
+    labels = [ax.get_xlabel() for ax in fig.axes]
+    assert any("green: more in c2lip" in label.replace("\n", " ") for label in labels)
+    close(fig)
+
+
 # ------------------------------------------------------------------------------------------------
 # a full disk and a missing Hub: one error line, nothing partial
 

@@ -10,7 +10,11 @@
 - tables (``.csv``, ``.tsv``, ``.parquet``): a column named ``concepts_key`` is added (replaced if
   present) holding a JSON list per row, e.g. ``["a dog", "a red ball"]``. The caption column is
   ``caption_key`` or, by default, ``caption`` and else open_clip's ``title``. Read and written by
-  ``open_clip_c2lip.fileio.tables`` (the reader training uses).
+  ``open_clip_c2lip.fileio.tables`` (the reader training uses). Relative image paths of column
+  ``image_key`` (default ``filepath``, when present) are rewritten for the output's folder: they name
+  the same files by the rule training reads them with (relative to the table's folder,
+  ``tables.ImagePaths``); a path that names another file relative to the working directory is an
+  error.
 
 A bad sample or row (json that is not an object, non-UTF-8 text, a missing or blank caption, a
 caption spaCy fails on, two members of one extension) raises ``CaptionError`` naming it; with
@@ -39,6 +43,7 @@ from .spacy_pipeline import DEFAULT_SPACY_MODEL
 from .text import DEFAULT_CLEAN
 
 TABLE_CAPTION_KEYS = ("caption", "title")  # default caption column: ours, then open_clip's default
+DEFAULT_IMAGE_KEY = "filepath"  # open_clip_train's --csv-img-key default
 SHARD_CAPTION_KEY = "txt"
 
 
@@ -53,6 +58,7 @@ class AnnotateOptions:
     fallback: bool = True
     clean: str = DEFAULT_CLEAN
     csv_separator: str = "\t"  # open_clip_train's --csv-separator default
+    image_key: Optional[str] = None  # tables: image path column; None: DEFAULT_IMAGE_KEY if present
 
     def extractor(self) -> ConceptExtractor:
         return get_extractor(self.spacy_model, self.batch_size, self.n_process, self.fallback,
@@ -207,6 +213,9 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
         else:
             caption_key = next((k for k in TABLE_CAPTION_KEYS if k in columns), TABLE_CAPTION_KEYS[0])
         tables.require_columns(table, input_path, [caption_key], options.csv_separator, "caption column")
+        image_key = table_image_key(input_path, columns, options)
+        if image_key is not None:
+            table = _relocate_image_paths(table, input_path, image_key, os.path.dirname(output_path) or ".")
     except tables.TableError as exc:
         raise AnnotationError(str(exc)) from exc
     captions = tables.column_values(table, caption_key)
@@ -240,6 +249,37 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
             table[options.concepts_key] = cells
             tables.write_text_table(table, partial, options.csv_separator)
     return stats
+
+
+def table_image_key(path: str, columns: List[str], options: AnnotateOptions) -> Optional[str]:
+    """The image path column of a table: ``options.image_key`` (``TableError`` if absent), else
+    ``DEFAULT_IMAGE_KEY`` when the table has it, else None (nothing to rewrite)."""
+    from ..fileio import tables
+
+    if options.image_key is None:
+        return DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in columns else None
+    if options.image_key not in columns:
+        raise tables.TableError(f"{path}: no image path column {options.image_key!r} (--image-key); columns are "
+                                f"{columns}")
+    return options.image_key
+
+
+def _relocate_image_paths(table, input_path: str, image_key: str, output_folder: str):
+    """``table`` with the relative paths of ``image_key`` rewritten to name the same files from
+    ``output_folder``; ``TableError`` for a cell that is not a path or is ambiguous (``ImagePaths.check``)."""
+    from ..fileio import tables
+
+    cells = tables.column_values(table, image_key)
+    paths = tables.ImagePaths(input_path, image_key)
+    paths.check(cells)
+    moved = [paths.relocated(cell, output_folder) for cell in cells]
+    if hasattr(table, "column_names"):
+        import pyarrow as pa
+
+        index = tables.column_names(table).index(image_key)
+        return table.set_column(index, table.schema.field(index), pa.array(moved, type=table.schema.field(index).type))
+    table[image_key] = moved
+    return table
 
 
 class OutputSpaceError(AnnotationError):

@@ -41,7 +41,7 @@ from ..fileio.atomic import partial_files
 from ..fileio.diskspace import DiskFullError, check_free_space
 from ..fileio.formats import SHARD_SUFFIXES, input_suffix
 from ..fileio.tables import TABLE_SUFFIXES
-from .annotate import AnnotateOptions, OutputSpaceError, annotate_file
+from .annotate import DEFAULT_IMAGE_KEY, AnnotateOptions, OutputSpaceError, annotate_file
 from .extract import DEFAULT_BATCH_SIZE, MAX_LISTED_FAILURES, AnnotationError, ConceptStats
 from .records import FINISHED, RECORD_SUFFIX, REDO, TODO, UNOWNED, output_state, read_record, record_path
 from .spacy_pipeline import DEFAULT_SPACY_MODEL, load_spacy
@@ -139,6 +139,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--csv-separator", default="\\t",
                         help="separator of .csv/.tsv tables, as open_clip_train's --csv-separator "
                              "(default: tab, whatever the extension)")
+    parser.add_argument("--image-key", default=None,
+                        help="tables: column of image paths, whose relative paths are rewritten for the "
+                             "output's folder (default: filepath, open_clip_train's --csv-img-key, when "
+                             "the table has it)")
     parser.add_argument("--processes", type=int, default=1,
                         help="worker processes: over files, then over batches of a file when there are "
                              "fewer files than processes (default: 1)")
@@ -164,7 +168,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.processes < 1 or args.batch_size < 1:
         parser.error("--processes and --batch-size must be >= 1")
     # training refuses an empty --c2lip-concepts-key, so an empty field written here could never be read
-    for flag, value in (("--concepts-key", args.concepts_key), ("--caption-key", args.caption_key)):
+    for flag, value in (("--concepts-key", args.concepts_key), ("--caption-key", args.caption_key),
+                        ("--image-key", args.image_key)):
         if value is not None and not value.strip():
             parser.error(f"{flag} must not be empty")
     try:
@@ -227,6 +232,27 @@ def _check_space(todo: List[str], outputs: Dict[str, str], output_dir: str) -> N
     except DiskFullError as exc:
         raise SystemExit(f"error: {exc} for the {len(todo)} output(s) to write, about as big as their inputs; "
                          "nothing was written: free space or pick another --output-dir") from None
+
+
+def _note_tables_without_image_column(inputs: List[str], args: argparse.Namespace) -> None:
+    """Without ``--image-key``, say which tables have no ``filepath`` column: relative image paths in
+    another column would not be rewritten for the output's folder."""
+    from ..fileio import tables
+
+    if args.image_key is not None:
+        return
+    without = []
+    for path in inputs:
+        if input_suffix(path) in TABLE_SUFFIXES:
+            try:
+                if DEFAULT_IMAGE_KEY not in tables.read_column_names(path, args.csv_separator):
+                    without.append(path)
+            except tables.TableError:
+                pass  # the annotation names it
+    if without:
+        print(f"note: {len(without)} table(s) have no {DEFAULT_IMAGE_KEY!r} column (e.g. {without[0]}): if one holds "
+              "image paths in another column, pass --image-key COLUMN so that relative paths are rewritten for "
+              "--output-dir (training reads them relative to the table's folder)", file=sys.stderr)
 
 
 def _recorded_failures(finished: List[str], outputs: Dict[str, str]) -> ConceptStats:
@@ -316,9 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = AnnotateOptions(
         concepts_key=args.concepts_key, caption_key=args.caption_key, on_error=args.on_error,
         spacy_model=args.spacy_model, batch_size=args.batch_size, fallback=args.fallback, clean=args.clean,
-        csv_separator=args.csv_separator)
+        csv_separator=args.csv_separator, image_key=args.image_key)
     states = {p: TODO if args.overwrite else output_state(p, outputs[p], options) for p in inputs}
     _check_outputs(inputs, outputs, states, args.output_dir)
+    _note_tables_without_image_column(inputs, args)
     finished = [p for p in inputs if states[p] == FINISHED]
     todo = [p for p in inputs if p not in finished]
     file_workers = min(args.processes, max(1, len(todo)))

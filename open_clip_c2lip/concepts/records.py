@@ -33,6 +33,7 @@ def record_options(input_path: str, options) -> Dict[str, Any]:
                 "clean": options.clean, "spacy_model": options.spacy_model, "fallback": options.fallback}
     if input_suffix(input_path) not in SHARD_SUFFIXES:
         recorded["csv_separator"] = options.csv_separator
+        recorded["image_key"] = options.image_key
     return recorded
 
 

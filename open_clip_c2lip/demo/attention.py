@@ -1,7 +1,7 @@
 """Where a model's concept attention goes: mass on the named object's patches (held-out images).
 
 For an image and the phrase of one of its objects ("a red ring"), the XAC attention
-``a_t = softmax_t(λ · cos(c, v_t))`` (``open_clip_c2lip.viz.concept_attention_maps``, METHOD.md §4)
+``a_t = softmax_t(λ · cos(c, v_t))`` (``open_clip_c2lip.viz.concept_attention_maps``; ``loss.concept_attention``)
 is summed over the patches whose centre lies in the object's grid cell. Uniform attention puts
 ``k / T`` there (``k`` object patches of ``T``); the ratio ``mass / (k / T)`` says how many times
 uniform the object gets (1 = no localisation). ``top1`` is the fraction of phrases whose single

@@ -1,7 +1,8 @@
 """The demo's training variants: name -> the loss flags of one ``open_clip_train`` run.
 
-Every variant of a seed shares that seed's world, data order, training seed, batch, steps and
-schedule; only these flags differ (they are the tail of the command, see ``runs.RunSpec.command``).
+Every variant of a world and training seed shares that world's shards, the data order, the
+initialisation, batch, steps and schedule; only these flags differ (they are the tail of the
+command, see ``runs.RunSpec.command``). ``siglip_concepts`` is the control of docs/demo_study.md.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, List
@@ -22,6 +23,9 @@ class LossSettings:
     xac_weight: float = 0.01
     xac_temperature: float = 1.0
     max_concepts: int = 4
+    # mean concepts per image of the training set (the world's mean object count): the npc weight
+    # that makes c2lip's loss without xac SigLIP over [captions; concepts] (siglip_concepts)
+    concepts_per_image: float = 3.0
 
 
 def _c2lip(settings: LossSettings, *, mode: str = "text", npc=None, xac=None, extra=()) -> List[str]:
@@ -40,6 +44,11 @@ VARIANTS: Dict[str, Variant] = {
                           lambda s: _c2lip(s, mode="span")),
     # The ablations change the authors' default (text mode), the variant whose gain they explain; a
     # text-mode step costs ~1.05-1.25x a SigLIP step in this world (benchmarks/demo.md)
+    # SigLIP over [captions; concepts]: L_con + (N/B) L_npc (docs/demo_study.md); N/B, the concepts
+    # per image of a batch, is replaced by its training-set mean
+    "siglip_concepts": Variant("control: SigLIP with every concept as one more caption of its image "
+                               "(c2lip without xac, --c2lip-npc-weight = mean concepts per image)",
+                               lambda s: _c2lip(s, npc=s.concepts_per_image, xac=0.0)),
     "npc_only": Variant("c2lip without xac (--c2lip-xac-weight 0)", lambda s: _c2lip(s, xac=0.0)),
     "xac_only": Variant("c2lip without npc (--c2lip-npc-weight 0)", lambda s: _c2lip(s, npc=0.0)),
     "dup_ignore": Variant("c2lip with duplicate concept texts left out of npc/xac "
@@ -50,6 +59,7 @@ VARIANTS: Dict[str, Variant] = {
 
 BASELINE = "siglip"
 DEFAULT_SINGLE = ("siglip", "c2lip")
+CONTROL = "siglip_concepts"
 
 
 def available(name: str) -> bool:
@@ -64,6 +74,6 @@ def available(name: str) -> bool:
     return any(flag in action.option_strings for action in parser._actions)
 
 
-def default_study() -> List[str]:
+def all_available() -> List[str]:
     """All variants the installed plugin supports, baseline first."""
     return [name for name in VARIANTS if available(name)]

@@ -1,11 +1,17 @@
 """A seeded synthetic world of coloured shapes with captions that list them.
 
 Each scene puts a few objects (shape x colour) on distinct cells of a square grid; with the default
-64 px image and 4 x 4 grid every object fills one 16 px ViT patch. Captions list every object in
+64 px image and 2 x 2 grid every object fills four 16 px ViT patches. Captions list every object in
 random order ("a red bar, a green ring and a blue square"). A bag-of-words model can match
 such captions by their words alone but cannot tell which colour belongs to which shape, the
 binding failure C2LIP targets.
+
+Each world withholds a block of colour-shape pairs from training (``held_out_pairs``): ``k``
+colours x ``k`` shapes, all ``k^2`` combinations. Two objects of the block in one image (different
+colours and shapes) swap into two other pairs of the block, so a binding test on held-out pairs can
+pit a never-seen pair against a never-seen pair (``evalsets.py``).
 """
+import itertools
 import random
 from dataclasses import asdict, dataclass, field
 from typing import AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
@@ -95,9 +101,9 @@ SHAPES = {
 class WorldSpec:
     """What a world may contain; the default is the demo's world (see benchmarks/demo.md).
 
-    ``held_out_pairs`` colour-shape pairs (drawn per world seed by :func:`held_out_pairs`) never
-    occur in any training image or caption; the evaluation reports scenes that contain them
-    separately (compositional generalization).
+    The ``held_out_block`` x ``held_out_block`` colour-shape pairs of :func:`held_out_pairs` (one
+    block per world seed) never occur in any training image or caption; the evaluation reports
+    scenes that contain them separately (compositional generalization).
     """
     # Shapes whose pixel masks differ a lot (square / bar / pole / ring), so shapes are as easy to
     # see as colours; 32 px objects (a 2 x 2 grid on the 64 px image, 4 ViT patches per object)
@@ -118,7 +124,9 @@ class WorldSpec:
     # its shape and a colour swap keeps the caption's bag of words.
     distinct_shapes: bool = True
     distinct_colours: bool = True
-    held_out_pairs: int = 4
+    # k: k colours x k shapes are held out together (k^2 pairs); every colour and shape keeps at
+    # least one trained partner outside the block, so k < min(#colours, #shapes)
+    held_out_block: int = 2
 
     def __post_init__(self):
         unknown = [s for s in self.shapes if s not in SHAPES] + [c for c in self.colours if c not in COLOURS]
@@ -138,9 +146,9 @@ class WorldSpec:
                              f"{self.image_size // self.grid} px cell")
         if self.image_size % self.grid:
             raise ValueError(f"image_size {self.image_size} is not a multiple of grid {self.grid}")
-        if not 0 <= self.held_out_pairs <= min(len(self.shapes), len(self.colours)):
-            raise ValueError(f"held_out_pairs must be in [0, min(#shapes, #colours)] (one per shape and colour), "
-                             f"got {self.held_out_pairs}")
+        if not 0 <= self.held_out_block < min(len(self.shapes), len(self.colours)):
+            raise ValueError(f"held_out_block must be in [0, min(#shapes, #colours) - 1] (each held-out colour and "
+                             f"shape keeps a trained partner), got {self.held_out_block}")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -149,16 +157,25 @@ class WorldSpec:
 Pair = Tuple[str, str]  # (colour, shape)
 
 
-def held_out_pairs(spec: WorldSpec, seed: int) -> FrozenSet[Pair]:
-    """The ``spec.held_out_pairs`` (colour, shape) pairs withheld from training in world ``seed``.
+def held_out_blocks(spec: WorldSpec) -> List[FrozenSet[Pair]]:
+    """Every possible held-out set of ``spec``: ``C(#colours, k) * C(#shapes, k)`` blocks (36 for the
+    default 4 x 4 world and k = 2), in a fixed seeded order."""
+    k = spec.held_out_block
+    blocks = [frozenset(itertools.product(colours, shapes))
+              for colours in itertools.combinations(spec.colours, k)
+              for shapes in itertools.combinations(spec.shapes, k)]
+    random.Random("held-out blocks").shuffle(blocks)
+    return blocks
 
-    A seeded partial matching: each shape and each colour is in at most one held-out pair, so
-    every shape and every colour is still seen in training, with the other colours / shapes.
-    """
-    rng = random.Random(f"held-out pairs {seed}")
-    shapes = rng.sample(spec.shapes, spec.held_out_pairs)
-    colours = rng.sample(spec.colours, spec.held_out_pairs)
-    return frozenset(zip(colours, shapes))
+
+def held_out_pairs(spec: WorldSpec, seed: int) -> FrozenSet[Pair]:
+    """The (colour, shape) pairs withheld from training in world ``seed``: block ``seed mod B`` of
+    :func:`held_out_blocks` (``B`` blocks), so ``B`` consecutive world seeds hold out ``B``
+    different sets. Empty when ``spec.held_out_block`` is 0."""
+    if spec.held_out_block == 0:
+        return frozenset()
+    blocks = held_out_blocks(spec)
+    return blocks[seed % len(blocks)]
 
 @dataclass(frozen=True)
 class Obj:
@@ -169,8 +186,17 @@ class Obj:
 
     @property
     def phrase(self) -> str:
-        article = "an" if self.colour[0] in "aeiou" else "a"
-        return f"{article} {self.colour} {self.shape}"
+        return phrase(self.colour, self.shape)
+
+    @property
+    def pair(self) -> Pair:
+        return (self.colour, self.shape)
+
+
+def phrase(colour: str, shape: str) -> str:
+    """The object phrase of a caption: 'a red bar', 'an orange ring'."""
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {shape}"
 
 
 @dataclass
@@ -204,18 +230,19 @@ def _draw(spec: WorldSpec, rng: random.Random, count: int) -> Scene:
 
 
 def scene_pairs(scene: Scene) -> FrozenSet[Pair]:
-    return frozenset((o.colour, o.shape) for o in scene.objects)
+    return frozenset(o.pair for o in scene.objects)
 
 
 def sample_scene(spec: WorldSpec, rng: random.Random, avoid: AbstractSet[Pair] = frozenset(),
                  require: AbstractSet[Pair] = frozenset(), max_tries: int = 10_000,
-                 count: Optional[int] = None) -> Scene:
+                 count: Optional[int] = None, required: Optional[int] = None) -> Scene:
     """Draw one scene: object count, cells, attributes and caption order.
 
     ``avoid``: no object may be one of these (colour, shape) pairs (training scenes avoid the
     held-out pairs); ``require``: at least one object must be one of them (held-out evaluation
-    scenes). ``count``: the object count (default: uniform on [min_objects, max_objects]).
-    Rejection sampling; raises if ``max_tries`` draws all fail.
+    scenes), exactly ``required`` objects when that is given. ``count``: the object count
+    (default: uniform on [min_objects, max_objects]). Rejection sampling; raises if ``max_tries``
+    draws all fail.
     """
     # the count is drawn once, outside the rejection loop, so it stays uniform on
     # [min_objects, max_objects] whatever the constraints reject (a caption's length is no cue)
@@ -223,13 +250,18 @@ def sample_scene(spec: WorldSpec, rng: random.Random, avoid: AbstractSet[Pair] =
         count = rng.randint(spec.min_objects, spec.max_objects)
     elif not spec.min_objects <= count <= spec.max_objects:
         raise ValueError(f"count {count} outside [{spec.min_objects}, {spec.max_objects}]")
+    if required is not None and not 1 <= required <= count:
+        raise ValueError(f"required {required} outside [1, count={count}]")
     for _ in range(max_tries):
         scene = _draw(spec, rng, count)
         pairs = scene_pairs(scene)
-        if pairs & avoid or (require and not pairs & require):
+        hits = len(pairs & require)
+        if pairs & avoid or (require and not hits) or (required is not None and hits != required):
             continue
         return scene
-    raise ValueError(f"no scene of {spec} avoids {sorted(avoid)} and contains one of {sorted(require)}")
+    wanted = f"{required} of" if required is not None else "one of"
+    raise ValueError(f"no scene of {count} objects of {spec} avoids {sorted(avoid)} and contains {wanted} "
+                     f"{sorted(require)}")
 
 
 def balanced_scenes(spec: WorldSpec, num: int, rng: random.Random,

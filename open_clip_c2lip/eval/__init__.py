@@ -1,4 +1,4 @@
-"""Compositionality evaluation suite: the 14 benchmarks of the vl_compo study plus clip_benchmark zero-shot.
+"""Compositionality evaluation suite: the vl_compo study's benchmarks and SugarCrepe++, plus clip_benchmark zero-shot.
 
 Reads the benchmarks' official files from local folders (never downloads) under one ``--data-root``::
 

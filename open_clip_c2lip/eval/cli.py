@@ -1,4 +1,4 @@
-"""Compositionality evaluation suite: SugarCrepe(++), ARO, Winoground, VALSE, ImageCoDe, VL-CheckList, What'sUp.
+"""Compositionality evaluation suite: the vl_compo study's benchmarks and SugarCrepe++ (``core.BENCHMARKS``).
 
 The command line of ``python -m open_clip_c2lip.eval`` (see the package docstring for layout and
 output).

@@ -10,10 +10,14 @@ Writing::
 
 A sample is a dict with
 
-- ``jpg``: JPEG bytes (kept byte-for-byte), other image bytes, a ``PIL.Image`` or an image file
-  path. Anything that is not already JPEG is converted to RGB and re-encoded as JPEG (``quality``),
-  so every sample has a ``jpg`` member, which open_clip's pipeline reads. Every image is decoded
-  once to catch corrupt files.
+- ``jpg``: the image: encoded bytes, an image file path or a ``PIL.Image``. Every image is decoded
+  once, by the decoder training uses (``fileio.images.decode_rgb``), to catch corrupt files. Bytes
+  (and files) in a format open_clip_train reads (JPEG, PNG, WebP) are kept byte-for-byte as the
+  sample's ``jpg``, ``png`` or ``webp`` member, so training decodes exactly the bytes a table or
+  folder holds, with the same function: identical pixels. Other formats (BMP, GIF, TIFF, ...) are
+  converted to the RGB a viewer shows (``fileio.images.to_rgb``: EXIF orientation, every PIL mode)
+  and written losslessly as ``png``, which decodes to exactly that RGB. A ``PIL.Image`` is
+  converted the same way and written as ``jpg`` (``quality``).
 - ``txt``: the caption (non-blank ``str``), written UTF-8.
 - ``json`` (optional): a dict, written as the sample's ``json`` member.
 - ``key`` (optional): the sample's ``__key__`` (no ``.`` or ``/``). Default: the sample's zero-based
@@ -44,11 +48,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ..messages import excerpt
+from . import images
 from .atomic import write_text
 from .tar import BadSampleError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-JPEG_MAGIC = b"\xff\xd8\xff"
 KEY_DIGITS = 9
 MAX_LISTED_SKIPS = 20
 
@@ -57,14 +61,14 @@ MAX_LISTED_SKIPS = 20
 class ShardWriteStats:
     samples_in: int = 0
     written: int = 0
-    reencoded: int = 0  # images converted to JPEG
+    reencoded: int = 0  # images converted (formats open_clip_train does not read: PNG; PIL images: JPEG)
     skipped: int = 0
     skipped_examples: List[str] = field(default_factory=list)
     shards: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"samples in: {self.samples_in}   written: {self.written}   skipped: {self.skipped}   "
-                 f"re-encoded to JPEG: {self.reencoded}   shards: {len(self.shards)}"]
+                 f"converted: {self.reencoded}   shards: {len(self.shards)}"]
         lines += [f"  skipped {reason}" for reason in self.skipped_examples]
         if self.skipped > len(self.skipped_examples):
             lines.append(f"  ... and {self.skipped - len(self.skipped_examples)} more")
@@ -74,9 +78,16 @@ class ShardWriteStats:
 # ------------------------------------------------------------------------------------------------
 # Writing
 
+def _encoded(image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
 def encode_image(image: Union[bytes, str, os.PathLike, Any], quality: int = 95,
-                 where: str = "image") -> Tuple[bytes, bool]:
-    """JPEG bytes of ``image`` (bytes, path or ``PIL.Image``) and whether it had to be re-encoded."""
+                 where: str = "image") -> Tuple[str, bytes, bool]:
+    """``(member extension, bytes, re-encoded)`` of ``image`` (bytes, path or ``PIL.Image``; see the
+    module docstring). ``BadSampleError`` naming ``where`` for an unreadable or undecodable image."""
     from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
@@ -87,18 +98,20 @@ def encode_image(image: Union[bytes, str, os.PathLike, Any], quality: int = 95,
             raise BadSampleError(f"{where}: cannot read image ({exc})") from exc
     if isinstance(image, (bytes, bytearray)):
         try:
-            decoded = Image.open(io.BytesIO(image))
-            decoded.load()  # full decode: catches truncated/corrupt data that open() alone misses
-        except Exception as exc:
-            raise BadSampleError(f"{where}: corrupt or unsupported image ({type(exc).__name__}: {exc})") from exc
-        if bytes(image[:3]) == JPEG_MAGIC:
-            return bytes(image), False
-        image = decoded
+            rgb = images.decode_rgb(image, where)  # the full decode: catches truncated and corrupt data
+        except images.ImageDecodeError as exc:
+            raise BadSampleError(str(exc)) from exc
+        extension = images.training_extension(Image.open(io.BytesIO(image)))  # reads the header only
+        if extension is not None:
+            return extension, bytes(image), False
+        return "png", _encoded(rgb, "PNG"), True
     if not isinstance(image, Image.Image):
         raise BadSampleError(f"{where}: image must be bytes, a path or a PIL.Image, got {type(image).__name__}")
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue(), True
+    try:
+        rgb = images.to_rgb(image)
+    except images.ImageDecodeError as exc:
+        raise BadSampleError(f"{where}: {exc}") from exc
+    return "jpg", _encoded(rgb, "JPEG", quality=quality), True
 
 
 def _member(name: str, data: bytes) -> Tuple[tarfile.TarInfo, bytes]:
@@ -121,8 +134,8 @@ def _sample_members(sample: Dict[str, Any], key: str, quality: int, where: str
         raise BadSampleError(f"{where}: json must be a dict, got {type(meta).__name__}")
     if "jpg" not in sample:
         raise BadSampleError(f"{where}: no image (jpg)")
-    image, reencoded = encode_image(sample["jpg"], quality, where)
-    members = [_member(f"{key}.jpg", image), _member(f"{key}.txt", caption.encode("utf-8"))]
+    extension, image, reencoded = encode_image(sample["jpg"], quality, where)
+    members = [_member(f"{key}.{extension}", image), _member(f"{key}.txt", caption.encode("utf-8"))]
     if meta is not None:
         members.append(_member(f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8")))
     return members, reencoded
@@ -329,20 +342,25 @@ def samples_from_folder(folder: str) -> Iterator[Dict[str, Any]]:
 
 def samples_from_csv(path: str, img_key: str = "filepath", caption_key: str = "title",
                      sep: str = "\t") -> Iterator[Dict[str, Any]]:
-    """Samples from a CSV/TSV of image paths (relative to the CSV's folder unless absolute) and captions.
+    """Samples from a CSV/TSV/parquet table of image paths and captions.
 
-    Read (now, so a bad table raises ``tables.TableError`` here) by ``open_clip_c2lip.fileio.tables.read_table``:
-    cells as text; ``sep`` default a tab, as open_clip_train's ``--csv-separator``."""
+    Read now (a bad table raises ``tables.TableError`` here) by ``open_clip_c2lip.fileio.tables``, as
+    training reads it: cells as text; ``sep`` default a tab, as open_clip_train's ``--csv-separator``;
+    relative image paths relative to the table's folder, a path that names another file relative to
+    the working directory an error naming both (``tables.ImagePaths``)."""
     from . import tables
 
     table = tables.read_table(path, sep)
     tables.require_columns(table, path, [img_key, caption_key], sep)
-    base = os.path.dirname(os.path.abspath(path))
+    images_column = tables.column_values(table, img_key)
+    captions = tables.column_values(table, caption_key)
+    paths = tables.ImagePaths(path, img_key)
+    paths.check(images_column)
 
     def samples() -> Iterator[Dict[str, Any]]:
-        for row, (image, caption) in enumerate(zip(table[img_key], table[caption_key])):
+        for row, (image, caption) in enumerate(zip(images_column, captions)):
             source = f"{path} row {row} ({image})"
-            yield {"jpg": os.path.join(base, image), "txt": caption,
+            yield {"jpg": paths.resolve(image), "txt": caption,
                    "json": {"caption": caption, "source": image}, "source": source}
 
     return samples()

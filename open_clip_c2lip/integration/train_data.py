@@ -8,9 +8,10 @@ explicitly. One builder per upstream dataset function (``TRAIN_BUILDERS``):
 
 - webdataset: ``wds.build_wds_train``; concepts come from ``json[concepts_key]`` (else the authors'
   ``nounphrases``).
-- CSV: ``ConceptCsvDataset`` replaces ``CsvDataset`` for the train build only; the concepts column
-  holds a JSON list of strings per row and is validated when the dataset is built (errors name the
-  file and row).
+- tables (CSV/TSV/parquet): ``ConceptCsvDataset`` replaces ``CsvDataset`` (the plugin's
+  ``csv_data.TableDataset``) for the train build only; the concepts column holds a JSON list of
+  strings per row (or a list column) and is validated when the dataset is built (errors name the
+  file and row); skipped images are counted in the packer's counters.
 - synthetic: concepts are extracted on the fly.
 
 A sample without concepts has them extracted on the fly with spaCy (slow: warned once per process,
@@ -31,13 +32,11 @@ import re
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-import torch
-from PIL import Image
-
 from ..config import C2LIPConfig
 from ..packing import SpacyConceptExtractor, TextPacker
 from . import WRAPPED, runtime
 from .counters import CountingPacker, ReportingLoader, SharedCounters
+from .csv_data import TableDataset
 from .wds import AUTHORS_CONCEPTS_KEY, build_wds_train
 
 _logger = logging.getLogger(__name__)
@@ -193,46 +192,37 @@ def _parse_concepts_cell(cell: Any, where: str) -> Optional[List[str]]:
     return cell
 
 
-class ConceptCsvDataset(torch.utils.data.Dataset):
-    """open_clip_train's ``CsvDataset`` plus a concepts column (a JSON list of strings per row).
+class ConceptCsvDataset(TableDataset):
+    """The train table with a concepts column (a JSON list of strings per row, or a list column).
 
-    Built with the same arguments as ``CsvDataset`` (``tokenizer`` is the packer). The table is read
-    by ``open_clip_c2lip.fileio.tables.read_table``, as the concepts CLI reads it: every cell is text (a
-    caption "N/A" or "null" is that text), only an empty cell is empty. Rows are checked when the
-    dataset is built: a blank caption or malformed concepts raise an error naming the file and row.
-    Rows with no concepts cell (or no concepts column at all) are extracted on the fly.
+    ``integration.csv_data.TableDataset`` (the plugin's ``CsvDataset``: CSV/TSV/parquet read as the
+    concepts CLI reads them, image paths relative to the table's folder, images decoded as a viewer
+    shows them, missing or undecodable images skipped, named and counted) plus concepts: each row's
+    cell is checked when the dataset is built (errors name the file and row); rows with no concepts
+    cell (or no concepts column at all) are extracted on the fly. Built with ``CsvDataset``'s
+    arguments (``tokenizer`` is the packer, whose counters receive the skips).
     """
 
     def __init__(self, input_filename, transforms, img_key, caption_key, sep="\t", tokenizer=None,
                  concepts_key: str = "concepts"):
+        self.concepts_key = concepts_key
+        super().__init__(input_filename, transforms, img_key, caption_key, sep=sep, tokenizer=tokenizer,
+                         count=tokenizer.count if isinstance(tokenizer, TextPacker) else None)
+
+    def read_columns(self, table) -> None:
         from ..fileio import tables
 
-        frame = tables.read_table(input_filename, sep)
-        tables.require_columns(frame, input_filename, [img_key, caption_key], sep)
-        self.images = frame[img_key].tolist()
-        self.captions = [None if _is_missing(c) else str(c) for c in frame[caption_key].tolist()]
-        column = next((key for key in (concepts_key, AUTHORS_CONCEPTS_KEY) if key in frame.columns), None)
-        cells = frame[column].tolist() if column is not None else [None] * len(frame)
-        self.concepts = []
-        for row, (caption, cell) in enumerate(zip(self.captions, cells)):
-            where = f"{input_filename} row {row} (line {row + 2})"
-            if caption is None or not caption.strip():
-                raise ValueError(f"{where}: empty caption in column {caption_key!r}")
-            self.concepts.append(_parse_concepts_cell(cell, where))
+        columns = tables.column_names(table)
+        column = next((key for key in (self.concepts_key, AUTHORS_CONCEPTS_KEY) if key in columns), None)
+        cells = tables.column_values(table, column) if column is not None else [None] * len(self.captions)
+        self.concepts = [_parse_concepts_cell(cell, self.where(row)) for row, cell in enumerate(cells)]
         if column is None:
             _logger.warning(
-                f"C2LIP: {input_filename} has no {concepts_key!r} or {AUTHORS_CONCEPTS_KEY!r} column; all "
+                f"C2LIP: {self.table_path} has no {self.concepts_key!r} or {AUTHORS_CONCEPTS_KEY!r} column; all "
                 "concepts are extracted on the fly with spaCy (slow)")
-        self.transforms = transforms
-        self.tokenize = tokenizer
 
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __getitem__(self, idx: int):
-        images = self.transforms(Image.open(str(self.images[idx])))
-        texts = self.tokenize([(self.captions[idx], self.concepts[idx])])[0]
-        return images, texts
+    def text(self, row: int):
+        return self.tokenize([(self.captions[row], self.concepts[row])])[0]
 
 
 # ------------------------------------------------------------------------------------------------
