@@ -105,51 +105,57 @@ def _outputs(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def one_run(tmp_path_factory, coco):
+    """The inputs, one run's outputs, and a new output folder next to that run's (the table's relative
+    image paths are rewritten for the output's folder, so outputs compare byte for byte only at the
+    same place relative to the inputs)."""
     root = tmp_path_factory.mktemp("tasks")
     inputs = _inputs(root / "in", coco)
     assert C.main([str(p) for p in inputs] + ["--output-dir", str(root / "one"), "--quiet"]) == 0
-    return inputs, _outputs(root / "one")
+    folders = (root / f"out-{i}" for i in range(1000))
+    return inputs, _outputs(root / "one"), lambda: next(folders)
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
-def test_k_tasks_one_after_another_write_one_runs_outputs(tmp_path, one_run, count, monkeypatch, capsys):
-    inputs, (expected, records) = one_run
+def test_k_tasks_one_after_another_write_one_runs_outputs(one_run, count, monkeypatch, capsys):
+    inputs, (expected, records), new_folder = one_run
+    out = new_folder()
     annotated = []
     original = cli.annotate_file
     monkeypatch.setattr(cli, "annotate_file", lambda path, *a, **k: annotated.append(path) or original(path, *a, **k))
     rng = random.Random(count)
     for index in range(count):
         order = rng.sample(inputs, len(inputs))  # each task's shell expanded the glob differently
-        assert C.main([str(p) for p in order] + ["--output-dir", str(tmp_path / "out"), "--quiet",
+        assert C.main([str(p) for p in order] + ["--output-dir", str(out), "--quiet",
                                                  "--task-index", str(index), "--task-count", str(count)]) == 0
         text = capsys.readouterr().out
         if count > 1:
             assert text.count(f"task {index} of {count} (0-based; --task-index/--task-count): ") == 2  # start, summary
     assert sorted(annotated) == sorted(str(p) for p in inputs)  # every input exactly once
-    assert _outputs(tmp_path / "out") == (expected, records)  # byte-identical to one run
+    assert _outputs(out) == (expected, records)  # byte-identical to one run
     # a rerun of every task finds its share finished and annotates nothing
     annotated.clear()
     for index in range(count):
-        assert C.main([str(p) for p in inputs] + ["--output-dir", str(tmp_path / "out"), "--quiet",
+        assert C.main([str(p) for p in inputs] + ["--output-dir", str(out), "--quiet",
                                                   "--task-index", str(index), "--task-count", str(count)]) == 0
     assert annotated == [] and "skipped as finished" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_a_slurm_array_of_tasks_at_the_same_time_writes_one_runs_outputs(tmp_path, one_run):
+def test_a_slurm_array_of_tasks_at_the_same_time_writes_one_runs_outputs(one_run):
     """Three processes started together, told their task only by SLURM array variables (--array=1-3),
     writing into one folder."""
-    inputs, (expected, records) = one_run
+    inputs, (expected, records), new_folder = one_run
+    out = new_folder()
     processes = []
     for task_id in (1, 2, 3):
         env = dict(os.environ, OMP_NUM_THREADS="1", SLURM_ARRAY_TASK_ID=str(task_id), SLURM_ARRAY_TASK_MIN="1",
                    SLURM_ARRAY_TASK_MAX="3", SLURM_ARRAY_TASK_COUNT="3", SLURM_ARRAY_TASK_STEP="1")
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "open_clip_c2lip.concepts", *map(str, inputs), "--output-dir", str(tmp_path / "out"),
+            [sys.executable, "-m", "open_clip_c2lip.concepts", *map(str, inputs), "--output-dir", str(out),
              "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     done = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in done]
-    assert _outputs(tmp_path / "out") == (expected, records)
+    assert _outputs(out) == (expected, records)
     shares = []
     for task_id, (out, _) in enumerate(done):
         line = next(line for line in out.splitlines() if line.startswith(f"task {task_id} of 3 "))
