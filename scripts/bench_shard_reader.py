@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Cost of the train reader's truncation check, as a ratio within one run.
+"""Cost of the train reader's damage handling, as a ratio within one run.
 
 Reads one local shard (``--samples`` samples of jpg / txt / json members, ``--image-bytes`` random
-bytes per image) to the end with webdataset's ``tar_file_iterator`` (upstream's reader, no end-of-
-archive check) and with ``open_clip_c2lip.fileio.tar.iter_tar_stream_files`` (the C2LIP train reader:
-same ``tarfile`` stream mode, holds back one sample, checks the end-of-archive blocks). Interleaved
-over ``--rounds``; min and median seconds per pass, and CPU seconds.
+bytes per image) to the end with webdataset's ``tar_file_iterator`` (upstream's reader: ``tarfile``
+stream mode, stops silently at a bad header or a cut) and with
+``open_clip_c2lip.fileio.tar.iter_tar_stream_files`` (the C2LIP train reader: its own forward-only
+header scan, ``fileio.tarscan``, resynchronising after damage; groups samples and judges the ones
+next to damage; checks the end-of-archive blocks). Interleaved over ``--rounds``; min and median
+seconds per pass, and CPU seconds.
 
     OMP_NUM_THREADS=1 python scripts/bench_shard_reader.py --output benchmarks/shard_reader.md
 """
@@ -69,7 +71,7 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     (base, ours) = readers
     lines = [
-        "# Train shard reader: cost of the truncation check", "",
+        "# Train shard reader: cost of the damage handling", "",
         f"`OMP_NUM_THREADS=1 python scripts/bench_shard_reader.py` — one local shard, {args.samples} samples "
         f"x 3 members ({size_mb:.1f} MiB), read to the end, {args.rounds} interleaved rounds after a warm-up; "
         f"webdataset {webdataset.__version__}.",

@@ -13,6 +13,7 @@ import pytest
 
 from open_clip_c2lip import concepts as C
 from open_clip_c2lip.concepts import records
+from tar_damage_fixtures import DAMAGED, coco_samples, damaged_shard, keys_without
 from concepts_fixtures import (  # noqa: F401
     coco,
     coco_all,
@@ -188,14 +189,14 @@ def test_caption_without_text_after_cleaning_is_a_named_failure(tmp_path, captio
     assert code == 1 and "failures: 1" in text and "'bad'" in text and "captions: 1" in text
 
 
-@pytest.mark.parametrize("cut, lost, complete", [
-    ("inside-member", "s5", 5),       # inside s5's jpg data
-    ("at-header", "s4", 4),           # at the header of s4.txt: s4 may be incomplete
-    ("inside-header", "s4", 4),       # half of s4.txt's header
-    ("no-end-blocks", "s7", 7),       # every member written, the writer killed before the end blocks
-    ("half-end-blocks", None, 8),     # one of the two end blocks: every sample is complete
+@pytest.mark.parametrize("cut, lost, kept", [
+    ("inside-member", ["s5"], 5),     # inside s5's jpg data
+    ("at-header", ["s4"], 4),         # at the header of s4.txt: s4 has its jpg only, intact samples have jpg + txt
+    ("inside-header", ["s4"], 4),     # half of s4.txt's header: its name is still legible
+    ("no-end-blocks", [], 8),         # every member written, the writer killed before the end blocks
+    ("half-end-blocks", [], 8),       # one of the two end blocks: every sample is complete
 ])
-def test_cli_damaged_tar_detected_salvaged_and_counted(tmp_path, capsys, cut, lost, complete):
+def test_cli_truncated_tar_keeps_every_complete_sample(tmp_path, capsys, cut, lost, kept):
     src = tmp_path / "d.tar"
     members = eight_sample_shard(src)
     blob = src.read_bytes()
@@ -209,16 +210,71 @@ def test_cli_damaged_tar_detected_salvaged_and_counted(tmp_path, capsys, cut, lo
     with pytest.raises(SystemExit) as info:
         run_cli([src, "--output-dir", tmp_path / "out"])
     message = str(info.value)
-    assert str(src) in message and "truncated or damaged tar" in message
-    assert (f"sample {lost!r}" in message) if lost else "anything after it is lost" in message
+    assert str(src) in message and "truncated tar" in message and "damaged" not in message
+    assert f"{kept} complete samples kept, {len(lost)} lost" in message
+    assert all(f"sample {key!r}" in message for key in lost)
     assert not (tmp_path / "out" / "d.tar").exists()
 
     code, text = run_cli([src, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
-    assert code == 1 and "failures: 1" in text and f"samples salvaged from truncated shards: {complete}" in text
-    assert f"captions: {complete}" in text
+    assert code == 1 and "failures: 1" in text
+    assert f"damaged or truncated shards: 1 ({kept} complete samples kept, {len(lost)} lost)" in text
+    assert f"samples: {kept}   captions: {kept}" in text
     got = read_members(tmp_path / "out" / "d.tar")  # a complete tar of the complete samples
-    assert sorted({m.name.split(".")[0] for m, _ in got}) == [f"s{i}" for i in range(complete)]
-    assert sum(m.name.endswith(".json") for m, _ in got) == complete
+    assert sorted({m.name.split(".")[0] for m, _ in got}) == [f"s{i}" for i in range(kept)]
+    assert sum(m.name.endswith(".json") for m, _ in got) == kept
+
+
+def _bar_total(stderr: str) -> int:
+    """The last count tqdm's bar showed (``N samples [...]``)."""
+    return int(re.findall(r"(\d+) samples \[", stderr)[-1])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("how", ["checksum", "garbled"])
+def test_cli_damaged_headers_keep_every_complete_sample(tmp_path, coco, capsys, how, processes):
+    """Real COCO captions, shards with damaged headers (the cases of ``tar_damage_fixtures.DAMAGED``)
+    and an intact one: without --on-error skip one error naming the shard and the counts, nothing
+    written; with it the complete samples are annotated, and the progress bar, the summary and the
+    per-shard message give the same counts."""
+    cases = ["first-member-mid-shard", "several"]
+    inputs, expected = [], {}
+    for case in cases:
+        samples = coco_samples(coco, 60)
+        path = tmp_path / "in" / f"{case}.tar"
+        path.parent.mkdir(exist_ok=True)
+        damaged_shard(path, samples, DAMAGED[case], how)
+        inputs.append(path)
+        expected[path.name] = (samples, keys_without(samples, DAMAGED[case]))
+    intact = tmp_path / "in" / "intact.tar"
+    make_shard(intact, shard_samples(coco, 100, 20))
+    inputs.append(intact)
+    kept = sum(len(keys) for _, keys in expected.values())
+    lost = 2 * 60 - kept
+    at_least = "" if how == "checksum" else "at least "
+
+    with pytest.raises(SystemExit) as info:
+        run_cli([inputs[0], "--output-dir", tmp_path / "out1"])
+    message = str(info.value)
+    assert message.startswith(f"error: {inputs[0]}: damaged tar: bad tar header at byte ") and "\n" not in message
+    assert f"59 complete samples kept, {at_least}1 lost ('s031')" in message
+    assert not (tmp_path / "out1" / inputs[0].name).exists()
+
+    out = tmp_path / "out"
+    code = C.main([str(p) for p in inputs] + ["--output-dir", str(out), "--on-error", "skip",
+                                              "--processes", str(processes)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"damaged or truncated shards: 2 ({kept} complete samples kept, {at_least}{lost} lost)" in captured.out
+    assert f"samples: {kept + 20}   captions: {kept + 20}" in captured.out and "failures: 2" in captured.out
+    assert _bar_total(captured.err) == kept + 20
+    per_shard = re.findall(r": damaged tar: .*; (\d+) complete samples kept, (?:at least )?(\d+) lost", captured.out)
+    assert sorted(per_shard) == sorted((str(len(keys)), str(60 - len(keys))) for _, keys in expected.values())
+    for name, (samples, keys) in expected.items():
+        got = read_members(out / name)
+        assert [m.name.split(".")[0] for m, _ in got if m.name.endswith(".txt")] == keys
+        captions = dict((key, dict(members)["txt"].decode()) for key, members in samples)
+        concepts = [json.loads(d)["concepts"] for m, d in got if m.name.endswith(".json")]
+        assert concepts == C.extract_concepts([captions[key] for key in keys])
 
 
 def test_complete_tar_reads_without_damage_report(tmp_path):
@@ -305,7 +361,7 @@ def test_cli_cut_compressed_shard_is_detected_salvaged_and_counted(tmp_path, cap
     assert not (tmp_path / "out" / packed.name).exists()
     code, text = run_cli([packed, "--output-dir", tmp_path / "out", "--on-error", "skip"], capsys)
     assert code == 1 and "failures: 1" in text
-    salvaged = int(re.search(r"samples salvaged from truncated shards: (\d+)", text).group(1))
+    salvaged = int(re.search(r"damaged or truncated shards: 1 \((\d+) complete samples kept", text).group(1))
     assert 0 < salvaged < 8 and f"captions: {salvaged}" in text
     import tarfile as _tarfile
     with _tarfile.open(tmp_path / "out" / packed.name, "r:*") as tar:  # a complete archive

@@ -1,6 +1,9 @@
 """``python -m open_clip_c2lip.concepts`` (``open_clip_c2lip.concepts.cli``): exit status, start-up checks, output
 folders, separators, error messages."""
+import collections
+import errno
 import os
+import shutil
 import subprocess
 import sys
 
@@ -150,3 +153,134 @@ def test_cli_refuses_empty_keys(tmp_path, flag):
     with pytest.raises(SystemExit) as info:
         cli._parse_args([str(tmp_path / "a.tar"), "--output-dir", str(tmp_path), flag, " "])
     assert info.value.code == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# A full disk: one error line naming the output and the space it needs, nothing partial
+
+Usage = collections.namedtuple("Usage", "total used free")
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes were written."""
+
+    def __init__(self, f, room: int, path: str):
+        self.f, self.room, self.path = f, room, path
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _disk_full_for(monkeypatch, name: str, room: int = 3000) -> None:
+    """Writes of the output named ``name`` (its partial file) fail with ENOSPC after ``room`` bytes."""
+    from open_clip_c2lip.concepts import annotate
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        return _FullDisk(f, room, path) if "w" in mode and f".{name}." in os.path.basename(path) else f
+
+    monkeypatch.setattr(annotate, "open", full_open, raising=False)
+
+
+def _no_partial_left(folder) -> bool:
+    return not [p for p in os.listdir(folder) if p.endswith(".c2lip-partial")]
+
+
+@pytest.mark.parametrize("processes, on_error", [(1, "raise"), (1, "skip"), (2, "skip")])
+def test_full_disk_while_writing_a_shard_stops_with_one_line(tmp_path, coco, monkeypatch, processes, on_error):
+    inputs = []
+    for name, start in (("a.tar", 0), ("b.tar", 20)):
+        make_shard(tmp_path / name, shard_samples(coco, start, 20))
+        inputs.append(tmp_path / name)
+    out = tmp_path / "out"
+    _disk_full_for(monkeypatch, "b.tar")
+    with pytest.raises(SystemExit) as info:
+        run_cli(inputs + ["--output-dir", out, "--processes", processes, "--on-error", on_error])
+    message = str(info.value)
+    size = (tmp_path / "b.tar").stat().st_size
+    assert message.startswith(f"error: no space left on the device for {out / 'b.tar'}: it needs about {size:,} bytes")
+    assert f"free in {out}" in message and "\n" not in message and "nothing partial is left" in message
+    # a.tar finished (or never started, with two workers it may lose the race); b.tar left nothing
+    assert sorted(os.listdir(out)) in (["a.tar", "a.tar.concepts.json"], []) and _no_partial_left(out)
+    monkeypatch.undo()
+    code, text = run_cli(inputs + ["--output-dir", out])  # disk freed: the rerun goes on
+    assert code == 0 and sorted(os.listdir(out)) == ["a.tar", "a.tar.concepts.json", "b.tar", "b.tar.concepts.json"]
+
+
+def test_full_disk_while_writing_a_table_or_a_record(tmp_path, monkeypatch):
+    from open_clip_c2lip.concepts import records
+    from open_clip_c2lip.fileio import tables
+
+    src = tmp_path / "t.csv"
+    pd.DataFrame({"filepath": ["a.jpg", "b.jpg"], "caption": ["a red ball", "two cats"]}).to_csv(src, sep="\t",
+                                                                                                index=False)
+    out = tmp_path / "out"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for module, name in ((tables, "write_text_table"), (records, "write_text")):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, full)
+            with pytest.raises(SystemExit) as info:
+                run_cli([src, "--output-dir", out, "--on-error", "skip"])
+        assert str(info.value).startswith(f"error: no space left on the device for {out / 't.csv'}: it needs about "
+                                          f"{src.stat().st_size} bytes"), name
+        assert os.listdir(out) == [], name  # no output without its record, no partial
+
+
+def test_full_disk_up_front_names_the_folder_and_the_space(tmp_path, coco, monkeypatch):
+    inputs = []
+    for name, start in (("a.tar", 0), ("b.tar", 20)):
+        make_shard(tmp_path / name, shard_samples(coco, start, 20))
+        inputs.append(tmp_path / name)
+    out = tmp_path / "out"
+    needed = sum(p.stat().st_size for p in inputs)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 12, 10 ** 12 - needed + 1, needed - 1))
+    with pytest.raises(SystemExit) as info:
+        run_cli(inputs + ["--output-dir", out])
+    assert str(info.value) == (
+        f"error: no space left on the device for {out}: it needs about {needed:,} bytes ({needed / 1024:.1f} KiB), "
+        f"{needed - 1:,} bytes ({(needed - 1) / 1024:.1f} KiB) free in {out} for the 2 output(s) to write, about as "
+        "big as their inputs; nothing was written: free space or pick another --output-dir")
+    assert os.listdir(out) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 12, 0, needed))  # exactly enough
+    assert run_cli(inputs + ["--output-dir", out])[0] == 0
+    # a redo frees its earlier output first: the same room is enough again
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 12, 0, 0))
+    assert run_cli(inputs + ["--output-dir", out, "--overwrite"])[0] == 0
+
+
+def test_full_disk_in_a_real_process_prints_no_traceback(tmp_path, coco):
+    src = tmp_path / "b.tar"
+    make_shard(src, shard_samples(coco, 0, 20))
+    out = tmp_path / "out"
+    code = (
+        "import sys, os, errno\n"
+        "from open_clip_c2lip.concepts import annotate, cli\n"
+        "real_open = open\n"
+        "class Full:\n"
+        "    def __init__(self, f): self.f = f\n"
+        "    def write(self, data): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    def __enter__(self): return self\n"
+        "    def __exit__(self, *a): self.f.close()\n"
+        "annotate.open = lambda p, m='r', *a, **k: Full(real_open(p, m, *a, **k)) if 'w' in m else real_open(p, m, *a, **k)\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(src), "--output-dir", str(out)], capture_output=True,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert lines[-1].startswith(f"error: no space left on the device for {out / 'b.tar'}: it needs about")
+    assert [line for line in lines if "error" in line] == lines[-1:] and os.listdir(out) == []

@@ -71,7 +71,7 @@ def test_cli_damaged_tar_rerun_is_not_finished(tmp_path, capsys):
     src.write_bytes(src.read_bytes()[: len(src.read_bytes()) // 2 + 100])
     out = tmp_path / "dout"
     code, text = run_cli([src, "--output-dir", out, "--on-error", "skip"], capsys)
-    assert code == 1 and "salvaged" in text
+    assert code == 1 and "damaged or truncated shards: 1" in text
     code, text = run_cli([src, "--output-dir", out], capsys)
     assert code == 1 and "1 skipped as finished" in text and "failures: 1" in text and "truncated" in text
 

@@ -15,6 +15,8 @@ import torch
 torch.set_num_threads(1)
 
 
+from concepts_fixtures import coco, coco_all  # noqa: F401
+from tar_damage_fixtures import DAMAGED, coco_samples, complete_keys, damaged_shard, gnu_tar, gnu_tar_listing, keys_without
 from tar_fixtures import jpeg, write_tar
 
 from open_clip_c2lip.integration import runtime
@@ -134,8 +136,9 @@ def test_missing_and_unreadable_shards_are_named_counted_and_reported(tmp_path, 
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"shard {missing} does not exist" in m for m in messages)
     # the two samples before the cut train; the message says how much was read
-    assert any(f"shard {tmp_path / 'm-000002.tar'} is truncated" in m and "6 files were read from it" in m
-               and "cut inside member 's2k2.jpg'" in m for m in messages)
+    assert any(f"shard {tmp_path / 'm-000002.tar'} is truncated" in m and "the 2 complete samples it keeps train" in m
+               and "inside member 's2k2.jpg'" in m and "2 complete samples kept, 1 lost ('s2k2')" in m
+               for m in messages)
     assert totals["samples_read"] >= 10
     report = [m for m in messages if m.startswith("C2LIP data counters, epoch 0")]
     assert len(report) == 1 and f"missing={totals['missing_shards']}" in report[0]
@@ -143,8 +146,9 @@ def test_missing_and_unreadable_shards_are_named_counted_and_reported(tmp_path, 
 
 
 def _damaged_shards(root: Path) -> dict:
-    """Shards of 4 samples each (keys ``{name}k0..k3``): intact, gzip, and the three damage kinds of a
-    killed writer — cut inside a member, cut exactly at a header, no end-of-archive blocks."""
+    """Shards of 4 samples each (keys ``{name}k0..k3``): intact, gzip, the three damage kinds of a
+    killed writer — cut inside a member, cut exactly at a header, no end-of-archive blocks — and a
+    damaged header inside the archive (k2.jpg's checksum overwritten)."""
     import gzip
     import tarfile
 
@@ -158,22 +162,31 @@ def _damaged_shards(root: Path) -> dict:
     gz = root / "gz.tar.gz"
     gz.write_bytes(gzip.compress(Path(write_tar(root / "gz.tmp", members("gzip"))).read_bytes()))
     paths["gzip"] = str(gz)
-    for kind in ("in_member", "at_header", "no_end"):
+    for kind in ("in_member", "at_header", "no_end", "bad_header"):
         full = Path(write_tar(root / f"{kind}.full", members(kind))).read_bytes()
         with tarfile.open(root / f"{kind}.full") as tar:
             infos = tar.getmembers()
         third = next(i for i in infos if i.name == f"{kind}k2.jpg")
         end = infos[-1].offset_data + -(-infos[-1].size // 512) * 512  # the last member's padded end
+        if kind == "bad_header":
+            full = bytearray(full)
+            full[third.offset + 148: third.offset + 156] = b"XXXXXXXX"
+            (root / f"{kind}.tar").write_bytes(full)
+            paths[kind] = str(root / f"{kind}.tar")
+            continue
         cut = {"in_member": third.offset_data + 100, "at_header": third.offset, "no_end": end}[kind]
         (root / f"{kind}.tar").write_bytes(full[:cut])
         paths[kind] = str(root / f"{kind}.tar")
     return paths
 
 
-# keys that train from each shard. At a header cut / missing end blocks the last sample read may lack
-# members the writer never wrote: it is dropped, as the concepts CLI drops it (fileio.tar.iter_tar_samples)
-TRAINED_KEYS = {"intact": [0, 1, 2, 3], "gzip": [0, 1, 2, 3], "in_member": [0, 1], "at_header": [0],
-                "no_end": [0, 1, 2]}
+# keys that train from each shard: every complete sample (at a header cut or without end blocks the
+# last sample read holds every member an intact sample of the shard has), as the concepts CLI keeps them
+TRAINED_KEYS = {"intact": [0, 1, 2, 3], "gzip": [0, 1, 2, 3], "in_member": [0, 1], "at_header": [0, 1],
+                "no_end": [0, 1, 2, 3], "bad_header": [0, 1, 3]}
+# samples known lost: the one whose member is cut / whose header is damaged (what a cut file never
+# held is not counted: it is unknown)
+LOST = {"intact": 0, "gzip": 0, "in_member": 1, "at_header": 0, "no_end": 0, "bad_header": 1}
 
 
 class _Counts:
@@ -187,7 +200,7 @@ class _Counts:
 @pytest.mark.parametrize("kind", sorted(TRAINED_KEYS))
 def test_truncated_shards_are_detected_by_the_clis_rule(tmp_path, kind, caplog):
     from open_clip_c2lip.integration.wds import tarfile_to_samples_nothrow
-    from open_clip_c2lip.fileio.tar import TruncatedTarError, iter_tar_samples
+    from open_clip_c2lip.fileio.tar import DamagedTarError, iter_tar_samples
 
     path = _damaged_shards(tmp_path)[kind]
     counts = _Counts()
@@ -196,14 +209,20 @@ def test_truncated_shards_are_detected_by_the_clis_rule(tmp_path, kind, caplog):
     assert [s["__key__"] for s in samples] == [f"{kind}k{i}" for i in TRAINED_KEYS[kind]]
     assert all({"jpg", "txt", "json"} <= set(s) for s in samples)
     damaged = kind not in ("intact", "gzip")
-    assert counts.stats.get("truncated_shards", 0) == int(damaged)
+    assert counts.stats.get("truncated_shards", 0) == int(damaged and kind != "bad_header")
+    assert counts.stats.get("damaged_shards", 0) == int(kind == "bad_header")
+    assert counts.stats.get("lost_samples", 0) == LOST[kind]
     assert counts.stats.get("shards_read", 0) == int(not damaged)
     assert counts.stats.get("unreadable_shards", 0) == 0 and counts.stats["samples_read"] == len(samples)
-    warnings = [r.getMessage() for r in caplog.records if f"shard {path} is truncated" in r.getMessage()]
+    said = "damaged" if kind == "bad_header" else "truncated"
+    warnings = [r.getMessage() for r in caplog.records if f"shard {path} is {said}" in r.getMessage()]
     assert len(warnings) == int(damaged)
+    if damaged:  # the warning's counts are the counters'
+        assert f"the {len(samples)} complete samples it keeps train" in warnings[0]
+        assert f"{len(samples)} complete samples kept, {counts.stats['lost_samples']} lost" in warnings[0]
     if kind != "gzip":  # the CLI's reader (uncompressed tars only) keeps the same samples
         cli = []
-        with contextlib.suppress(TruncatedTarError):
+        with contextlib.suppress(DamagedTarError):
             for sample in iter_tar_samples(path):
                 cli.append(sample.key)
         assert cli == [s["__key__"] for s in samples]
@@ -230,7 +249,8 @@ def test_damaged_gzip_shards_are_counted_as_truncated(tmp_path, damage):
 
 def test_truncated_shards_are_counted_in_the_epoch_report(tmp_path, caplog):
     paths = _damaged_shards(tmp_path)
-    args = _args("--train-data", "::".join(paths[k] for k in ("intact", "in_member", "at_header", "no_end", "gzip")),
+    args = _args("--train-data", "::".join(paths[k] for k in ("intact", "in_member", "at_header", "no_end", "gzip",
+                                                              "bad_header")),
                  "--dataset-type", "webdataset", "--train-num-samples", "12")
     with caplog.at_level(logging.INFO):
         info = _train(args)
@@ -238,12 +258,16 @@ def test_truncated_shards_are_counted_in_the_epoch_report(tmp_path, caplog):
     assert len(batches) == 3
     totals = info.c2lip_counters.totals()
     assert totals["truncated_shards"] >= 3 and totals["truncated_shards"] % 3 == 0
+    assert totals["damaged_shards"] == totals["truncated_shards"] // 3  # one per pass, like the truncated ones
+    assert totals["lost_samples"] == 2 * totals["damaged_shards"]  # in_member's k2 and bad_header's k2
     assert totals["unreadable_shards"] == 0 and totals["missing_shards"] == 0
     messages = [r.getMessage() for r in caplog.records]
-    for kind in ("in_member", "at_header", "no_end"):
-        assert any(f"shard {paths[kind]} is truncated" in m for m in messages), kind
+    for kind in ("in_member", "at_header", "no_end", "bad_header"):
+        said = "damaged" if kind == "bad_header" else "truncated"
+        assert any(f"shard {paths[kind]} is {said}" in m for m in messages), kind
     report = [m for m in messages if m.startswith("C2LIP data counters, epoch 0")]
     assert len(report) == 1 and f"truncated={totals['truncated_shards']}" in report[0]
+    assert f"damaged={totals['damaged_shards']}" in report[0] and f"lost={totals['lost_samples']}" in report[0]
     assert any(r.levelno == logging.WARNING and r.getMessage().startswith("C2LIP data counters, epoch 0")
                for r in caplog.records)
 
@@ -368,3 +392,31 @@ def test_broken_spacy_model_fails_at_get_data_when_extraction_can_happen(tmp_pat
     args = _args("--train-data", str(tmp_path / "t.csv"), "--dataset-type", "csv")
     runtime.configure(C2LIPConfig(max_concepts=3, spacy_model="en_core_web_smm"))
     assert len(_epoch(_train(args))) == 1
+
+
+@pytest.mark.parametrize("how", ["checksum", "garbled"])
+def test_damaged_headers_train_every_complete_sample(tmp_path, coco, how, caplog):
+    """Shards of real COCO captions with damaged headers (first member, mid-sample, last member,
+    several): training reads exactly the samples GNU tar recovers whole, and its warning and
+    counters say how many were kept and lost."""
+    from open_clip_c2lip.integration.wds import tarfile_to_samples_nothrow
+
+    for case, damaged in sorted(DAMAGED.items()):
+        samples = coco_samples(coco, 60)
+        path = tmp_path / f"{case}-{how}.tar"
+        damaged_shard(path, samples, damaged, how)
+        counts = _Counts()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            got = list(tarfile_to_samples_nothrow([{"url": str(path)}], packer=counts))
+        expected = keys_without(samples, damaged)
+        assert [s["__key__"] for s in got] == expected, case
+        if gnu_tar():
+            assert complete_keys(samples, gnu_tar_listing(path)[0]) == expected, case
+        originals = dict(samples)
+        assert all({k: v for k, v in s.items() if not k.startswith("__")} == dict(originals[s["__key__"]]) for s in got)
+        lost = len(samples) - len(expected)
+        assert counts.stats == {"samples_read": len(expected), "damaged_shards": 1, "lost_samples": lost}, case
+        warning, = [r.getMessage() for r in caplog.records if f"shard {path} is damaged" in r.getMessage()]
+        assert f"the {len(expected)} complete samples it keeps train" in warning
+        assert f"{len(expected)} complete samples kept, {'' if how == 'checksum' else 'at least '}{lost} lost" in warning

@@ -5,6 +5,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ SCRIPTS = REPO / "scripts"
 TORCHRUN_SCRIPT = SCRIPTS / "train_c2lip_torchrun.sh"
 SLURM_SCRIPT = SCRIPTS / "train_c2lip_slurm.sbatch"
 ANNOTATE_SCRIPT = SCRIPTS / "annotate_concepts.sh"
+ARRAY_SCRIPT = SCRIPTS / "annotate_concepts_array.sbatch"
 BASH = shutil.which("bash")
 
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash not available")
@@ -23,7 +25,9 @@ TRAIN_ENV = {"TRAIN_DATA": "/data/cc3m_c2lip/{00000..00331}.tar", "LOGS_DIR": "/
 
 def run_script(script: Path, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_DATA", "LOGS_DIR", "SHARDS", "OUTPUT_DIR",
-                                                           "PRECISION", "DRY_RUN", "MASTER_ADDR")}
+                                                           "PRECISION", "DRY_RUN", "MASTER_ADDR", "PROCESSES",
+                                                           "TASK_COUNT")
+           and not k.startswith("SLURM_")}
     env.update(env_extra)
     return subprocess.run([BASH, str(script), *args], env=env, capture_output=True, text=True, timeout=60)
 
@@ -52,7 +56,7 @@ def parse_args():
     upstream_parse_args([])  # parsing without --c2lip-loss clears open_clip_c2lip.integration.runtime
 
 
-@pytest.mark.parametrize("script", [TORCHRUN_SCRIPT, SLURM_SCRIPT, ANNOTATE_SCRIPT], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [TORCHRUN_SCRIPT, SLURM_SCRIPT, ANNOTATE_SCRIPT, ARRAY_SCRIPT], ids=lambda p: p.name)
 def test_bash_syntax(script):
     proc = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -62,6 +66,7 @@ def test_bash_syntax(script):
     (TORCHRUN_SCRIPT, "TRAIN_DATA"), (TORCHRUN_SCRIPT, "LOGS_DIR"),
     (SLURM_SCRIPT, "TRAIN_DATA"), (SLURM_SCRIPT, "LOGS_DIR"),
     (ANNOTATE_SCRIPT, "SHARDS"), (ANNOTATE_SCRIPT, "OUTPUT_DIR"),
+    (ARRAY_SCRIPT, "SHARDS"), (ARRAY_SCRIPT, "OUTPUT_DIR"),
 ], ids=lambda x: getattr(x, "name", x))
 def test_missing_environment_is_a_clear_error(script, missing):
     env = {**TRAIN_ENV, "SHARDS": "in/{0..1}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1"}
@@ -151,6 +156,50 @@ def test_annotate_script_runs_the_concepts_cli():
     assert cli.clean == "canonicalize"  # the recipe trains SigLIP models
 
 
+def test_array_script_gives_each_slurm_task_its_share(monkeypatch):
+    """What an array task of ``sbatch --array=3-6`` runs: the CLI with the task from SLURM's variables."""
+    from open_clip_c2lip.concepts.cli import _parse_args
+    from open_clip_c2lip.concepts.tasks import share
+
+    slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_MAX": "6",
+             "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "1", "SLURM_CPUS_PER_TASK": "8"}
+    command = run_script(ARRAY_SCRIPT, {"SHARDS": "in/{000..009}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1", **slurm},
+                         "--batch-size", "64")
+    assert command.returncode == 0, command.stderr
+    argv = shlex.split(command.stdout)
+    assert argv[1:3] == ["-m", "open_clip_c2lip.concepts"]
+    for name, value in slurm.items():  # the CLI reads them in the task's environment
+        monkeypatch.setenv(name, value)
+    cli = _parse_args(argv[3:])
+    assert cli.inputs == ["in/{000..009}.tar"] and cli.output_dir == "out" and cli.batch_size == 64
+    assert cli.processes == 8 and cli.clean == "canonicalize" and cli.on_error == "skip" and cli.quiet
+    assert (cli.task.index, cli.task.count) == (2, 4)
+    assert [p[-7:] for p in share([f"in/{i:03d}.tar" for i in range(10)], cli.task)] == ["002.tar", "006.tar"]
+    directives = [line.split(None, 1)[1] for line in ARRAY_SCRIPT.read_text().splitlines()
+                  if line.startswith("#SBATCH")]
+    assert any(d.startswith("--array=0-") for d in directives) and "--ntasks=1" in directives
+
+
+def test_array_script_redoes_chosen_tasks_of_a_larger_array(monkeypatch):
+    """``TASK_COUNT=100 sbatch --array=17,42``: a list of ids, which the CLI alone refuses, is tasks 17
+    and 42 of 100; without an array TASK_COUNT is an error."""
+    from open_clip_c2lip.concepts.cli import _parse_args
+
+    slurm = {"SLURM_ARRAY_TASK_ID": "42", "SLURM_ARRAY_TASK_MIN": "17", "SLURM_ARRAY_TASK_MAX": "42",
+             "SLURM_ARRAY_TASK_COUNT": "2"}
+    base = {"SHARDS": "in/{000..999}.tar", "OUTPUT_DIR": "out", "DRY_RUN": "1"}
+    command = run_script(ARRAY_SCRIPT, {**base, **slurm, "TASK_COUNT": "100"})
+    assert command.returncode == 0, command.stderr
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    cli = _parse_args(shlex.split(command.stdout)[3:])
+    assert (cli.task.index, cli.task.count) == (42, 100)
+    with pytest.raises(SystemExit):  # the same array without TASK_COUNT: refused, no share is guessed
+        _parse_args(shlex.split(run_script(ARRAY_SCRIPT, {**base, **slurm}).stdout)[3:])
+    command = run_script(ARRAY_SCRIPT, {**base, "TASK_COUNT": "100"})
+    assert command.returncode != 0 and "TASK_COUNT is for a job array" in command.stderr
+
+
 # ------------------------------------------------------------------------------------------------
 # scripts/bench_step.py (the measurements themselves are benchmarks, not tests)
 
@@ -220,3 +269,37 @@ def test_bench_per_round_ratios():
                       "round_ratios": [r[name] for r in ratios]} for name in ("siglip", "c2lip-span")}
     table = bench.format_table(bench.parse_args([]), results, {"total": 1, "unique": 1})
     assert "| 1.00x | 1.00-1.25x |" in table
+
+
+# ------------------------------------------------------------------------------------------------
+# scripts/bench_concept_tasks.py on a few captions (the rates themselves are benchmarks)
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_concept_tasks_fit_recovers_fixed_cost_and_rate():
+    fit = load_script("bench_concept_tasks").fit
+    # 25,000 captions at 1,000 per CPU s plus 5 CPU s per task: 1 task 30 s, 8 tasks 65 s
+    assert fit(1, 1 * 5.0 + 25.0, 8, 8 * 5.0 + 25.0, 25_000) == pytest.approx((5.0, 1000.0))
+    assert fit(4, 4 * 2.5 + 10.0, 2, 2 * 2.5 + 10.0, 6_000) == pytest.approx((2.5, 600.0))
+
+
+@pytest.mark.slow
+def test_bench_concept_tasks_runs_and_checks_its_outputs(tmp_path, real_data):
+    captions = real_data("coco_captions_val2017.json")
+    report = tmp_path / "tasks.md"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_concept_tasks.py"), "--captions", str(captions),
+                           "--limit", "30", "--shards", "3", "--tasks", "1", "3", "--output", str(report)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    text = report.read_text()
+    assert "Outputs byte-identical for every K and round: True." in text and "`uptime` before:" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 0 |")]
+    assert [int(row[1]) for row in rows] == [1, 3]
+    assert [30 / float(row[2]) for row in rows] == pytest.approx([float(row[4]) for row in rows], abs=1)  # captions/CPU s

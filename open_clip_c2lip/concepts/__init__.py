@@ -15,6 +15,7 @@ Command line: ``python -m open_clip_c2lip.concepts INPUT... --output-dir DIR`` (
 | ``workers`` | worker processes that end with their parent |
 | ``annotate`` | one shard or table annotated into its output |
 | ``records`` | the record next to each finished output: what a rerun skips, redoes or refuses |
+| ``tasks`` | one task's share of the inputs when a cluster array annotates them |
 | ``cli`` | ``python -m open_clip_c2lip.concepts`` |
 """
 from .extract import (DEFAULT_BATCH_SIZE, DEFAULT_CACHE_SIZE, AnnotationError, CaptionError, ConceptExtractor,

@@ -19,9 +19,11 @@
 A bad sample or row (json that is not an object, non-UTF-8 text, a missing or blank caption, a
 caption spaCy fails on, two members of one extension) raises ``CaptionError`` naming it; with
 ``on_error="skip"`` it is counted instead and kept unchanged without concepts. A faulty file raises
-``AnnotationError``; a damaged tar (cut inside a member or a header, or missing its end-of-archive
-blocks) too, or with ``skip`` its complete samples are written and counted as salvaged. Outputs are
-written atomically (``fileio.atomic``) and get their record (``records``).
+``AnnotationError``; a damaged or truncated tar too (``fileio.tar``: bad headers are skipped to the
+next valid one, as GNU tar does), or with ``skip`` every complete sample it keeps is written and
+the kept and lost samples are counted. Outputs are written atomically (``fileio.atomic``) and get
+their record (``records``); a full disk raises ``OutputSpaceError`` naming the output and the space
+it needs, and leaves nothing of it.
 """
 import contextlib
 import json
@@ -31,8 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from ..fileio.atomic import atomic_output
+from ..fileio.diskspace import DiskFullError, disk_full_as_error
 from ..fileio.formats import (COMPRESSORS, SHARD_COMPRESSION, SHARD_SUFFIXES, FormatError, check_shard_format,
-                              decompressed, input_suffix)
+                              input_suffix)
 from .extract import (DEFAULT_BATCH_SIZE, DEFAULT_CACHE_SIZE, AnnotationError, CaptionError, ConceptExtractor,
                       ConceptStats, check_caption, get_extractor)
 from .records import _file_identity, read_record, record_path, write_record
@@ -107,43 +110,32 @@ def annotate_shard(input_path: str, output_path: str, options: AnnotateOptions,
                    progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
     """Copy a webdataset shard adding the concepts to each sample's json (see module docstring).
 
-    A damaged tar (cut inside a member or header, no end-of-archive blocks) raises naming the file
-    and the sample where it breaks; with ``on_error='skip'`` the complete samples before the damage
-    are written, counted as salvaged, and the damage counted as a failure. A compressed shard
-    (``SHARD_COMPRESSION``) is read through a decompressed temporary copy next to the output and
-    written compressed the same way; a cut or corrupt compressed stream is damage of the same kind."""
+    A damaged tar (bad headers inside it: skipped to the next valid header, as GNU tar does) or a
+    truncated one (data ending early, a cut or corrupt compressed stream) raises, naming the file,
+    what is damaged and how many samples were kept and lost, once the whole shard has been read;
+    with ``on_error='skip'`` the kept samples are written and the damage counted as a failure
+    (``ConceptStats.damaged``, ``salvaged``, ``lost``). A compressed shard (``SHARD_COMPRESSION``)
+    is decompressed as it is read and written compressed the same way."""
     try:
         check_shard_format(input_path)
     except FormatError as exc:
         raise AnnotationError(str(exc)) from None
-    with contextlib.ExitStack() as stack:
-        compression = SHARD_COMPRESSION[input_suffix(input_path)]
-        tar, stream_problem = None, None
-        if compression is not None:
-            tar, stream_problem = decompressed(input_path, compression,
-                                                os.path.dirname(os.path.abspath(output_path)), stack)
-        return _annotate_tar(input_path, tar, stream_problem, compression, output_path, options, progress)
+    return _annotate_tar(input_path, SHARD_COMPRESSION[input_suffix(input_path)], output_path, options, progress)
 
 
-def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compression: Optional[str],
-                  output_path: str, options: AnnotateOptions,
+def _annotate_tar(input_path: str, compression: Optional[str], output_path: str, options: AnnotateOptions,
                   progress: Optional[Callable[[int], None]]) -> ConceptStats:
-    from ..fileio.tar import TruncatedTarError, iter_tar_samples
+    from ..fileio.tar import DamagedTarError, iter_tar_samples
 
     stats = ConceptStats()
     caption_key = options.caption_key or SHARD_CAPTION_KEY
     num_samples = 0
-    damage: List[str] = []
-
-    def damaged(message: str) -> None:
-        if options.on_error != "skip":
-            raise AnnotationError(f"{message} (--on-error skip keeps them)")
-        damage.append(message)  # end the stream normally: every sample read so far is written
+    damage: List[DamagedTarError] = []
 
     def items():
         nonlocal num_samples
         try:
-            for sample in iter_tar_samples(input_path, fileobj=tar):
+            for sample in iter_tar_samples(input_path, compression=compression):
                 if sample.key is None:  # not a sample member (directory, __meta__ file): copy as is
                     yield None, (sample, None, None)
                     continue
@@ -158,26 +150,21 @@ def _annotate_tar(input_path: str, tar, stream_problem: Optional[str], compressi
                 if caption is not None and isinstance(meta, Exception):
                     caption = _checked(meta, where, stats, options.on_error)
                 yield caption, (sample, meta, where)
-        except TruncatedTarError as exc:
-            damaged(f"{exc}" + (f"; {stream_problem}" if stream_problem else ""))
+        except DamagedTarError as exc:
+            if options.on_error != "skip":
+                raise AnnotationError(f"{exc} (--on-error skip writes the kept samples)") from None
+            damage.append(exc)  # end the stream normally: every kept sample is written
             return
-        except tarfile.ReadError as exc:  # not even the first header: nothing to salvage
-            if stream_problem is None:
-                if compression is None:
-                    raise
-                raise AnnotationError(f"{input_path}: the decompressed {compression} data is not a tar ({exc})") from exc
-            raise AnnotationError(f"{input_path}: {stream_problem}; no tar header could be read ({exc})") from exc
-        if stream_problem is not None:  # the tar ended cleanly inside the damaged stream
-            damaged(f"{input_path}: {stream_problem} ({num_samples} complete samples before it)")
-            return
+        except tarfile.ReadError as exc:  # empty, or no tar header at all: nothing to keep
+            raise AnnotationError(str(exc)) from None
         if num_samples == 0:
             raise AnnotationError(f"{input_path}: empty shard (no samples)")
 
     with atomic_output(output_path) as partial:
         _write_annotated_tar(partial, compression, options, items(), stats, progress)
-        for message in damage:
-            stats.salvaged += num_samples
-            stats.add_failure(f"{message} (the {num_samples} complete samples were written)")
+        for exc in damage:
+            stats.add_damage(exc.kept, exc.lost, exc.lost_exact)
+            stats.add_failure(str(exc))
     return stats
 
 
@@ -202,8 +189,10 @@ def _write_annotated_tar(partial: str, compression: Optional[str], options: Anno
             for chunk in chunks:
                 out.write(chunk)
                 size += len(chunk)
-            if progress is not None and sample.key is not None:
-                progress(1)
+            if sample.key is not None:
+                stats.samples += 1
+                if progress is not None:
+                    progress(1)
         out.write(end_of_archive(size))
 
 
@@ -242,6 +231,7 @@ def annotate_table(input_path: str, output_path: str, options: AnnotateOptions,
     for concepts, where in options.extractor().pipe(items(), stats=stats):
         concepts = _concepts_or_failure(concepts, where, stats, options.on_error)
         cells.append(None if concepts is None else json.dumps(concepts, ensure_ascii=False))
+        stats.samples += 1
         if progress is not None:
             progress(1)
 
@@ -292,12 +282,20 @@ def _relocate_image_paths(table, input_path: str, image_key: str, output_folder:
     return table
 
 
+class OutputSpaceError(AnnotationError):
+    """An output that does not fit: the disk is full or the quota exceeded. Not a fault of the input:
+    the CLI stops on it whatever ``--on-error`` says. The message names the output and the space it
+    needs (``fileio.diskspace``)."""
+
+
 def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
                   progress: Optional[Callable[[int], None]] = None) -> ConceptStats:
     """Annotate one shard or table into ``output_path`` (written atomically), then its record
     (``write_record``). A previous output of ours (valid record) is removed first, so a failure leaves
     no stale output behind; any other previous output is only replaced once the new one is complete,
-    and its record is removed first: an output without a valid record is never taken as finished."""
+    and its record is removed first: an output without a valid record is never taken as finished.
+    A full disk raises ``OutputSpaceError`` (the output needs about its input's size) and leaves
+    neither the output nor a partial file."""
     annotate = annotate_shard if input_suffix(input_path) in SHARD_SUFFIXES else annotate_table
     try:
         if read_record(output_path) is not None:
@@ -305,9 +303,16 @@ def annotate_file(input_path: str, output_path: str, options: AnnotateOptions,
         if os.path.exists(record_path(output_path)):
             os.remove(record_path(output_path))
         input_identity = _file_identity(input_path)  # before reading: a change while reading shows next time
-        stats = annotate(input_path, output_path, options, progress)
-        write_record(input_path, input_identity, output_path, options, stats)
+        with disk_full_as_error(output_path, input_identity["size"]):
+            stats = annotate(input_path, output_path, options, progress)
+            try:
+                write_record(input_path, input_identity, output_path, options, stats)
+            except BaseException:
+                os.remove(output_path)  # ours, written just now: without its record it would look unowned
+                raise
         return stats
+    except DiskFullError as exc:
+        raise OutputSpaceError(str(exc)) from exc
     except AnnotationError:
         raise
     except (OSError, tarfile.TarError, ValueError) as exc:

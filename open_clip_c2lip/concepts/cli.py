@@ -17,6 +17,11 @@ record matches is skipped as finished, its recorded failures counted again (exit
 input or options changed is re-annotated (said in the summary); one without a valid record (an older
 version's, someone else's, changed since) is refused unless ``--overwrite``.
 
+Spread over a cluster, ``K`` tasks run the same command, each annotating its share of the inputs
+(``--task-index I --task-count K``, by default from a SLURM job array's variables; ``tasks``): every
+``K``-th input by file name, so the ``K`` tasks write exactly the outputs one run would, and a rerun
+of any task skips what it finished.
+
 Bad input stops the run with an error naming the file and sample/row; with ``--on-error skip`` it is
 counted instead: the sample/row is kept unchanged with no concepts (a table cell is left empty) and
 listed in the closing summary; a damaged tar's complete samples are written and counted as salvaged.
@@ -33,12 +38,14 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..fileio.atomic import partial_files
+from ..fileio.diskspace import DiskFullError, check_free_space
 from ..fileio.formats import SHARD_SUFFIXES, input_suffix
 from ..fileio.tables import TABLE_SUFFIXES
-from .annotate import DEFAULT_IMAGE_KEY, AnnotateOptions, annotate_file
+from .annotate import DEFAULT_IMAGE_KEY, AnnotateOptions, OutputSpaceError, annotate_file
 from .extract import DEFAULT_BATCH_SIZE, MAX_LISTED_FAILURES, AnnotationError, ConceptStats
 from .records import FINISHED, RECORD_SUFFIX, REDO, TODO, UNOWNED, output_state, read_record, record_path
 from .spacy_pipeline import DEFAULT_SPACY_MODEL, load_spacy
+from .tasks import describe, resolve_task, share
 from .text import CLEAN_NAMES, DEFAULT_CLEAN, get_clean_fn
 from .workers import die_with_parent
 
@@ -58,11 +65,29 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
                                f"(expected {', '.join(SHARD_SUFFIXES + TABLE_SUFFIXES)})")
         if not os.path.isfile(path):
             raise AnnotationError(f"{path}: no such file")
-    names = collections.Counter(os.path.basename(p) for p in paths)
-    clashes = [n for n, count in names.items() if count > 1]
-    if clashes:
-        raise AnnotationError(f"inputs share output file names {clashes}: outputs keep the input's name")
+    _check_unique_names(paths)
     return paths
+
+
+def _check_unique_names(paths: Sequence[str]) -> None:
+    """``AnnotationError`` when an input is given twice or two inputs share a file name: each output
+    keeps its input's name, and the tasks of a cluster array share the inputs out by that name."""
+    by_name: Dict[str, List[str]] = collections.defaultdict(list)
+    for path in paths:
+        by_name[os.path.basename(path)].append(path)
+    clashes = {name: group for name, group in by_name.items() if len(group) > 1}
+    if not clashes:
+        return
+    name, group = next(iter(clashes.items()))
+    more = f" ({len(clashes) - 1} more file name(s) clash too)" if len(clashes) > 1 else ""
+    if len({os.path.realpath(p) for p in group}) < len(group):
+        problem = f"input {group[0]} is given {len(group)} times ({', '.join(map(repr, group))})"
+        fix = "give each input once"
+    else:
+        problem = f"inputs {', '.join(group)} share the file name {name!r}"
+        fix = ("outputs keep their input's file name, so they would write one output: rename them or annotate "
+               "them into different --output-dir")
+    raise AnnotationError(f"{problem}{more}: {fix}; nothing was annotated")
 
 
 def same_file(input_path: str, output_path: str) -> bool:
@@ -132,6 +157,12 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="leave captions without noun phrases with no concept")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    parser.add_argument("--task-index", type=int, default=None,
+                        help="annotate share I (0-based) of the inputs, for K tasks of a cluster array; default "
+                             "in a SLURM job array: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0")
+    parser.add_argument("--task-count", type=int, default=None,
+                        help="K, the number of tasks sharing the inputs (every K-th input by file name each); "
+                             "default in a SLURM job array: SLURM_ARRAY_TASK_COUNT, else 1")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.processes < 1 or args.batch_size < 1:
@@ -143,7 +174,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             parser.error(f"{flag} must not be empty")
     try:
         args.csv_separator = parse_separator(args.csv_separator)
-    except TableError as exc:
+        args.task = resolve_task(args.task_index, args.task_count)
+    except (TableError, AnnotationError) as exc:
         parser.error(str(exc))
     assert DEFAULT_CSV_SEPARATOR == parse_separator(parser.get_default("csv_separator"))
     return args
@@ -189,6 +221,19 @@ def _check_outputs(inputs: List[str], outputs: Dict[str, str], states: Dict[str,
               "writes there", file=sys.stderr)
 
 
+def _check_space(todo: List[str], outputs: Dict[str, str], output_dir: str) -> None:
+    """``SystemExit`` when ``output_dir``'s file system has less room than the outputs to write need:
+    about their inputs' sizes (a shard's copy gains the concepts, a table one column), less the earlier
+    outputs of ours that are removed before they are redone."""
+    needed = sum(os.path.getsize(path) for path in todo)
+    freed = sum(os.path.getsize(outputs[path]) for path in todo if read_record(outputs[path]) is not None)
+    try:
+        check_free_space(output_dir, needed - freed)
+    except DiskFullError as exc:
+        raise SystemExit(f"error: {exc} for the {len(todo)} output(s) to write, about as big as their inputs; "
+                         "nothing was written: free space or pick another --output-dir") from None
+
+
 def _note_tables_without_image_column(inputs: List[str], args: argparse.Namespace) -> None:
     """Without ``--image-key``, say which tables have no ``filepath`` column: relative image paths in
     another column would not be rewritten for the output's folder."""
@@ -225,11 +270,14 @@ def _annotate_all(todo: List[str], outputs: Dict[str, str], options: AnnotateOpt
                   stats: ConceptStats, on_failure: Callable[[Exception], None],
                   progress: Callable[[int], None]) -> None:
     """Annotate ``todo`` in this process or ``file_workers`` worker processes into ``stats``; a file
-    that fails goes to ``on_failure`` (which raises or counts it)."""
+    that fails goes to ``on_failure`` (which raises or counts it); a full disk (``OutputSpaceError``)
+    stops it."""
     if file_workers == 1:
         for path in todo:
             try:
                 stats.merge(annotate_file(path, outputs[path], options, progress=progress))
+            except OutputSpaceError:
+                raise
             except AnnotationError as exc:
                 on_failure(exc)
         return
@@ -240,11 +288,13 @@ def _annotate_all(todo: List[str], outputs: Dict[str, str], options: AnnotateOpt
             for future in concurrent.futures.as_completed(futures):
                 try:
                     file_stats = future.result()
+                except OutputSpaceError:
+                    raise
                 except AnnotationError as exc:
                     on_failure(exc)
                     continue
                 stats.merge(file_stats)
-                progress(file_stats.captions + file_stats.failures)
+                progress(file_stats.samples)
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -252,8 +302,11 @@ def _annotate_all(todo: List[str], outputs: Dict[str, str], options: AnnotateOpt
 
 
 def _report(stats: ConceptStats, earlier: ConceptStats, num_inputs: int, written: int, finished: int,
-            failed_files: List[str], redone: List[str], outputs: Dict[str, str], output_dir: str) -> int:
+            failed_files: List[str], redone: List[str], outputs: Dict[str, str], output_dir: str,
+            task_line: str) -> int:
     """Print the closing summary (earlier runs' failures included); returns the exit status."""
+    if task_line:
+        print(task_line)
     print(f"files: {num_inputs} ({written} written, {finished} skipped as finished, "
           f"{len(failed_files)} failed) -> {output_dir}")
     if redone:
@@ -280,7 +333,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm import tqdm
 
     args = _parse_args(argv)
-    inputs = _check_setup(args)
+    all_inputs = _check_setup(args)
+    inputs = share(all_inputs, args.task)
+    task_line = describe(args.task, inputs, len(all_inputs)) if args.task.count > 1 else ""
+    if task_line:
+        print(task_line, flush=True)  # in the job's log before any work
     outputs = {path: os.path.join(args.output_dir, os.path.basename(path)) for path in inputs}
     options = AnnotateOptions(
         concepts_key=args.concepts_key, caption_key=args.caption_key, on_error=args.on_error,
@@ -294,9 +351,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     file_workers = min(args.processes, max(1, len(todo)))
     options.n_process = max(1, args.processes // file_workers)
 
+    _check_space(todo, outputs, args.output_dir)
     stats = ConceptStats()
     failed_files: List[str] = []
-    bar = tqdm(total=None, unit=" captions", disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=None, unit=" samples", disable=args.quiet, dynamic_ncols=True)
 
     def on_failure(exc: Exception) -> None:
         if args.on_error != "skip":
@@ -305,8 +363,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         failed_files.append(str(exc))
         stats.add_failure(str(exc))
 
-    _annotate_all(todo, outputs, options, file_workers, stats, on_failure, bar.update)
+    try:
+        _annotate_all(todo, outputs, options, file_workers, stats, on_failure, bar.update)
+    except OutputSpaceError as exc:
+        bar.close()
+        raise SystemExit(f"error: {exc}; outputs finished before it are complete and kept, nothing partial is "
+                         "left: free space and rerun to go on") from None
     bar.close()
     redone = [p for p in inputs if states[p] == REDO]
     return _report(stats, _recorded_failures(finished, outputs), len(inputs), len(todo) - len(failed_files),
-                   len(finished), failed_files, redone, outputs, args.output_dir)
+                   len(finished), failed_files, redone, outputs, args.output_dir, task_line)

@@ -22,6 +22,8 @@ from .workers import die_with_parent
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_CACHE_SIZE = 1 << 17
 MAX_LISTED_FAILURES = 20
+# ConceptStats' counts of damaged shards, summed by merge
+_DAMAGE_COUNTS = ("samples", "damaged", "salvaged", "lost", "lost_uncertain")
 
 
 class AnnotationError(ValueError):
@@ -42,7 +44,11 @@ class ConceptStats:
     failures: int = 0
     cache_hits: int = 0  # captions answered without parsing (cached or repeated in flight)
     cut: int = 0  # captions longer than MAX_PARSE_CHARS after cleaning: parsed up to there
-    salvaged: int = 0  # samples kept from truncated shards (their failure is counted too)
+    samples: int = 0  # samples / rows written (with or without concepts)
+    damaged: int = 0  # damaged or truncated shards (each also counted as a failure)
+    salvaged: int = 0  # complete samples kept from them
+    lost: int = 0  # samples lost to their damage (a lower bound when lost_uncertain)
+    lost_uncertain: int = 0  # damaged shards where more samples may be lost (unreadable damaged headers)
     histogram: collections.Counter = field(default_factory=collections.Counter)  # K -> captions
     failed: List[str] = field(default_factory=list)  # first MAX_LISTED_FAILURES "where: why"
 
@@ -59,6 +65,12 @@ class ConceptStats:
         if len(self.failed) < MAX_LISTED_FAILURES:
             self.failed.append(message)
 
+    def add_damage(self, kept: int, lost: int, lost_exact: bool) -> None:
+        self.damaged += 1
+        self.salvaged += kept
+        self.lost += lost
+        self.lost_uncertain += int(not lost_exact)
+
     def merge(self, other: "ConceptStats") -> "ConceptStats":
         self.captions += other.captions
         self.concepts += other.concepts
@@ -66,33 +78,37 @@ class ConceptStats:
         self.failures += other.failures
         self.cache_hits += other.cache_hits
         self.cut += other.cut
-        self.salvaged += other.salvaged
+        for name in _DAMAGE_COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         self.histogram.update(other.histogram)
         self.failed.extend(other.failed[: max(0, MAX_LISTED_FAILURES - len(self.failed))])
         return self
 
     def to_dict(self) -> Dict[str, Any]:
         return {"captions": self.captions, "concepts": self.concepts, "fallbacks": self.fallbacks,
-                "failures": self.failures, "cut": self.cut, "salvaged": self.salvaged,
+                "failures": self.failures, "cut": self.cut, **{name: getattr(self, name) for name in _DAMAGE_COUNTS},
                 "histogram": {str(k): n for k, n in sorted(self.histogram.items())}, "failed": list(self.failed)}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ConceptStats":
         return cls(captions=int(data["captions"]), concepts=int(data["concepts"]), fallbacks=int(data["fallbacks"]),
-                   failures=int(data["failures"]), cut=int(data["cut"]), salvaged=int(data["salvaged"]),
+                   failures=int(data["failures"]), cut=int(data["cut"]),
+                   **{name: int(data.get(name, 0)) for name in _DAMAGE_COUNTS},
                    histogram=collections.Counter({int(k): int(n) for k, n in data["histogram"].items()}),
                    failed=[str(m) for m in data["failed"]])
 
     def summary(self) -> str:
         mean = self.concepts / self.captions if self.captions else 0.0
         lines = [
-            f"captions: {self.captions}   concepts: {self.concepts} (mean {mean:.2f} per caption)",
+            f"samples: {self.samples}   captions: {self.captions}   concepts: {self.concepts} "
+            f"(mean {mean:.2f} per caption)",
             f"fallbacks (whole caption as its concept): {self.fallbacks}   cache hits: {self.cache_hits}",
             f"captions cut (over {MAX_PARSE_CHARS} characters after cleaning, parsed up to there): {self.cut}",
             "concepts per caption (K: captions): " + ", ".join(
                 f"{k}: {n}" for k, n in sorted(self.histogram.items())),
-            f"failures: {self.failures}"
-            + (f"   samples salvaged from truncated shards: {self.salvaged}" if self.salvaged else ""),
+            f"failures: {self.failures}" + (
+                f"   damaged or truncated shards: {self.damaged} ({self.salvaged} complete samples kept, "
+                f"{'at least ' if self.lost_uncertain else ''}{self.lost} lost)" if self.damaged else ""),
         ]
         lines += [f"  {message}" for message in self.failed]
         if self.failures > len(self.failed):

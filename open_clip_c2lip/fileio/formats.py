@@ -2,17 +2,16 @@
 
 A shard is a tar, plain or compressed as webdataset's reader (``tarfile`` mode ``r|*``) opens it
 (``SHARD_COMPRESSION``); a table is CSV/TSV/parquet (``tables.TABLE_SUFFIXES``). ``check_shard_format``
-compares a file's leading bytes with what its suffix says; ``decompressed`` gives the tar inside a
-compressed shard (keeping every byte before damage) and ``COMPRESSORS`` write one back the same way.
+compares a file's leading bytes with what its suffix says; ``shard_stream`` gives the tar inside a
+shard, read forward (decompressed as it is read, keeping every byte before damage), and
+``COMPRESSORS`` write one back the same way.
 """
 import bz2
-import contextlib
 import gzip
 import lzma
 import os
-import tempfile
 import zlib
-from typing import Any, Optional, Tuple
+from typing import BinaryIO, Optional, Tuple
 
 from .tables import TABLE_SUFFIXES
 
@@ -44,32 +43,102 @@ def input_suffix(path: str) -> str:
     return os.path.splitext(name)[1]
 
 
-def decompressed(input_path: str, compression: str, scratch_dir: str,
-                  stack: contextlib.ExitStack) -> Tuple[Any, Optional[str]]:
-    """The tar inside a compressed shard, as a seekable temporary file in ``scratch_dir`` (the tar
-    reader copies members byte-exactly by seeking), and why the compressed stream ended early, if it
-    did: what decompressed before the damage is still read, and the damage is reported like a cut tar.
-    Zero bytes after the last stream (block padding) are ignored, as ``gzip -d`` ignores them."""
-    tar = stack.enter_context(tempfile.TemporaryFile(dir=scratch_dir, prefix=".c2lip-untar-"))
-    problem, decompressor = None, None
-    try:
-        with open(input_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                while chunk:  # concatenated streams (multi-member gzip) continue with a new decompressor
-                    if decompressor is not None and decompressor.eof:
-                        chunk = chunk.lstrip(b"\0")
-                        if not chunk:
-                            break
-                    if decompressor is None or decompressor.eof:
-                        decompressor = DECOMPRESSORS[compression]()
-                    tar.write(decompressor.decompress(chunk))
-                    chunk = decompressor.unused_data if decompressor.eof else b""
-        if decompressor is None or not decompressor.eof:
-            problem = f"damaged {compression} stream: cut before its end, after {tar.tell()} decompressed bytes"
-    except _STREAM_ERRORS as exc:
-        problem = f"damaged {compression} stream after {tar.tell()} decompressed bytes ({exc})"
-    tar.seek(0)
-    return tar, problem
+class DecompressedStream:
+    """The decompressed bytes of a compressed shard, read forward (``read``; ``tell``), each byte of
+    the file read once. Concatenated streams (multi-member gzip) continue; zero bytes after the last
+    stream (block padding) are ignored, as ``gzip -d`` ignores them. Corrupt or cut compressed data
+    ends the stream where it breaks: ``read`` returns what decompressed before it, then ``b""``, and
+    ``problem`` says why (None while the stream is sound)."""
+
+    def __init__(self, raw: BinaryIO, compression: str, chunk_size: int = 1 << 18):
+        self.raw = raw
+        self.compression = compression
+        self.chunk_size = chunk_size
+        self.problem: Optional[str] = None
+        self._decompressor = None
+        self._buffer = b""
+        self._offset = 0  # read position in _buffer
+        self._position = 0  # decompressed bytes handed out
+        self._decompressed = 0  # decompressed bytes so far
+        self._done = False
+
+    def _more(self) -> bytes:
+        """The bytes one more read of the compressed file decompresses to (``_done`` at its end)."""
+        chunk = self.raw.read(self.chunk_size)
+        pieces = []
+        try:
+            if not chunk:
+                self._done = True
+                if self._decompressor is None or not self._decompressor.eof:
+                    self.problem = (f"damaged {self.compression} stream: cut before its end, after "
+                                    f"{self._decompressed} decompressed bytes")
+            while chunk:  # concatenated streams go on with a new decompressor
+                if self._decompressor is not None and self._decompressor.eof:
+                    chunk = chunk.lstrip(b"\0")
+                    if not chunk:
+                        break
+                if self._decompressor is None or self._decompressor.eof:
+                    self._decompressor = DECOMPRESSORS[self.compression]()
+                pieces.append(self._decompressor.decompress(chunk))
+                chunk = self._decompressor.unused_data if self._decompressor.eof else b""
+        except _STREAM_ERRORS as exc:
+            self._done = True
+            self.problem = (f"damaged {self.compression} stream after "
+                            f"{self._decompressed + sum(map(len, pieces))} decompressed bytes ({exc})")
+        data = b"".join(pieces)
+        self._decompressed += len(data)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        parts, wanted = [], size
+        while wanted:
+            if self._offset >= len(self._buffer):
+                if self._done:
+                    break
+                self._buffer, self._offset = self._more(), 0
+                continue
+            end = len(self._buffer) if wanted < 0 else min(len(self._buffer), self._offset + wanted)
+            parts.append(self._buffer[self._offset:end])
+            wanted -= (end - self._offset) if wanted > 0 else 0
+            self._offset = end
+        data = b"".join(parts)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+
+class _Prefixed:
+    """``head`` (bytes read already) followed by the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: BinaryIO):
+        self.head, self.raw = head, raw
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.raw.read(size)
+        if size < 0:
+            data, self.head = self.head + self.raw.read(), b""
+            return data
+        data, self.head = self.head[:size], self.head[size:]
+        return data
+
+
+def shard_stream(raw: BinaryIO, compression: Optional[str] = "auto") -> Tuple[BinaryIO, Optional[str]]:
+    """``(tar stream, compression)`` of an opened shard, read forward: decompressed when
+    ``compression`` (``gzip``, ``bz2``, ``xz``) says so or, with ``"auto"``, when the leading bytes are
+    one of those formats (as webdataset's reader, ``tarfile`` mode ``r|*``, detects them)."""
+    if compression == "auto":
+        head = b""
+        while len(head) < 6:
+            chunk = raw.read(6 - len(head))
+            if not chunk:
+                break
+            head += chunk
+        compression = next((name for name in DECOMPRESSORS if head.startswith(_MAGIC[name])), None)
+        raw = _Prefixed(head, raw)
+    return (raw if compression is None else DecompressedStream(raw, compression)), compression
 
 
 # leading bytes of each format (gzip RFC 1952, bzip2 "BZh" + block size, xz's stream header magic,

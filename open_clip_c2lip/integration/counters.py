@@ -28,8 +28,11 @@ DATA_KEYS = (
     "shards_read",          # shards opened and read to their end (empty ones included)
     "missing_shards",       # shard files that do not exist: skipped (upstream's nothrow policy)
     "unreadable_shards",    # shards that failed to open or broke while read: the rest of the shard is lost
-    "truncated_shards",     # tars cut inside a member / at a header, or without end-of-archive blocks:
-                            # the complete samples before the cut train, the one read at the cut is lost
+    "damaged_shards",       # tars with bad headers inside: skipped to the next valid header (GNU tar's
+                            # rule), every complete sample on either side trains
+    "truncated_shards",     # tars whose data ends early (cut inside a member / header, no end-of-archive
+                            # blocks, a damaged compressed stream): the complete samples before the cut train
+    "lost_samples",         # samples of damaged / truncated shards left out because they lost members
     "empty_shards",         # shards read without a single file
     "samples_read",         # samples grouped from shard files (webdataset)
     "skipped_incomplete",   # samples without an image or a caption file (upstream's filter)
@@ -44,14 +47,17 @@ _HEADLINE: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("shards read", ("shards_read",)),
     ("missing", ("missing_shards",)),
     ("unreadable", ("unreadable_shards",)),
+    ("damaged", ("damaged_shards",)),
     ("truncated", ("truncated_shards",)),
     ("empty", ("empty_shards",)),
     ("samples read", ("samples_read",)),
+    ("lost", ("lost_samples",)),
     ("skipped", ("skipped_incomplete", "skipped_undecodable", "skipped_bad_samples")),
     ("packed", ("samples",)),
     ("rollovers", ("rollovers",)),
 )
-_WARN_KEYS = ("missing_shards", "unreadable_shards", "truncated_shards", "empty_shards", "skipped_incomplete",
+_WARN_KEYS = ("missing_shards", "unreadable_shards", "damaged_shards", "truncated_shards", "empty_shards",
+              "lost_samples", "skipped_incomplete",
               "skipped_undecodable", "skipped_bad_samples")
 
 
@@ -163,9 +169,9 @@ class ReportingLoader:
         _logger.log(level, f"C2LIP data counters, epoch {self.epoch}{' ' + where if where else ''}: "
                            f"{format_report(totals, self._previous)}")
         _logger.log(level, f"C2LIP data counters, run total to epoch {self.epoch}: {format_report(totals)}")
-        if this_epoch.get("missing_shards") or this_epoch.get("unreadable_shards") or this_epoch.get("truncated_shards"):
+        if any(this_epoch.get(key) for key in ("missing_shards", "unreadable_shards", "damaged_shards", "truncated_shards")):
             _logger.warning(
-                "C2LIP: shards of --train-data were missing or unreadable this epoch (truncated included; named in the warnings "
-                "above); the epoch's batches were made up by repeating the readable samples")
+                "C2LIP: shards of --train-data were missing or unreadable this epoch (damaged or truncated ones included; "
+                "named in the warnings above); the epoch's batches were made up by repeating the readable samples")
         self._previous = totals
         return totals

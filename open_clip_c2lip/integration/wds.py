@@ -11,7 +11,7 @@
    ``AttachConcepts`` is inserted before the ``map_dict`` stage, the decode stage runs with a
    handler that names the shard and key of a sample it skips, the shard reader reads each shard on
    its own (one group per shard, ``patches/open_clip_train-group-per-shard.diff``) and names and
-   counts missing / unreadable / truncated / empty shards, ``select(filter_no_caption_or_no_image)``
+   counts missing / unreadable / damaged / truncated / empty shards, ``select(filter_no_caption_or_no_image)``
    becomes ``DropIncomplete`` (names and counts what it drops) and ``batched`` runs inside
    ``FullBatchGuard``: a pass that cannot fill one batch raises (naming its shards and counts)
    instead of being restarted forever by ``with_epoch``; ``PassLog`` does the same for a
@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..concepts.text import MAX_PARSE_CHARS
 from ..packing import TextPacker, process_label
-from ..fileio.tar import TruncatedTarError, iter_tar_stream_files
+from ..fileio.tar import DamagedTarError, iter_tar_stream_files
 from .data_order import wds_train_stages
 
 # the concepts field of the authors' data, read when --c2lip-concepts-key is absent
@@ -56,11 +56,12 @@ def tarfile_to_samples_nothrow(src, handler=None, packer: Optional[TextPacker] =
     """open_clip_train's ``tarfile_to_samples_nothrow`` without webdataset's end-of-shard marker.
 
     With ``packer`` (C2LIP train pipelines: the counts go to its counters), each shard is opened and
-    expanded on its own so that a missing, unreadable, truncated or empty shard is logged by name and
-    counted (``missing_shards``, ``unreadable_shards``, ``truncated_shards``, ``empty_shards``;
-    ``shards_read``, ``samples_read``): shards are read by ``fileio.tar.iter_tar_stream_files``, the
-    concepts CLI's damage rule (a tar cut at a header or missing its end-of-archive blocks is
-    detected; the sample read at the cut is dropped, the complete ones before it train); ``passes``
+    expanded on its own so that a missing, unreadable, damaged, truncated or empty shard is logged by
+    name and counted (``missing_shards``, ``unreadable_shards``, ``damaged_shards``,
+    ``truncated_shards``, ``empty_shards``, ``lost_samples``; ``shards_read``, ``samples_read``):
+    shards are read by ``fileio.tar.iter_tar_stream_files``, the concepts CLI's damage rule (damaged
+    headers skipped to the next valid one as GNU tar does, a cut detected; every complete sample
+    trains, the ones that lost members are left out and counted); ``passes``
     (a ``PassLog``) records the shards of the current pass and stops a resampled pass that can never
     yield a sample.
     """
@@ -129,16 +130,17 @@ def _reject_repeated_members(samples, packer: TextPacker, passes: Optional["Pass
 
 
 def _expand_shard(url: str, stream) -> Any:
-    """webdataset's ``tar_file_expander`` for one opened shard, read by ``fileio.tar.iter_tar_stream_files``
-    so that a truncated tar (cut inside a member or a header, no end-of-archive blocks) raises
-    ``TruncatedTarError`` after its complete samples, by the concepts CLI's rule."""
+    """webdataset's ``tar_file_expander`` for one opened shard, read by ``fileio.tar.iter_tar_stream_files``:
+    damaged headers are skipped to the next valid one (as GNU tar does), samples that lost members are
+    left out, and ``DamagedTarError`` after the kept samples says what was damaged or cut."""
     for fname, data in iter_tar_stream_files(stream, url):
         yield {"fname": fname, "data": data, "__url__": url}
 
 
 def _expand_each_shard(shards, packer: TextPacker):
     """Open and expand shard by shard; count and name each shard that is missing, unreadable,
-    truncated or empty. Never yields webdataset's end-of-shard marker."""
+    damaged, truncated or empty, and the samples damage lost. Never yields webdataset's end-of-shard
+    marker."""
     from open_clip_train import data as upstream
 
     for read, shard in enumerate(shards):
@@ -165,10 +167,13 @@ def _expand_each_shard(shards, packer: TextPacker):
             if missing:
                 packer.count("missing_shards")
                 _logger.warning(f"C2LIP: shard {url} does not exist; skipped")
-            elif isinstance(exc, TruncatedTarError):
-                packer.count("truncated_shards")
-                _logger.warning(f"C2LIP: shard {url} is truncated ({exc}); {num_files} files were read from it "
-                                f"and train; what the damage cut off is skipped")
+            elif isinstance(exc, DamagedTarError):
+                for key, on in (("damaged_shards", exc.damaged), ("truncated_shards", exc.truncated)):
+                    if on:
+                        packer.count(key)
+                packer.count("lost_samples", exc.lost)
+                _logger.warning(f"C2LIP: shard {url} is {'damaged' if exc.damaged else 'truncated'}; the "
+                                f"{exc.kept} complete samples it keeps train ({exc})")
             else:
                 packer.count("unreadable_shards")
                 _logger.warning(
@@ -345,8 +350,10 @@ class PassLog:
         return (
             f"C2LIP: training cannot fill a batch [{process_label()}]: {what}. This pass read {len(shards)} "
             f"shard(s): {listing}. Shards: missing={counts.get('missing_shards', 0)}, "
-            f"unreadable={counts.get('unreadable_shards', 0)}, truncated={counts.get('truncated_shards', 0)}, empty={counts.get('empty_shards', 0)}. "
-            f"Samples: read={counts.get('samples_read', 0)}, skipped incomplete="
+            f"unreadable={counts.get('unreadable_shards', 0)}, damaged={counts.get('damaged_shards', 0)}, "
+            f"truncated={counts.get('truncated_shards', 0)}, empty={counts.get('empty_shards', 0)}. "
+            f"Samples: read={counts.get('samples_read', 0)}, lost to damage={counts.get('lost_samples', 0)}, "
+            f"skipped incomplete="
             f"{counts.get('skipped_incomplete', 0)}, undecodable={counts.get('skipped_undecodable', 0)}, "
             f"bad={counts.get('skipped_bad_samples', 0)}, usable={self.usable}; --batch-size {self.batch_size} "
             "(open_clip_train drops a short last batch and would restart this pass forever). Fix or remove "
