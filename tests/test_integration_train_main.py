@@ -467,7 +467,9 @@ def test_upstream_main_calls_what_the_hook_replaces_in_this_order():
         "resume_from = os.path.join(checkpoint_path, LATEST_CHECKPOINT_NAME)",
         "resume_from = get_latest_checkpoint(checkpoint_path, remote=args.remote_sync is not None)",
         "resume_from = broadcast_object(args, resume_from)",
+        "model, preprocess_train, preprocess_val = create_model_and_transforms(",
         "checkpoint = pt_load(args.resume, map_location='cpu')",
+        "model.load_state_dict(sd)",
         "torch.save(\n                    checkpoint_dict,\n                    os.path.join(args.checkpoint_path, f\"epoch_{completed_epoch}.pt\"),",
         "torch.save(checkpoint_dict, tmp_save_path)",
         "os.replace(tmp_save_path, latest_save_path)",
@@ -519,11 +521,13 @@ def test_patch_is_idempotent_and_torch_proxy_delegates():
 
     train_main.patch_train_main(upstream)
     first = {name: getattr(upstream, name) for name in
-             ("torch", "get_latest_checkpoint", "pt_load", "init_distributed_device", "parse_args")}
+             ("torch", "get_latest_checkpoint", "pt_load", "init_distributed_device", "parse_args",
+              "create_model_and_transforms")}
     train_main.patch_train_main(upstream)
     assert {name: getattr(upstream, name) for name in first} == first
     assert isinstance(upstream.torch, train_main.TorchForMain) and isinstance(upstream.torch, types.ModuleType)
-    for name in ("get_latest_checkpoint", "pt_load", "init_distributed_device", "parse_args"):
+    for name in ("get_latest_checkpoint", "pt_load", "init_distributed_device", "parse_args",
+                 "create_model_and_transforms"):
         function = getattr(upstream, name)
         assert getattr(function, train_main.WRAPPED) and not getattr(function.__wrapped__, train_main.WRAPPED, False)
     assert upstream.torch.nn is torch.nn and upstream.torch.distributed is torch.distributed
@@ -548,3 +552,114 @@ def test_c2lip_train_entry_point_exits_non_zero_when_upstream_refuses(tmp_path):
     proc = Proc.train(tmp_path, "refused", args, module="open_clip_c2lip.train").wait()
     assert proc.returncode == 1, proc.output[-3000:]
     assert "Error. Cannot use save-most-recent with remote_sync and resume latest." in proc.output
+
+
+# ------------------------------------------------------------------------------------- --resume PATH faults
+
+@pytest.fixture()
+def resume_run(monkeypatch):
+    """A C2LIP-Tiny model as main() built it, and ``_Run`` as ``init_distributed_device`` sets it."""
+    import argparse
+    import weakref
+
+    import open_clip
+
+    model = open_clip.create_model("C2LIP-Tiny")
+    args = argparse.Namespace(model="C2LIP-Tiny", rank=0, save_most_recent=False, remote_sync=None, distributed=False)
+    monkeypatch.setattr(train_main._Run, "args", args)
+    monkeypatch.setattr(train_main._Run, "resume_latest", False)
+    monkeypatch.setattr(train_main._Run, "model", weakref.ref(model))
+    return model
+
+
+def _load_with_hook(path):
+    from open_clip_train.file_utils import pt_load
+
+    return train_main.wrap_pt_load(pt_load)(str(path), map_location="cpu")
+
+
+def test_resume_path_faults_end_with_one_error_line_naming_the_file(tmp_path, resume_run):
+    """Missing file, a folder, an empty / truncated / text file, another architecture: each a
+    ``SystemExit`` with one ``error:`` line naming the path and the fault; a good checkpoint loads."""
+    good = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "name": "run", "state_dict": resume_run.state_dict()}, good)
+    data = good.read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    other = {k: v for k, v in resume_run.state_dict().items() if not k.startswith("visual.")}
+    other["text.token_embedding.weight"] = torch.zeros(7, 3)
+    torch.save({"epoch": 1, "state_dict": other}, tmp_path / "other.pt")
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "epoch_2.pt").write_bytes(data)
+    expected = {
+        "missing.pt": ["missing.pt: no such checkpoint file", "--resume latest"],
+        "checkpoints": ["checkpoints is a folder (it holds epoch_2.pt)", "pass one checkpoint file"],
+        "empty.pt": ["empty.pt is empty (0 bytes)"],
+        "cut.pt": ["cut.pt is truncated"],
+        "text.pt": ["text.pt is not a PyTorch checkpoint"],
+        "other.pt": ["other.pt is not a checkpoint of --model C2LIP-Tiny", "missing from the checkpoint",
+                     "text.token_embedding.weight: checkpoint [7, 3]"],
+    }
+    for name, fragments in expected.items():
+        with pytest.raises(SystemExit) as exit_info:
+            _load_with_hook(tmp_path / name)
+        message = str(exit_info.value.code)
+        assert message.startswith("error: --resume") and "\n" not in message, message
+        assert str(tmp_path / name) in message, message
+        for fragment in fragments:
+            assert fragment in message, (name, message)
+    checkpoint = _load_with_hook(good)
+    assert checkpoint["epoch"] == 1 and set(checkpoint["state_dict"]) == set(resume_run.state_dict())
+    # DDP keys ("module.") and a bare state dict are checked as upstream loads them
+    torch.save({f"module.{k}": v for k, v in resume_run.state_dict().items()}, tmp_path / "bare.pt")
+    assert set(_load_with_hook(tmp_path / "bare.pt")) == {f"module.{k}" for k in resume_run.state_dict()}
+    torch.save({"visual.nothing": torch.zeros(1)}, tmp_path / "bare_other.pt")
+    with pytest.raises(SystemExit, match="bare_other.pt is not a checkpoint of --model C2LIP-Tiny"):
+        _load_with_hook(tmp_path / "bare_other.pt")
+
+
+def test_remote_resume_paths_are_left_to_upstream(tmp_path, resume_run):
+    """A ``--remote-sync`` style URL is not checked on the local disk (upstream's fsspec reads it)."""
+    calls = []
+
+    def fake_pt_load(file_path, map_location=None):
+        calls.append(file_path)
+        return {"epoch": 1, "state_dict": resume_run.state_dict()}
+
+    assert train_main.wrap_pt_load(fake_pt_load)("s3://bucket/run/epoch_1.pt")["epoch"] == 1
+    assert calls == ["s3://bucket/run/epoch_1.pt"]
+
+
+@pytest.mark.slow
+def test_resume_of_another_architecture_stops_the_training_with_one_error_line(tmp_path):
+    """Through ``python -m open_clip_train.main``: the checkpoint is checked against the model main()
+    built (``create_model_and_transforms`` hook), before anything loads into it; exit status 1."""
+    import open_clip
+
+    table = build_csv(tmp_path)
+    state = {k: v for k, v in open_clip.create_model("C2LIP-Tiny").state_dict().items()
+             if not k.startswith("text.transformer.resblocks.2.")}
+    torch.save({"epoch": 1, "state_dict": state}, tmp_path / "other.pt")
+    args = train_args(table, tmp_path / "logs", "other_arch", "--resume", str(tmp_path / "other.pt"))
+    proc = Proc.train(tmp_path, "other_arch", args).wait()
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert "Traceback" not in proc.output, proc.output[-3000:]
+    assert (f"error: --resume {tmp_path / 'other.pt'} is not a checkpoint of --model C2LIP-Tiny: "
+            "12 of the model's") in proc.output, proc.output[-3000:]
+
+
+def test_resume_errors_diff_applies_with_the_other_main_diffs(tmp_path):
+    """``patches/open_clip_train-resume-errors.diff`` applies to the installed main.py, alone and after the
+    run-lock and exit-status diffs, and the result compiles with the refusal lines in place."""
+    from patch_fixtures import apply_diffs
+
+    for order in (["open_clip_train-resume-errors.diff"],
+                  ["open_clip_train-run-lock.diff", "open_clip_train-exit-status.diff",
+                   "open_clip_train-resume-errors.diff"]):
+        root = tmp_path / str(len(order))
+        source = apply_diffs(root, "open_clip_train", "main.py", *order).read_text()
+        compile(source, "main.py", "exec")
+        assert "pass a checkpoint file, or --resume latest" in source
+        assert "is not a checkpoint of --model {args.model}" in source

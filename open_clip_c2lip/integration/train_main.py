@@ -5,20 +5,21 @@ files, one writer per run folder, a failing exit for a refused run, C2LIP settin
 to hook; ``main()`` itself calls ``parse_args`` first, though, and that is ``open_clip_train.params``'
 binding, wrapped by ``patch_params_module`` (called by the params hook). The wrapper finds the module
 whose ``main`` is running (``__main__`` with ``__spec__.name == "open_clip_train.main"``, or the
-imported ``open_clip_train.main``) and ``patch_train_main`` replaces five of its globals, which
+imported ``open_clip_train.main``) and ``patch_train_main`` replaces six of its globals, which
 ``main()`` looks up when it calls them:
 
 | main.py global | replaced by | why |
 |---|---|---|
 | ``torch`` | ``TorchForMain``: ``torch`` except ``save(obj, path)`` | checkpoints written atomically (``checkpoints.save_checkpoint``) with the C2LIP settings (``checkpoint_settings``) |
 | ``get_latest_checkpoint`` | ``wrap_get_latest_checkpoint`` | ``--resume latest``: newest complete checkpoint, skipped files named |
-| ``pt_load`` | ``wrap_pt_load`` | ``--resume latest --save-most-recent``: a damaged ``epoch_latest.pt`` or a newer ``epoch_N.pt`` is handled the same way; C2LIP settings compared |
+| ``pt_load`` | ``wrap_pt_load`` | ``--resume latest --save-most-recent``: a damaged ``epoch_latest.pt`` or a newer ``epoch_N.pt`` is handled the same way; ``--resume PATH`` that is missing, a folder, no readable checkpoint or another model's ends with one ``error:`` line naming it; C2LIP settings compared |
+| ``create_model_and_transforms`` | ``wrap_create_model_and_transforms`` | remembers the trained model, for the architecture check of ``--resume PATH`` |
 | ``init_distributed_device`` | ``wrap_init_distributed_device`` | run folder locked (``run_lock``) and "experiment already exists" refused with exit status 1 on every rank, before anything is written |
 | ``parse_args`` | ``wrap_parse_args`` | (the trigger above) |
 
 Each replacement is idempotent and documented; ``tests/test_integration_train_main.py`` fails if the
 upstream code they rely on changes. Upstream-ready diffs: ``patches/open_clip_train-atomic-checkpoints.diff``,
-``open_clip_train-run-lock.diff``, ``open_clip_train-exit-status.diff``.
+``open_clip_train-run-lock.diff``, ``open_clip_train-exit-status.diff``, ``open_clip_train-resume-errors.diff``.
 """
 import datetime
 import functools
@@ -26,6 +27,7 @@ import logging
 import os
 import sys
 import types
+import weakref
 from typing import Optional
 
 from . import run_lock  # stdlib only: the params hook must not import torch (``checkpoints`` is loaded on use)
@@ -42,6 +44,7 @@ class _Run:
 
     args = None
     resume_latest = False
+    model = None  # weakref to the model main() trains (its first create_model_and_transforms), for --resume checks
 
 
 # ------------------------------------------------------------------------------------- activation
@@ -93,7 +96,8 @@ def patch_train_main(module) -> None:
     if torch_module is not None and not isinstance(torch_module, TorchForMain):
         namespace["torch"] = TorchForMain(torch_module)
     for name, wrap in (("get_latest_checkpoint", wrap_get_latest_checkpoint), ("pt_load", wrap_pt_load),
-                       ("init_distributed_device", wrap_init_distributed_device), ("parse_args", wrap_parse_args)):
+                       ("init_distributed_device", wrap_init_distributed_device), ("parse_args", wrap_parse_args),
+                       ("create_model_and_transforms", wrap_create_model_and_transforms)):
         if name in namespace:
             namespace[name] = wrap(namespace[name])
     global LATEST_CHECKPOINT_NAME
@@ -181,10 +185,65 @@ def _resume_most_recent(args, path: str) -> str:
     return choice
 
 
+def _is_local(file_path) -> bool:
+    return isinstance(file_path, (str, os.PathLike)) and "://" not in os.fspath(file_path)
+
+
+def check_resume_file(file_path) -> None:
+    """A local ``--resume PATH`` that does not exist or is a folder: ``SystemExit`` with one ``error:``
+    line naming it and what to pass (upstream fails with a bare ``FileNotFoundError`` /
+    ``IsADirectoryError`` traceback)."""
+    path = os.fspath(file_path)
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --resume {path}: no such checkpoint file; pass a checkpoint (a run's "
+                         f"checkpoints/epoch_N.pt), or --resume latest to continue the run named by --logs and --name")
+    if os.path.isdir(path):
+        found = sorted((name for name in os.listdir(path) if name.endswith(".pt")),
+                       key=lambda name: (len(name), name))
+        example = f" (it holds {', '.join(found[-3:])})" if found else ""
+        raise SystemExit(f"error: --resume {path} is a folder{example}; pass one checkpoint file, or --resume latest "
+                         f"to continue the run named by --logs and --name")
+
+
+def unreadable_resume_error(file_path, error: BaseException) -> Optional[SystemExit]:
+    """The one-line exit for a local ``--resume`` file ``pt_load`` failed on (empty, truncated, not a
+    checkpoint: ``fileio.checkpoint.read_checkpoint`` says which), or None when the file reads there
+    (a fault of another kind, left to upstream's traceback)."""
+    from ..fileio.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        read_checkpoint(file_path)
+    except (CheckpointError, OSError) as problem:
+        return SystemExit(f"error: --resume: {problem}")
+    return None
+
+
+def resume_architecture_error(checkpoint, file_path, model, model_name: str) -> Optional[SystemExit]:
+    """The one-line exit when the loaded ``checkpoint`` (an open_clip_train checkpoint or a bare state
+    dict) does not fit ``model`` (missing / unknown entries, other shapes: ``architecture_mismatch``),
+    None when it fits or is no state dict at all (left to upstream)."""
+    from ..fileio.checkpoint import architecture_mismatch
+
+    if model is None or not isinstance(checkpoint, dict):
+        return None
+    state_dict = checkpoint.get("state_dict") if "epoch" in checkpoint else checkpoint
+    if not isinstance(state_dict, dict) or not state_dict:
+        return None
+    if all(str(k).startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    lines = architecture_mismatch(model, state_dict)
+    if not lines:
+        return None
+    return SystemExit(f"error: --resume {os.fspath(file_path)} is not a checkpoint of --model {model_name}: "
+                      + "; ".join(lines) + ". Was it trained as another --model?")
+
+
 def wrap_pt_load(pt_load):
     """``pt_load(file_path, map_location)`` as main.py calls it to resume: with ``--resume latest
     --save-most-recent`` the newest complete checkpoint replaces ``epoch_latest.pt`` when that is damaged
-    or older; a training checkpoint's C2LIP settings are compared with this run's
+    or older; a local checkpoint that is missing, a folder, unreadable or of another architecture than
+    the model main() built ends the run with one ``error:`` line (exit status 1) before anything is
+    loaded into the model; a training checkpoint's C2LIP settings are compared with this run's
     (``checkpoint_settings.log_resume_differences``)."""
     if getattr(pt_load, WRAPPED, False):
         return pt_load
@@ -197,7 +256,21 @@ def wrap_pt_load(pt_load):
                 and file_path == os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME)):
             file_path = _resume_most_recent(args, file_path)
             args.resume = file_path
-        checkpoint = pt_load(file_path, map_location)
+        local = _is_local(file_path)
+        if local:
+            check_resume_file(file_path)
+        try:
+            checkpoint = pt_load(file_path, map_location)
+        except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+            exit_ = unreadable_resume_error(file_path, error) if local else None
+            if exit_ is None:
+                raise
+            raise exit_ from error
+        if args is not None:
+            model = _Run.model() if _Run.model is not None else None
+            exit_ = resume_architecture_error(checkpoint, file_path, model, getattr(args, "model", "?"))
+            if exit_ is not None:
+                raise exit_
         if args is not None and isinstance(checkpoint, dict) and "epoch" in checkpoint and args.rank == 0:
             from .checkpoint_settings import log_resume_differences
 
@@ -206,6 +279,24 @@ def wrap_pt_load(pt_load):
 
     setattr(c2lip_pt_load, WRAPPED, True)
     return c2lip_pt_load
+
+
+def wrap_create_model_and_transforms(create_model_and_transforms):
+    """main.py's ``create_model_and_transforms``: the first model built after ``init_distributed_device``
+    (the trained one; a later call builds the distillation teacher) is remembered in ``_Run.model`` (a weak
+    reference: the run's model is not kept alive after ``main()``)."""
+    if getattr(create_model_and_transforms, WRAPPED, False):
+        return create_model_and_transforms
+
+    @functools.wraps(create_model_and_transforms)
+    def c2lip_create_model_and_transforms(*args, **kwargs):
+        created = create_model_and_transforms(*args, **kwargs)
+        if _Run.model is None:
+            _Run.model = weakref.ref(created[0])
+        return created
+
+    setattr(c2lip_create_model_and_transforms, WRAPPED, True)
+    return c2lip_create_model_and_transforms
 
 
 # ------------------------------------------------------------------------------------- run folder
@@ -281,7 +372,7 @@ def wrap_init_distributed_device(init_distributed_device):
     @functools.wraps(init_distributed_device)
     def c2lip_init_distributed_device(args):
         device = init_distributed_device(args)
-        _Run.args, _Run.resume_latest = args, args.resume == "latest"
+        _Run.args, _Run.resume_latest, _Run.model = args, args.resume == "latest", None
         claim_run_folder(args)
         return device
 
