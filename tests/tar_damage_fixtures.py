@@ -31,6 +31,21 @@ DAMAGED = {
 }
 
 
+
+def tar_bytes(members: Sequence[Tuple[str, Optional[bytes]]], format=tarfile.GNU_FORMAT) -> bytes:
+    """A tar archive of ``(name, data)`` members in memory; ``data`` None makes a directory entry."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=format) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
 def coco_samples(captions: Sequence[str], count: int, seed: int = 0) -> Samples:
     """``count`` samples ``s000..``: a jpg of 300-1500 random bytes (1-3 data blocks), the caption as
     txt, a json on every third sample (shards mix samples with and without optional members), a cls."""

@@ -9,7 +9,7 @@ import pytest
 
 from concepts_fixtures import coco, coco_all  # noqa: F401
 from tar_damage_fixtures import (DAMAGED, coco_samples, complete_keys, damage_header, gnu_tar, gnu_tar_listing,
-                                 keys_without, write_shard)
+                                 keys_without, tar_bytes, write_shard)
 from tar_fixtures import wds_samples
 
 from open_clip_c2lip.fileio import tar as T
@@ -17,16 +17,8 @@ from open_clip_c2lip.fileio import tar as T
 
 def test_iter_tar_samples_groups_like_webdataset(tmp_path):
     path = tmp_path / "mixed.tar"
-    with tarfile.open(path, "w") as tar:
-        for name, data in [("a.jpg", b"1"), ("a.txt", b"x"), ("dir", None), ("__meta__", b"m"),
-                           ("b.seg.png", b"2"), ("b.txt", b"y"), ("sub/c.jpg", b"3"), ("README", b"r")]:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(tar_bytes([("a.jpg", b"1"), ("a.txt", b"x"), ("dir", None), ("__meta__", b"m"),
+                                ("b.seg.png", b"2"), ("b.txt", b"y"), ("sub/c.jpg", b"3"), ("README", b"r")]))
     ours = [{"__key__": s["__key__"], **{k: v for k, v in s.items() if k != "__key__"}}
             for s in T.read_shard(str(path))]
     theirs = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}

@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from tar_damage_fixtures import damage_header
+from tar_damage_fixtures import damage_header, tar_bytes
 
 from open_clip_c2lip.fileio import tarscan as S
 
@@ -27,18 +27,7 @@ class _Trickle(io.RawIOBase):
         return chunk
 
 
-def _tar(members, format=tarfile.GNU_FORMAT) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=format) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+_tar = tar_bytes
 
 
 MEMBERS = [("a.jpg", b"\x01" * 700), ("a.txt", b"a dog"), ("dir", None), ("long/" + "k" * 150 + ".txt", b"x" * 513),
