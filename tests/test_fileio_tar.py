@@ -2,7 +2,6 @@
 truncated shards keep. Through the concepts CLI: ``test_concepts_annotate.py``; through the train
 reader: ``test_integration_wds_passes.py``."""
 import gzip
-import io
 import tarfile
 
 import pytest
