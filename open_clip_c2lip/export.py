@@ -210,6 +210,16 @@ def _verify(bundle: Path, model, preprocess_cfg: Mapping[str, Any], atol: float 
             raise RuntimeError(f"bundle {bundle}: re-loaded {key} embeddings differ by {error:.2e}")
 
 
+def check_output_parent(output_dir: Path) -> None:
+    """ValueError before any work when the bundle could not be created: its nearest existing
+    ancestor is a file or not writable (the staging folder is made next to the bundle)."""
+    parent = next(p for p in [output_dir.parent, *output_dir.parent.parents] if os.path.lexists(p))
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {output_dir}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {output_dir}: {parent} is not writable")
+
+
 def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: Optional[str] = None,
                   preprocess_overrides: Optional[Mapping[str, Any]] = None, overwrite: bool = False,
                   verify: bool = True) -> Path:
@@ -229,6 +239,7 @@ def export_bundle(model_name: str, checkpoint, output_dir, *, tokenizer_source: 
         if not overwrite:
             raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
         previous_export_files(output_dir)  # refuse before any work; checked again before replacing
+    check_output_parent(output_dir)
     base = base_model_name(model_name)
     model_cfg = _model_config(base)
     # file faults and another architecture are reported before anything is downloaded or built

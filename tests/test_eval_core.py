@@ -106,3 +106,25 @@ def test_option_similarity_is_chunk_invariant_and_exact_for_equal_options():
                       for i, row in zip(image_index, options)])
     assert np.allclose(whole, naive, atol=1e-6)
     assert whole[1, 0] == whole[1, 1] and len(set(whole[3])) == 1  # the same text scores exactly the same
+
+
+def test_check_images_names_nested_images_by_their_path_and_counts_each(tmp_path):
+    from open_clip_c2lip.eval.core import check_images
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "0.png").write_bytes(b"x")
+    paths = [tmp_path / "a" / "0.png", tmp_path / "b" / "0.png", tmp_path / "c" / "0.png", tmp_path / "c" / "0.png"]
+    with pytest.raises(FileNotFoundError, match=r"2 image\(s\) referenced by ann.json are missing from .*: b/0.png, "
+                                                r"c/0.png$"):
+        check_images(paths, tmp_path, "ann.json")
+
+
+def test_csv_row_names_short_and_long_lines():
+    import csv
+    import io
+    from open_clip_c2lip.eval.core import csv_row
+    rows = list(csv.DictReader(io.StringIO("a,b,c\n1,2,3\n1\n1,2,3,4\n")))
+    assert csv_row(rows[0], "t.csv", 2) == {"a": "1", "b": "2", "c": "3"}
+    with pytest.raises(ValueError, match=r"t.csv:3: lacks field\(s\) \['b', 'c'\]: 1 of the header's 3"):
+        csv_row(rows[1], "t.csv", 3)
+    with pytest.raises(ValueError, match=r"t.csv:4: 1 field\(s\) more than the header's 3"):
+        csv_row(rows[2], "t.csv", 4)

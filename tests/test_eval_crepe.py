@@ -86,3 +86,20 @@ def test_partial_and_broken_roots(stub, crepe_root, tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match=r"image\(s\) referenced by .*negate_complexity_\d+.csv are in "
                                                 r"neither .*VG_100K nor .*VG_100K_2: 2400001.jpg \(line \d\)"):
         c2eval.evaluate(model, preprocess, tokenizer, ["crepe"], root, progress=False)
+
+
+def test_a_cut_or_ragged_row_is_a_named_error(stub, crepe_root, tmp_path):
+    model, preprocess, tokenizer = stub
+    root = tmp_path / "root"
+    shutil.copytree(crepe_root, root)
+    path = root / "crepe" / "prod_hard_negatives" / "atom" / "prod_vg_hard_negs_atom_complexity_4.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\r\n").split(",")
+    cut = ",".join(lines[1].split(",")[:3])  # the file ends inside row 1, after image_id and x
+    path.write_text(lines[0] + cut)
+    with pytest.raises(ValueError, match=rf"complexity_4.csv:2: lacks field\(s\) \[.*'hard_negs'\]: 3 of the "
+                                         rf"header's {len(header)} \(a truncated line\?\)"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["crepe"], root, progress=False)
+    path.write_text(lines[0] + lines[1].rstrip("\r\n") + ",1,2\n" + "".join(lines[2:]))
+    with pytest.raises(ValueError, match=rf"complexity_4.csv:2: 2 field\(s\) more than the header's {len(header)}"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["crepe"], root, progress=False)

@@ -108,6 +108,7 @@ def test_official_pair_rule_credits_a_tie_to_image_2():
     (lambda rows: [rows[0], [rows[1][0], rows[1][1]]] + rows[2:], "expected 3 columns"),
     (lambda rows: [rows[0], ["4", rows[1][1], rows[1][2]]] + rows[2:], "must be one odd .* and one even"),
     (lambda rows: [rows[0]] + rows[1:] * 5, "beyond the 9 categories"),
+    (lambda rows: [rows[0], rows[1][:2] + [" "]] + rows[2:], r"Questions.csv:2: qid \d+: the statement is empty"),
 ])
 def test_malformed_questions_are_named_errors(stub, tmp_path, mutate, error):
     model, preprocess, tokenizer = stub
@@ -126,7 +127,8 @@ def test_missing_image_folder_and_image(stub, tmp_path):
     model, preprocess, tokenizer = stub
     write_mmvp(tmp_path, pairs=2, tie_pair=-1)
     (tmp_path / "mmvp_vlm" / "MLLM_VLM Images" / "Orientation" / "3.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"missing .*3.jpg"):
+    # named by its type folder: every type folder holds the same qid names
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) .* missing from .*MLLM_VLM Images: Orientation/3.jpg$"):
         c2eval.evaluate(model, preprocess, tokenizer, ["mmvp_vlm"], tmp_path, progress=False)
     shutil.rmtree(tmp_path / "mmvp_vlm" / "MLLM_VLM Images")
     with pytest.raises(FileNotFoundError, match=r"MLLM_VLM Images \(or .*MMVP_VLM_Images\)"):

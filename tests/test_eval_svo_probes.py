@@ -65,6 +65,17 @@ def test_svo_probes_bad_inputs(stub, svo_root, tmp_path):
     csv_path.write_text(text.replace("neg_image_id", "negative_id", 1))
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['neg_image_id'\]"):
         c2eval.evaluate(model, preprocess, tokenizer, ["svo_probes"], root, progress=False)
+    lines = text.splitlines(keepends=True)  # a file cut inside row 3: the reader pads it with None
+    csv_path.write_text("".join(lines[:2]) + lines[2][:lines[2].index(",") + 1])
+    with pytest.raises(ValueError, match=r"svo_probes.csv:3: lacks field\(s\) \[.*'neg_image_id'.*\]: 2 of the "
+                                         r"header's \d+ \(a truncated line\?\)"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["svo_probes"], root, progress=False)
+    csv_path.write_text("".join(lines[:2]) + lines[2].rstrip("\r\n") + ",extra\n")
+    with pytest.raises(ValueError, match=r"svo_probes.csv:3: 1 field\(s\) more than the header's"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["svo_probes"], root, progress=False)
+    csv_path.write_text(lines[0] + "," + lines[1].split(",", 1)[1])
+    with pytest.raises(ValueError, match=r"svo_probes.csv:2: column 'sentence' is empty"):
+        c2eval.evaluate(model, preprocess, tokenizer, ["svo_probes"], root, progress=False)
     csv_path.write_text(text)
     for image in (root / "svo_probes" / "images").iterdir():
         image.unlink()

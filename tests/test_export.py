@@ -167,6 +167,21 @@ def test_export_errors_leave_nothing_behind(tiny, tmp_path):
         export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "taken")
 
 
+def test_unwritable_output_folder_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
+    model, checkpoint = tiny
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"cannot write .*file.txt/sub/bundle: .*file.txt is not a folder"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "file.txt" / "sub" / "bundle")
+    (tmp_path / "ro").mkdir()
+    # the test may run as root, for whom a chmod 555 folder is writable: the access check is faked
+    real_access = export.os.access
+    monkeypatch.setattr(export.os, "access", lambda p, mode: Path(p) != tmp_path / "ro" and real_access(p, mode))
+    monkeypatch.setattr(export, "bare_model", lambda *a: pytest.fail("built a model for an unwritable output"))
+    with pytest.raises(ValueError, match=r"cannot write .*ro/deep/bundle: .*ro is not writable"):
+        export.export_bundle("C2LIP-Tiny", checkpoint, tmp_path / "ro" / "deep" / "bundle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "ro"] and not any((tmp_path / "ro").iterdir())
+
+
 @pytest.mark.slow
 def test_clip_benchmark_sugarcrepe_matches_ours(tiny, tmp_path, real_data):
     model, checkpoint = tiny

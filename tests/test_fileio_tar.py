@@ -158,3 +158,19 @@ def test_not_a_tar_and_empty_files(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(tarfile.ReadError, match="empty file"):
         list(T.iter_tar_samples(str(empty)))
+
+
+@pytest.mark.parametrize("inserted", [700, 1024, 3000])
+def test_garbage_inserted_in_the_middle_keeps_the_samples_after_it(tmp_path, coco, inserted):
+    """Bytes inserted inside s005's jpg data, on or off the 512-byte grid: s005 is lost (its members
+    lie on both sides of the damage), every later sample is kept (GNU tar keeps them only on the grid)."""
+    samples = coco_samples(coco, 12)
+    path = tmp_path / "g.tar"
+    members = write_shard(path, samples)
+    blob = path.read_bytes()
+    cut = members["s005.jpg"].offset_data + 100
+    path.write_bytes(blob[:cut] + bytes(range(1, 256)) * (inserted // 255) + b"\x07" * (inserted % 255) + blob[cut:])
+    kept, error = _read(path)
+    assert [s.key for s in kept] == [key for key, _ in samples if key != "s005"]
+    assert error.damaged and not error.truncated and error.lost == 1
+    assert "11 complete samples kept, at least 1 lost ('s005')" in str(error)

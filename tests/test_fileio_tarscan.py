@@ -120,3 +120,20 @@ def test_data_after_the_end_of_archive_blocks():
     events = list(S.scan_tar(io.BytesIO(first + b"garbage" * 100)))
     assert events[1].after_end and events[1].resume is None and not events[1].names_complete
     assert events[-1].kind == S.END_BLOCKS
+
+
+@pytest.mark.parametrize("inserted", [1, 188, 700, 511])
+@pytest.mark.parametrize("format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_bytes_inserted_off_the_block_grid_resync_at_the_shifted_header(inserted, format):
+    members = [("a.jpg", b"\x01" * 700), ("b.jpg", b"\x02" * 1100), ("b.txt", b"two cats"), ("c.txt", b"x" * 600)]
+    blob = _tar(members, format)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        b_txt = tar.getmember("b.txt").offset
+    cut = b_txt - 300  # inside b.jpg's data (its sample is judged in fileio.tar): b.txt's header lands off the grid
+    garbage = bytes(random.Random(inserted).randrange(1, 256) for _ in range(inserted))
+    events = list(S.scan_tar(_Trickle(blob[:cut] + garbage + blob[cut:])))
+    regions = [e for e in events if isinstance(e, S.DamagedRegion)]
+    assert len(regions) == 1 and regions[0].resume == b_txt + inserted and not regions[0].names_complete
+    assert [e.info.name for e in events if isinstance(e, S.TarMember)][-2:] == ["b.txt", "c.txt"]
+    assert [e.data for e in events if isinstance(e, S.TarMember)][-2:] == [b"two cats", b"x" * 600]
+    assert events[-1].kind == S.END_BLOCKS and not events[-1].truncated

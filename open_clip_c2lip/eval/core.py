@@ -144,6 +144,20 @@ def csv_lines(path: Path, benchmark: str) -> io.StringIO:
     return io.StringIO(read_text(path, benchmark), newline="")
 
 
+def csv_row(row: Mapping, source: Path, line: int) -> Mapping:
+    """One ``csv.DictReader`` row unchanged; ValueError naming ``source:line`` when the line has fewer
+    fields than the header (a truncated file: the reader fills them with None) or more (an unquoted
+    comma), which would otherwise fail as a raw error or shift the columns."""
+    if None in row:
+        raise ValueError(f"{source}:{line}: {len(row[None])} field(s) more than the header's {len(row) - 1} "
+                         f"(an unquoted comma?)")
+    short = [key for key, value in row.items() if value is None]
+    if short:
+        raise ValueError(f"{source}:{line}: lacks field(s) {short}: {len(row) - len(short)} of the header's "
+                         f"{len(row)} (a truncated line?)")
+    return row
+
+
 def field(item: Mapping, key: str, source: Path, item_id) -> Any:
     if not isinstance(item, Mapping):
         raise ValueError(f"{source}: item {item_id!r} is not an object: {item!r:.80}")
@@ -176,11 +190,20 @@ def number_field(item: Mapping, key: str, source: Path, item_id) -> float:
 
 
 def check_images(paths: Sequence[Path], folder: Path, source: Path) -> None:
-    missing = sorted({p.name for p in paths if not p.is_file()})
+    """FileNotFoundError naming ``source`` and the absent images, each by its path under ``folder``
+    (benchmarks nest images in per-type / per-scene folders, where base names repeat)."""
+    missing = sorted({_shown_path(p, folder) for p in paths if not p.is_file()})
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise FileNotFoundError(
             f"{len(missing)} image(s) referenced by {source} are missing from {folder}: {shown}")
+
+
+def _shown_path(path: Path, folder: Path) -> str:
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def resolve_image(folder: Path, name: str) -> Path:

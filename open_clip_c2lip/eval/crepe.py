@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .core import (ImageRef, Scorer, Vocabulary, choice_outcome, csv_lines, fraction, mean, register_benchmark,
-                   require_dir, require_file, require_items, split_names)
+from .core import (ImageRef, Scorer, Vocabulary, choice_outcome, csv_lines, csv_row, fraction, mean,
+                   register_benchmark, require_dir, require_file, require_items, split_names)
 
 CREPE_TYPES = ("atom", "swap", "negate")
 COMPLEXITIES = tuple(range(4, 13))
@@ -67,6 +67,7 @@ def read_crepe_csv(source: Path, image_dirs: Sequence[Path]):
             raise ValueError(f"{source}: lacks column(s) {absent} (has {reader.fieldnames})")
         for row in reader:
             line = reader.line_num
+            row = csv_row(row, source, line)
             try:
                 negatives = ast.literal_eval(row["hard_negs"])
             except (ValueError, SyntaxError) as e:

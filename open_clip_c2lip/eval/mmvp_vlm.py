@@ -85,6 +85,8 @@ def read_questions(source: Path):
                 qid = int(row[0])
             except ValueError as e:
                 raise ValueError(f"{source}:{line}: qid {row[0]!r} is not an integer") from e
+            if not row[2].strip():
+                raise ValueError(f"{source}:{line}: qid {qid}: the statement is empty")
             rows.append((line, qid, row[1], row[2]))
     return rows
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import (ImageRef, Scorer, Vocabulary, csv_lines, fraction, mean, pair_similarity, register_benchmark,
-                   require_dir, require_file, require_items, resolve_image, selection_correct, tied)
+from .core import (ImageRef, Scorer, Vocabulary, csv_lines, csv_row, fraction, mean, pair_similarity,
+                   register_benchmark, require_dir, require_file, require_items, resolve_image, selection_correct, tied)
 
 _logger = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ def load_svo_probes(data_root: Path, images: Vocabulary, texts: Vocabulary) -> S
             raise ValueError(f"{source}: lacks column(s) {absent} (has {reader.fieldnames})")
         for row in reader:
             line, total = reader.line_num, total + 1
+            row = csv_row(row, source, line)
+            if not row["sentence"].strip():
+                raise ValueError(f"{source}:{line}: column 'sentence' is empty")
             flags = [s for s in SUBSETS if _flag(row[s], s, source, line)]
             if len(flags) != 1:
                 other += 1  # no or several negative types: in none of the three subsets

@@ -1,4 +1,5 @@
-"""The members of a tar read from a forward-only byte stream, resynchronising after damage as GNU tar does.
+"""The members of a tar read from a forward-only byte stream, resynchronising after damage as GNU tar does
+(and off the block grid).
 
 ``scan_tar(stream)`` yields, in archive order:
 
@@ -8,7 +9,8 @@
   that is not a number, a negative size, a lone zero block inside the archive, data after the
   end-of-archive blocks). The scan then skips 512-byte blocks to the next block that is a sane
   header (valid checksum, numbers, a known type, a name), as GNU tar does ("Skipping to next
-  header"), and goes on from there. The names and count of the members lost in the region are read
+  header"), and goes on from there. Unlike GNU tar it also finds a header off the 512-byte grid
+  (by its ``ustar`` magic), so the members after inserted or removed bytes are kept. The names and count of the members lost in the region are read
   leniently from the damaged headers where they are still legible (``lost_names``);
 - ``TarEnd`` last: how the archive ends: its end-of-archive blocks, or early (truncated): inside a
   member's data, inside a header, right after a member without the end blocks.
@@ -247,6 +249,21 @@ _EXTENSION_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, t
                     tarfile.GNUTYPE_LONGNAME)
 
 
+def _unaligned_header(window: bytes) -> Optional[int]:
+    """The first ``h`` in 1..511 where a sane header starts in ``window`` (two consecutive blocks),
+    found by its ``ustar`` magic (POSIX, GNU and PAX headers carry it at byte 257)."""
+    found = window.find(_MAGIC, _MAGIC_AT + 1)
+    while found != -1 and found - _MAGIC_AT < BLOCK:
+        start = found - _MAGIC_AT
+        if start + BLOCK <= len(window) and is_header(window[start:start + BLOCK]):
+            return start
+        found = window.find(_MAGIC, found + 1)
+    return None
+
+
+_MAGIC, _MAGIC_AT = b"ustar", 257
+
+
 def _resynchronise(src: _Source, offset: int, first_block: bytes, reason: str,
                    after_end: bool = False) -> DamagedRegion:
     """Skip blocks from ``offset`` (``first_block``, read already) to the next sane header."""
@@ -255,9 +272,15 @@ def _resynchronise(src: _Source, offset: int, first_block: bytes, reason: str,
         lost.legible = False
     elif not after_end:
         lost.see(offset, first_block)
-    position, zeros = offset + len(first_block), 0
+    position, zeros, previous = offset + len(first_block), 0, first_block
     while len(first_block) == BLOCK:
         block = src.read(BLOCK)
+        shift = _unaligned_header(previous + block)
+        if shift is not None:  # bytes inserted or removed: the members after them are off the block grid
+            src.unread((previous + block)[shift:])
+            resume = position - BLOCK + shift
+            return DamagedRegion(offset, reason, resume, resume, lost.names, False, False, after_end)
+        previous = block
         if len(block) < BLOCK:
             end_blocks = zeros >= 2 and not block.strip(b"\0")
             return DamagedRegion(offset, reason, None, position + len(block), lost.names,
