@@ -10,7 +10,7 @@ rotates every round) and the reported time is the median over all timed steps of
 spread is reported per round: each round's median step time of a variant over siglip's in the same
 round (min-max over rounds), which is what a shared, noisy machine can still compare.
 
-CPU, real data (default): COCO val2017 captions from ``../shared/data``, concepts from
+CPU, real data (default): COCO val2017 captions from ``$C2LIP_TEST_DATA`` (the tests' data setting), concepts from
 ``extract_concepts``, packed by the real ``TextPacker``::
 
     OMP_NUM_THREADS=1 python scripts/bench_step.py --model C2LIP-Tiny --batch-size 32
@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 VARIANTS = ("siglip", "c2lip-text", "c2lip-span")
-DEFAULT_CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_captions_val2017.json"
+# the tests' data setting (tests/conftest.py): $C2LIP_TEST_DATA, else <repo>/../shared/data
+DEFAULT_CAPTIONS = (Path(os.environ.get("C2LIP_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+                    / "coco_captions_val2017.json")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
