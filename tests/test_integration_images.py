@@ -9,9 +9,6 @@ make_shards writes from it, with and without ``--c2lip-loss``.
 import importlib.util
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,14 +192,6 @@ def test_decoder_handles_image_members_only():
 
 def test_with_webdataset_1_0_2(tmp_path):
     """These tests pass with webdataset 1.0.2 too (its decode stage and image extensions)."""
-    from test_integration_wds import WDS_NEW_VERSION, _new_webdataset_dir
+    from test_integration_wds import run_tests_with_new_webdataset
 
-    new_webdataset = _new_webdataset_dir()
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(new_webdataset), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    code = ("import sys, webdataset, pytest; assert webdataset.__version__ == sys.argv[1], webdataset.__version__; "
-            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[2], '-k', 'not webdataset_1_0_2']))")
-    result = subprocess.run([sys.executable, "-c", code, WDS_NEW_VERSION, __file__],
-                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    run_tests_with_new_webdataset(Path(__file__), "not webdataset_1_0_2", tmp_path)

@@ -142,6 +142,19 @@ def _new_webdataset_dir():
     return Path(target)
 
 
+def run_tests_with_new_webdataset(test_file: Path, keyword: str, cwd: Path) -> None:
+    """Run ``pytest test_file -k keyword`` in a subprocess that imports webdataset 1.0.2 (skips without
+    it, ``_new_webdataset_dir``) and assert that its tests ran and passed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(_new_webdataset_dir()), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    code = ("import sys, webdataset, pytest; assert webdataset.__version__ == sys.argv[1], webdataset.__version__; "
+            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[2], '-k', sys.argv[3]]))")
+    result = subprocess.run([sys.executable, "-c", code, WDS_NEW_VERSION, str(test_file), keyword],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
 NEW_WEBDATASET_SCRIPT = textwrap.dedent("""
     import importlib.util, json, os, sys
     import torch
@@ -226,12 +239,4 @@ def test_end_of_shard_fix_with_current_webdataset(tmp_path):
 
 def test_truncated_shard_detection_with_current_webdataset(tmp_path):
     """The train reader's truncation tests (tests/test_integration_wds_passes.py) pass with webdataset 1.0.2 too."""
-    new_webdataset = _new_webdataset_dir()
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(new_webdataset), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    code = ("import sys, webdataset, pytest; assert webdataset.__version__ == sys.argv[1], webdataset.__version__; "
-            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[2], '-k', 'truncated']))")
-    result = subprocess.run([sys.executable, "-c", code, WDS_NEW_VERSION, str(REPO / "tests" / "test_integration_wds_passes.py")],
-                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    run_tests_with_new_webdataset(REPO / "tests" / "test_integration_wds_passes.py", "truncated", tmp_path)
